@@ -1,0 +1,65 @@
+"""What one merchant does with a server request: train or evaluate on its own shard, reply with
+arrays and per-task counts and metrics. Nothing else of the merchant's data leaves this module."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from core import protocol
+from core.errors import InputError
+from tasks.experiment import Experiment, open_experiment
+from tasks.metrics import flatten, with_counts
+from tasks.training import evaluate, make_optimizer, shuffle_seed, train_epochs
+
+def merchant_of(node_config: Mapping[str, Any], experiment: Experiment) -> tuple[int, str]:
+    """(index, id) of this node's merchant: `merchant-id` in the node config, else the partition id."""
+    ids = experiment.index.merchant_ids
+    if protocol.MERCHANT_ID in node_config:
+        merchant = str(node_config[protocol.MERCHANT_ID])
+        if merchant not in ids:
+            raise InputError(f"node config merchant-id={merchant!r} is not a merchant of the data")
+        return ids.index(merchant), merchant
+    partitions = int(node_config["num-partitions"])
+    if partitions != len(ids):
+        raise InputError(f"{partitions} SuperNodes for {len(ids)} merchants; run one SuperNode per merchant")
+    partition = int(node_config["partition-id"])
+    return partition, ids[partition]
+
+
+def _model_from(msg: Message, experiment: Experiment) -> torch.nn.Module:
+    model = experiment.new_model()
+    model.load_state_dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
+    return model.to(experiment.device)
+
+
+def train_reply(msg: Message, node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> Message:
+    experiment = open_experiment(cfg)
+    k, merchant = merchant_of(node_config, experiment)
+    model = _model_from(msg, experiment)
+    weighting = experiment.new_weighting().to(experiment.device)
+    optimizer = make_optimizer(model, weighting, cfg["train"])
+    server_round = int(msg.content.config_records[protocol.CONFIG].get("server-round", 0))
+    shard = experiment.shard(merchant, "train")
+    report = train_epochs(model, weighting, optimizer, shard, experiment.tasks, cfg["train"],
+                          shuffle_seed(int(cfg["seed"]), server_round, k), experiment.device)
+    metrics = flatten(with_counts({t: {"loss": v} for t, v in report.losses.items()}, report.label_counts))
+    metrics[protocol.NUM_EXAMPLES] = report.examples
+    arrays = ArrayRecord({name: value.detach().cpu() for name, value in model.state_dict().items()})
+    content = RecordDict({protocol.ARRAYS: arrays, protocol.METRICS: MetricRecord(metrics)})
+    return Message(content, reply_to=msg)
+
+
+def evaluate_reply(msg: Message, node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> Message:
+    experiment = open_experiment(cfg)
+    _, merchant = merchant_of(node_config, experiment)
+    model = _model_from(msg, experiment)
+    test = experiment.shard(merchant, "test")
+    metrics_by_task, counts = evaluate(model, test, experiment.tasks, experiment.device)
+    metrics = flatten(with_counts(metrics_by_task, counts))
+    metrics[protocol.NUM_EXAMPLES] = len(test)
+    content = RecordDict({protocol.METRICS: MetricRecord(metrics),
+                          protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: merchant})})
+    return Message(content, reply_to=msg)

@@ -1,0 +1,8 @@
+"""Record names in the messages between ServerApp and ClientApp, in one place for both sides."""
+
+ARRAYS = "arrays"              # ArrayRecord: the model's state_dict
+METRICS = "metrics"            # MetricRecord: "num-examples" plus flattened "task.metric" values
+CONFIG = "config"              # ConfigRecord sent by the server ("server-round", ...)
+MERCHANT = "merchant"          # ConfigRecord of an evaluate reply
+MERCHANT_ID = "merchant-id"    # key in MERCHANT, and the node-config key naming a SuperNode's merchant
+NUM_EXAMPLES = "num-examples"  # FedAvg weight of shared parameters

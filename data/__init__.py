@@ -1,0 +1,1 @@
+"""Interactions tables: schema and validation, the synthetic platform, loading, splits, merchant shards."""

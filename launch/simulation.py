@@ -1,0 +1,55 @@
+"""A federated job in Flower's local simulation: one virtual SuperNode per merchant."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from client_app.app import make_client_app
+from server_app.app import make_server_app
+from server_app.outputs import RunResult
+from tasks.experiment import open_experiment
+
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+}
+
+
+def backend_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    fed = cfg["federation"]
+    gpus = fed.get("client_gpus")
+    if gpus is None:  # share one GPU between the clients that run at once
+        gpus = 1.0 / max(1, (os.cpu_count() or 1) // int(fed["client_cpus"])) \
+            if cfg["device"] != "cpu" and torch.cuda.is_available() else 0.0
+    return {"client_resources": {"num_cpus": int(fed["client_cpus"]), "num_gpus": float(gpus)},
+            "init_args": {"logging_level": logging.WARNING, "log_to_driver": True}}
+
+
+def run_federated_simulation(cfg: Mapping[str, Any], output_dir: Path) -> RunResult:
+    for key, value in FLOWER_ENV.items():
+        os.environ.setdefault(key, value)
+    from flwr.simulation import run_simulation  # after the environment is set
+
+    logging.getLogger("flwr").propagate = False  # Flower prints its own lines; Hydra's root would repeat them
+    n_merchants = len(open_experiment(cfg, prepare=True).index.merchant_ids)
+    plain = dict(cfg)
+    outcome: dict[str, Any] = {}
+    run_simulation(
+        server_app=make_server_app(lambda _: plain, lambda _: output_dir, outcome),
+        client_app=make_client_app(lambda _: plain),
+        num_supernodes=n_merchants,
+        backend_config=backend_config(cfg),
+    )
+    if "error" in outcome:
+        raise outcome["error"]
+    if "result" not in outcome:
+        raise RuntimeError("the Flower simulation ended without a result; see the log above")
+    return outcome["result"]

@@ -1,0 +1,126 @@
+"""What every run leaves behind, whatever the mode or door: metrics.json, metrics.png, model.pt,
+and a readable per-round table in the log."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from logging import INFO
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.common.logger import log
+
+from tasks.metrics import Metrics
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    tasks: dict[str, Metrics]                              # test metrics, merchants combined
+    train_loss: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    mode: str
+    tasks: list[str]
+    rounds: list[RoundRecord]
+    per_merchant: dict[str, dict[str, Metrics]]            # final round, per merchant
+    model_state: dict[str, Any]                             # a state_dict, or merchant -> state_dict (local)
+    config: dict[str, Any]
+    oracle: dict[str, Metrics] | None = None
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict[str, Metrics]:
+        return self.rounds[-1].tasks if self.rounds else {}
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN: undefined metrics become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def metrics_document(result: RunResult) -> dict[str, Any]:
+    return _clean({
+        "mode": result.mode,
+        "task_list": result.tasks,
+        "tasks": result.final,
+        "per_merchant": result.per_merchant,
+        "rounds": [{"round": r.round, "tasks": r.tasks, "train_loss": r.train_loss} for r in result.rounds],
+        "oracle": result.oracle,
+        "failures": result.failures,
+        "config": result.config,
+    })
+
+
+def round_table_header(metric_names: dict[str, tuple[str, ...]]) -> str:
+    cells = ["round"] + [f"{t}.{m}" for t, names in metric_names.items() for m in names]
+    return "  ".join(f"{c:>14}" for c in cells)
+
+
+def round_table_row(record: RoundRecord, metric_names: dict[str, tuple[str, ...]]) -> str:
+    cells = [f"{record.round:>14d}"]
+    for t, names in metric_names.items():
+        for m in names:
+            v = record.tasks.get(t, {}).get(m)
+            cells.append(f"{v:>14.4f}" if v is not None and math.isfinite(v) else f"{'-':>14}")
+    return "  ".join(cells)
+
+
+def log_round(record: RoundRecord, metric_names: dict[str, tuple[str, ...]]) -> None:
+    """One row of the per-round table (header before round 0)."""
+    if record.round == 0:
+        log(INFO, "per-round test metrics (merchants weighted by test labels):")
+        log(INFO, round_table_header(metric_names))
+    log(INFO, round_table_row(record, metric_names))
+
+
+def plot_rounds(result: RunResult, path: Path, metric_names: dict[str, tuple[str, ...]]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(t, m) for t, names in metric_names.items() for m in names]
+    cols = min(len(panels), 4)
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    xs = [r.round for r in result.rounds]
+    for ax, (task, metric) in zip(axes.flat, panels):
+        ys = [r.tasks.get(task, {}).get(metric, math.nan) for r in result.rounds]
+        ax.plot(xs, ys, marker="o", ms=3, label=result.mode)
+        if result.oracle and metric in result.oracle.get(task, {}):
+            ax.axhline(result.oracle[task][metric], color="grey", ls="--", lw=1, label="oracle")
+        ax.set_title(f"{task} {metric}")
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"merchant-fl ({result.mode})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(result: RunResult, output_dir: Path, metric_names: dict[str, tuple[str, ...]]) -> None:
+    """Model and plot first, metrics.json last: its presence means the run finished."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"mode": result.mode, "tasks": result.tasks, "state": result.model_state,
+                "config": result.config}, output_dir / "model.pt")
+    plot_rounds(result, output_dir / "metrics.png", metric_names)
+    tmp = output_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics_document(result), indent=1))
+    tmp.replace(output_dir / "metrics.json")
+    log(INFO, "final test metrics: %s", json.dumps(_clean(result.final)))
+    log(INFO, "outputs written to %s", output_dir.resolve())

@@ -1,0 +1,97 @@
+"""MultiTaskFedAvg: Flower's FedAvg with task-aware aggregation; the math is in `aggregation`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from logging import WARNING
+from typing import Iterable, Mapping
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from core import protocol
+from server_app.aggregation import ClientUpdate, aggregate_multitask
+from tasks.metrics import Metrics, combine_merchants, flatten, split_counts, unflatten
+
+
+class RoundFailed(RuntimeError):
+    """Every client of a round failed, so there is nothing to aggregate."""
+
+
+@dataclass
+class Evaluation:
+    overall: dict[str, Metrics]
+    per_merchant: dict[str, dict[str, Metrics]]
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def arrays_to_numpy(record: ArrayRecord) -> dict:
+    return {name: array.numpy() for name, array in record.items()}
+
+
+def numpy_to_arrays(arrays: Mapping) -> ArrayRecord:
+    return ArrayRecord({name: Array(value) for name, value in arrays.items()})
+
+
+class MultiTaskFedAvg(FedAvg):
+    def __init__(self, parameter_tasks: Mapping[str, str | None], **fedavg_options) -> None:
+        super().__init__(**fedavg_options)
+        self.parameter_tasks = dict(parameter_tasks)
+        self.failures: list[tuple[int, int, str]] = []  # (round, node id, reason)
+        self.evaluations: dict[int, Evaluation] = {}
+        self._global: ArrayRecord | None = None
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._global = arrays  # kept for parameters no client trains this round
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def _successful(self, server_round: int, replies: Iterable[Message], phase: str) -> list[Message]:
+        """Replies without errors; errors are counted and logged; a round with no success fails."""
+        replies = list(replies)
+        ok = [m for m in replies if not m.has_error()]
+        for m in replies:
+            if m.has_error():
+                self.failures.append((server_round, m.metadata.src_node_id, m.error.reason))
+                log(WARNING, "round %d %s: node %d failed: %s", server_round, phase,
+                    m.metadata.src_node_id, m.error.reason)
+        if replies and not ok:
+            reason = replies[0].error.reason.strip().splitlines()[-1] if replies[0].error.reason else "?"
+            raise RoundFailed(f"round {server_round}: every one of {len(replies)} clients failed to {phase}; "
+                              f"first error: {reason}")
+        return ok
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        ok = self._successful(server_round, replies, "train")
+        if not ok:
+            return None, None
+        updates, losses, counts = [], {}, {}
+        for k, msg in enumerate(ok):
+            flat = msg.content.metric_records[protocol.METRICS]
+            task_metrics, task_counts = split_counts(unflatten(flat))
+            updates.append(ClientUpdate(arrays_to_numpy(msg.content.array_records[protocol.ARRAYS]),
+                                        int(flat[protocol.NUM_EXAMPLES]), task_counts))
+            losses[str(k)], counts[str(k)] = task_metrics, task_counts
+        current = arrays_to_numpy(self._global) if self._global is not None else updates[0].arrays
+        arrays = aggregate_multitask(current, updates, self.parameter_tasks)
+        metrics = flatten(combine_merchants(losses, counts))
+        metrics[protocol.NUM_EXAMPLES] = sum(u.examples for u in updates)
+        return numpy_to_arrays(arrays), MetricRecord(metrics)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        ok = self._successful(server_round, replies, "evaluate")
+        if not ok:
+            return None
+        per_merchant, counts = {}, {}
+        for msg in ok:
+            merchant = str(msg.content.config_records[protocol.MERCHANT][protocol.MERCHANT_ID])
+            flat = msg.content.metric_records[protocol.METRICS]
+            per_merchant[merchant], counts[merchant] = split_counts(unflatten(flat))
+        overall = combine_merchants(per_merchant, counts)
+        self.evaluations[server_round] = Evaluation(overall, per_merchant, counts)
+        return MetricRecord(flatten(overall))
+
+

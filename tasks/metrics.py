@@ -1,0 +1,72 @@
+"""Per-task metrics and the one rule for combining merchants: a mean weighted by test labels."""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+from sklearn.metrics import log_loss, mean_absolute_error, roc_auc_score
+
+Metrics = dict[str, float]
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> Metrics:
+    return {"rmse": float(np.sqrt(np.mean((y_true - y_pred) ** 2))),
+            "mae": float(mean_absolute_error(y_true, y_pred))}
+
+
+def binary_metrics(y_true: np.ndarray, p_pred: np.ndarray) -> Metrics:
+    """AUC is NaN where a merchant's test split holds one class only; the combiner then skips it."""
+    p = np.clip(p_pred.astype(np.float64), 1e-7, 1 - 1e-7)
+    auc = float(roc_auc_score(y_true, p)) if len(np.unique(y_true)) == 2 else math.nan
+    return {"auc": auc, "logloss": float(log_loss(y_true, p, labels=[0, 1]))}
+
+
+def combine_merchants(per_merchant: Mapping[str, Mapping[str, Metrics]],
+                      counts: Mapping[str, Mapping[str, int]]) -> dict[str, Metrics]:
+    """Weighted mean over merchants of every task metric, weights = that task's test labels.
+
+    Undefined values (NaN) are left out of both numerator and denominator.
+    """
+    sums: dict[str, dict[str, float]] = {}
+    weights: dict[str, dict[str, float]] = {}
+    for merchant, tasks in per_merchant.items():
+        for task, metrics in tasks.items():
+            n = counts[merchant].get(task, 0)
+            for name, value in metrics.items():
+                if n > 0 and value is not None and not math.isnan(value):
+                    sums.setdefault(task, {}).setdefault(name, 0.0)
+                    weights.setdefault(task, {}).setdefault(name, 0.0)
+                    sums[task][name] += n * value
+                    weights[task][name] += n
+    return {task: {name: sums[task][name] / weights[task][name] for name in sums[task]} for task in sums}
+
+
+COUNT = "num-labels"  # per-task label count travelling with a task's metrics
+
+
+def flatten(nested: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """{task: {name: v}} -> {"task.name": v}, the form of a Flower MetricRecord; NaN is left out."""
+    return {f"{task}.{name}": value for task, metrics in nested.items() for name, value in metrics.items()
+            if not (isinstance(value, float) and math.isnan(value))}
+
+
+def unflatten(flat: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    nested: dict[str, dict[str, float]] = {}
+    for key, value in flat.items():
+        if "." in key:
+            task, name = key.split(".", 1)
+            nested.setdefault(task, {})[name] = value
+    return nested
+
+
+def with_counts(metrics: Mapping[str, Metrics], counts: Mapping[str, int]) -> dict[str, dict[str, float]]:
+    """Attach each task's label count to its metrics, so one record carries both."""
+    return {task: {**metrics.get(task, {}), COUNT: n} for task, n in counts.items()}
+
+
+def split_counts(nested: Mapping[str, Mapping[str, float]]) -> tuple[dict[str, Metrics], dict[str, int]]:
+    metrics = {t: {k: float(v) for k, v in m.items() if k != COUNT} for t, m in nested.items()}
+    counts = {t: int(m.get(COUNT, 0)) for t, m in nested.items()}
+    return {t: m for t, m in metrics.items() if m}, counts

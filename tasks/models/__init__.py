@@ -1,0 +1,27 @@
+"""Model registry: `model.name` in the config picks the architecture; all share one constructor."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from core.errors import InputError
+from tasks.models.base import MultiTaskModel, PerTask, parameter_tasks
+from tasks.models.shared_bottom import SharedBottom
+
+MODELS: dict[str, type[MultiTaskModel]] = {
+    "shared_bottom": SharedBottom,
+}
+
+
+def build_model(model_cfg: Mapping[str, Any], buckets: Sequence[int], tasks: Sequence[str]) -> MultiTaskModel:
+    options = dict(model_cfg)
+    name = options.pop("name")
+    if name not in MODELS:
+        raise InputError(f"unknown model {name!r} (known: {', '.join(MODELS)})")
+    try:
+        return MODELS[name](buckets, tasks, **options)
+    except TypeError as exc:
+        raise InputError(f"model={name}: {exc}") from exc
+
+
+__all__ = ["MODELS", "MultiTaskModel", "PerTask", "build_model", "parameter_tasks"]

@@ -1,0 +1,143 @@
+"""The training and evaluation loop, shared by federated clients and the centralized/local baselines,
+so every mode trains and scores the same way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.errors import InputError
+from data.shards import Shard
+from tasks.metrics import Metrics
+from tasks.models import MultiTaskModel
+from tasks.registry import Task
+from tasks.weighting import LossWeighting
+
+
+@dataclass
+class TrainReport:
+    examples: int                 # rows with a label of at least one task: the client's FedAvg weight
+    label_counts: dict[str, int]  # rows with a label, per task
+    losses: dict[str, float]      # mean task loss over the last epoch
+
+
+def task_labels(shard: Shard, tasks: Sequence[Task]) -> dict[str, np.ndarray]:
+    """Label vector per task; all-NaN where the shard lacks the column (no label on any row)."""
+    n = len(shard)
+    return {t.name: shard.labels.get(t.label, np.full(n, np.nan, np.float32)) for t in tasks}
+
+
+def labelled_rows(shard: Shard, tasks: Sequence[Task]) -> np.ndarray:
+    """Rows with a label of at least one task: the only rows that produce a gradient."""
+    return np.isfinite(np.stack(list(task_labels(shard, tasks).values()))).any(axis=0)
+
+
+def label_counts(shard: Shard, tasks: Sequence[Task]) -> dict[str, int]:
+    return {name: int(np.isfinite(y).sum()) for name, y in task_labels(shard, tasks).items()}
+
+
+def masked_task_losses(outputs: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor],
+                       tasks: Sequence[Task]) -> dict[str, torch.Tensor]:
+    """Each task's loss over the rows that carry its label; tasks with no label in the batch are absent."""
+    losses = {}
+    for task in tasks:
+        y = labels[task.name]
+        mask = ~torch.isnan(y)
+        if bool(mask.any()):
+            losses[task.name] = task.loss(outputs[task.name][mask], y[mask])
+    return losses
+
+
+def make_optimizer(model: nn.Module, weighting: LossWeighting, train_cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    params = list(model.parameters()) + list(weighting.parameters())
+    name = str(train_cfg["optimizer"]).lower()
+    kwargs = {"lr": float(train_cfg["lr"]), "weight_decay": float(train_cfg.get("weight_decay", 0.0))}
+    if name == "adam":
+        return torch.optim.Adam(params, **kwargs)
+    if name == "adamw":
+        return torch.optim.AdamW(params, **kwargs)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, **kwargs)
+    if name == "sgd":
+        return torch.optim.SGD(params, momentum=float(train_cfg.get("momentum", 0.0)), **kwargs)
+    raise InputError(f"unknown train.optimizer {name!r} (known: adam, adamw, adagrad, sgd)")
+
+
+def shuffle_seed(seed: int, server_round: int, merchant_index: int) -> int:
+    """Batch order of one merchant in one round: reproducible, and different across rounds and merchants."""
+    return seed * 1_000_003 + server_round * 7_919 + merchant_index
+
+
+def train_epochs(model: MultiTaskModel, weighting: LossWeighting, optimizer: torch.optim.Optimizer,
+                 shard: Shard, tasks: Sequence[Task], train_cfg: Mapping[str, Any], seed: int,
+                 device: torch.device) -> TrainReport:
+    """`train_cfg.local_epochs` passes over the shard in seeded random batches."""
+    epochs, batch_size = int(train_cfg["local_epochs"]), int(train_cfg["batch_size"])
+    embedding_l2 = float(train_cfg.get("embedding_l2", 0.0))
+    model.train()
+    features = torch.as_tensor(shard.features, device=device)
+    labels = {k: torch.as_tensor(v, device=device) for k, v in task_labels(shard, tasks).items()}
+    generator = torch.Generator().manual_seed(seed)
+    shared = model.shared_parameters()
+    n = len(shard)
+    sums: dict[str, float] = {}
+    batches: dict[str, int] = {}
+    for _ in range(epochs):
+        sums, batches = {}, {}
+        for idx in torch.randperm(n, generator=generator).split(batch_size):
+            idx = idx.to(device)
+            outputs = model(features[idx])
+            losses = masked_task_losses(outputs, {k: v[idx] for k, v in labels.items()}, tasks)
+            if not losses:
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            weighting.backward(losses, shared)
+            if embedding_l2 > 0:
+                (embedding_l2 * model.embedding.l2_penalty(features[idx])).backward()
+            optimizer.step()
+            for name, loss in losses.items():
+                sums[name] = sums.get(name, 0.0) + float(loss.detach())
+                batches[name] = batches.get(name, 0) + 1
+    return TrainReport(examples=int(labelled_rows(shard, tasks).sum()), label_counts=label_counts(shard, tasks),
+                       losses={k: sums[k] / batches[k] for k in sums})
+
+
+@torch.no_grad()
+def predict(model: MultiTaskModel, features: np.ndarray, tasks: Sequence[Task], device: torch.device,
+            batch_size: int = 16384) -> dict[str, np.ndarray]:
+    """Predictions in label space (probabilities, values) per task."""
+    model.eval()
+    x = torch.as_tensor(features, device=device)
+    parts: dict[str, list[np.ndarray]] = {t.name: [] for t in tasks}
+    for chunk in x.split(batch_size):
+        outputs = model(chunk)
+        for task in tasks:
+            parts[task.name].append(task.to_prediction(outputs[task.name]).float().cpu().numpy())
+    return {k: np.concatenate(v) if v else np.zeros(0, np.float32) for k, v in parts.items()}
+
+
+def score(predictions: Mapping[str, np.ndarray], shard: Shard, tasks: Sequence[Task]
+          ) -> tuple[dict[str, Metrics], dict[str, int]]:
+    """Per-task metrics over the rows that carry the task's label, and those row counts."""
+    metrics, counts = {}, {}
+    for task, y in zip(tasks, task_labels(shard, tasks).values()):
+        mask = np.isfinite(y)
+        counts[task.name] = int(mask.sum())
+        if counts[task.name]:
+            metrics[task.name] = task.metrics_fn(y[mask], predictions[task.name][mask])
+    return metrics, counts
+
+
+def evaluate(model: MultiTaskModel, shard: Shard, tasks: Sequence[Task], device: torch.device
+             ) -> tuple[dict[str, Metrics], dict[str, int]]:
+    return score(predict(model, shard.features, tasks, device), shard, tasks)
+
+
+def oracle_score(shard: Shard, tasks: Sequence[Task]) -> tuple[dict[str, Metrics], dict[str, int]]:
+    """What the generator's ground truth scores: the best any model could reach on this split."""
+    known = [t for t in tasks if t.label in shard.oracle]
+    return score({t.name: shard.oracle[t.label] for t in known}, shard, known)

@@ -1,0 +1,39 @@
+"""Shared test set-up: a private shard cache and Flower home, and tiny configs composed from conf/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from core.config import compose_config, to_plain
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.synthetic.n_merchants=4", "data.synthetic.n_rows=3000", "data.synthetic.n_users=400",
+        "data.synthetic.n_items=200", "federation.rounds=2", "device=cpu"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory, monkeypatch):
+    cache = tmp_path_factory.getbasetemp() / "shard-cache"
+    monkeypatch.setenv("MERCHANT_FL_CACHE", str(cache))
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path_factory.getbasetemp() / "flwr-home"))
+    for key, value in {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+                       "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}.items():
+        monkeypatch.setenv(key, value)
+    yield
+
+
+@pytest.fixture
+def tiny_cfg():
+    """A plain run config on a 4-merchant synthetic platform, with extra overrides."""
+    def make(*overrides: str) -> dict:
+        return to_plain(compose_config(TINY + list(overrides)))
+    return make
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    return env

@@ -1,0 +1,65 @@
+"""The `merchant-fl` door: bad input is one clear line and a non-zero exit; every mode writes outputs."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from server_app.orchestration import run_job
+from tests.conftest import TINY, cli_env
+
+
+def merchant_fl(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env=cli_env(), timeout=600)
+
+
+def good_table(path, **overrides):
+    frame = pd.DataFrame({"merchant_id": ["a"] * 5 + ["b"] * 5, "user_id": range(10), "item_id": range(10),
+                          "purchase": [0, 1] * 5, "click": [1, 1] * 5})
+    for column, value in overrides.items():
+        frame[column] = value
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("setup, args, expected", [
+    (None, ["data=table", "data.path={tmp}/missing.csv"], "data.path: no such file: {tmp}/missing.csv"),
+    (lambda p: pd.DataFrame({"merchant_id": [1], "item_id": [1], "click": [1]}).to_csv(p, index=False),
+     ["data=table", "data.path={tmp}/t.csv"], "{tmp}/t.csv: missing required column 'user_id'"),
+    (lambda p: good_table(p, purchase=[0, 1, 7, 0, 0, 0, 0, 0, 0, 0]), ["data=table", "data.path={tmp}/t.csv"],
+     "{tmp}/t.csv: column 'purchase' must be 0 or 1 (or empty); found 7 at row 3"),
+    (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "tasks=[rating]"],
+     "task 'rating' asked for, but the data has no 'rating' labels"),
+    (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "mode=solo"], "unknown mode 'solo'"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, setup, args, expected):
+    if setup is not None:
+        setup(tmp_path / "t.csv")
+    out = tmp_path / "out"
+    mode = [] if any(a.startswith("mode=") for a in args) else ["mode=centralized"]
+    run = merchant_fl(*[a.format(tmp=tmp_path) for a in args], *mode, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    lines = [line for line in run.stderr.strip().splitlines() if line.strip()]
+    assert lines[-1] == f"merchant-fl: error: {expected.format(tmp=tmp_path)}"
+    assert "Traceback" not in run.stderr + run.stdout
+    assert not (out / "metrics.json").exists() and not (out / "model.pt").exists()
+
+
+@pytest.mark.parametrize("mode", ["centralized", "local"])
+def test_baseline_modes_write_every_output(tmp_path, tiny_cfg, mode):
+    cfg = tiny_cfg(f"mode={mode}")
+    result = run_job(cfg, tmp_path)
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert doc["mode"] == mode and set(doc["tasks"]) == {"rating", "purchase", "click"}
+    assert len(doc["rounds"]) == 3 and len(doc["per_merchant"]) == 4
+    assert set(doc["oracle"]["click"]) == {"auc", "logloss"}
+    assert (tmp_path / "metrics.png").stat().st_size > 10_000
+    state = torch.load(tmp_path / "model.pt", weights_only=False)["state"]
+    assert (set(state) == set(result.per_merchant)) == (mode == "local")
+    first, last = doc["rounds"][0]["tasks"], doc["rounds"][-1]["tasks"]
+    assert last["click"]["logloss"] < first["click"]["logloss"]
+    assert last["rating"]["rmse"] < first["rating"]["rmse"]

@@ -1,0 +1,87 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from core.errors import InputError
+from data.shards import Shard
+from tasks.metrics import binary_metrics, combine_merchants, flatten, split_counts, unflatten, with_counts
+from tasks.models import build_model, parameter_tasks
+from tasks.registry import TASKS, resolve_tasks
+from tasks.training import evaluate, make_optimizer, masked_task_losses, train_epochs
+from tasks.weighting import build_weighting
+
+ALL = list(TASKS.values())
+MODEL = {"name": "shared_bottom", "embedding_dim": 4, "expert_dims": [8], "tower_dims": [4], "dropout": 0.0}
+TRAIN = {"optimizer": "adam", "lr": 0.01, "local_epochs": 1, "batch_size": 4}
+
+
+def test_losses_only_see_labelled_rows():
+    outputs = {"rating": torch.tensor([1.0, 100.0, 3.0]), "purchase": torch.zeros(3), "click": torch.zeros(3)}
+    labels = {"rating": torch.tensor([2.0, math.nan, 3.0]), "purchase": torch.full((3,), math.nan),
+              "click": torch.tensor([1.0, 0.0, 1.0])}
+    losses = masked_task_losses(outputs, labels, ALL)
+    assert set(losses) == {"rating", "click"}                        # no purchase label in this batch
+    assert losses["rating"].item() == pytest.approx(((1 - 2) ** 2 + 0) / 2)  # the 100 is never seen
+
+
+def test_a_shard_without_ratings_leaves_the_rating_tower_untouched():
+    torch.manual_seed(0)
+    model = build_model(MODEL, [10, 10], ["rating", "click"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    n = 16
+    shard = Shard(np.random.default_rng(0).integers(0, 10, (n, 2)),
+                  {"rating": np.full(n, np.nan, np.float32), "click": (np.arange(n) % 2).astype(np.float32)}, {})
+    tasks = resolve_tasks(["rating", "click"], ["rating", "click"])
+    weighting = build_weighting({"name": "equal"}, ["rating", "click"])
+    report = train_epochs(model, weighting, make_optimizer(model, weighting, TRAIN), shard, tasks, TRAIN, 0,
+                          torch.device("cpu"))
+    assert report.label_counts == {"rating": 0, "click": n} and set(report.losses) == {"click"}
+    owners = parameter_tasks(model)
+    for name, value in model.state_dict().items():
+        changed = not torch.equal(value, before[name])
+        if owners[name] == "rating":
+            assert not changed, name
+        if owners[name] == "click":
+            assert changed, name
+
+
+def test_parameter_owners_follow_the_towers():
+    model = build_model(MODEL, [10, 10], ["rating", "purchase"])
+    owners = parameter_tasks(model)
+    assert owners["towers.rating.0.weight"] == "rating"
+    assert owners["towers.purchase.2.bias"] == "purchase"
+    assert owners["embedding.tables.0.weight"] is None and owners["bottom.0.weight"] is None
+    assert set(owners) == set(model.state_dict())
+
+
+def test_resolve_tasks():
+    assert [t.name for t in resolve_tasks(None, ["click", "rating"])] == ["rating", "click"]
+    with pytest.raises(InputError, match="task 'rating' asked for, but the data has no 'rating' labels"):
+        resolve_tasks(["rating"], ["click"])
+    with pytest.raises(InputError, match="unknown task 'ctr'"):
+        resolve_tasks(["ctr"], ["click"])
+    scaled = resolve_tasks(["rating"], ["rating"], label_stats={"rating": {"mean": 3.0, "std": 2.0}})[0]
+    assert scaled.to_prediction(torch.tensor([1.0])).item() == 5.0
+
+
+def test_combine_weights_merchants_by_test_labels_and_skips_undefined():
+    per_merchant = {"a": {"click": {"auc": 0.8}}, "b": {"click": {"auc": 0.5}}, "c": {"click": {"auc": math.nan}}}
+    counts = {"a": {"click": 30}, "b": {"click": 10}, "c": {"click": 1000}}
+    assert combine_merchants(per_merchant, counts)["click"]["auc"] == pytest.approx((30 * 0.8 + 10 * 0.5) / 40)
+
+
+def test_metric_records_round_trip():
+    nested = with_counts({"click": {"auc": 0.7, "logloss": 0.3}}, {"click": 12, "rating": 0})
+    metrics, counts = split_counts(unflatten(flatten(nested)))
+    assert metrics == {"click": {"auc": 0.7, "logloss": 0.3}} and counts == {"click": 12, "rating": 0}
+    assert math.isnan(binary_metrics(np.ones(3), np.full(3, 0.5))["auc"])  # one class: undefined
+
+
+def test_evaluate_reports_per_task_counts():
+    model = build_model(MODEL, [10], ["rating", "click"])
+    shard = Shard(np.zeros((4, 1), np.int64), {"rating": np.array([1, np.nan, 3, np.nan], np.float32),
+                                               "click": np.array([0, 1, 0, 1], np.float32)}, {})
+    metrics, counts = evaluate(model, shard, resolve_tasks(None, ["rating", "click"]), torch.device("cpu"))
+    assert counts == {"rating": 2, "click": 4} and set(metrics["rating"]) == {"rmse", "mae"}
