@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from core import protocol
 from core.errors import InputError
 from tasks.experiment import Experiment, open_experiment
 from tasks.metrics import flatten, with_counts
+from tasks.models import MultiTaskModel
+from tasks.state import joint_state, load_joint_state
+from tasks.weighting import LossWeighting
 from tasks.training import evaluate, make_optimizer, shuffle_seed, train_epochs
 
 def merchant_of(node_config: Mapping[str, Any], experiment: Experiment) -> tuple[int, str]:
@@ -29,17 +31,17 @@ def merchant_of(node_config: Mapping[str, Any], experiment: Experiment) -> tuple
     return partition, ids[partition]
 
 
-def _model_from(msg: Message, experiment: Experiment) -> torch.nn.Module:
-    model = experiment.new_model()
-    model.load_state_dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
-    return model.to(experiment.device)
+def _trainable_from(msg: Message, experiment: Experiment) -> tuple[MultiTaskModel, LossWeighting]:
+    """The global model and loss weighting, as the server sent them."""
+    model, weighting = experiment.new_model(), experiment.new_weighting()
+    load_joint_state(model, weighting, msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
+    return model.to(experiment.device), weighting.to(experiment.device)
 
 
 def train_reply(msg: Message, node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> Message:
     experiment = open_experiment(cfg)
     k, merchant = merchant_of(node_config, experiment)
-    model = _model_from(msg, experiment)
-    weighting = experiment.new_weighting().to(experiment.device)
+    model, weighting = _trainable_from(msg, experiment)
     optimizer = make_optimizer(model, weighting, cfg["train"])
     server_round = int(msg.content.config_records[protocol.CONFIG].get("server-round", 0))
     shard = experiment.shard(merchant, "train")
@@ -47,7 +49,7 @@ def train_reply(msg: Message, node_config: Mapping[str, Any], cfg: Mapping[str, 
                           shuffle_seed(int(cfg["seed"]), server_round, k), experiment.device)
     metrics = flatten(with_counts({t: {"loss": v} for t, v in report.losses.items()}, report.label_counts))
     metrics[protocol.NUM_EXAMPLES] = report.examples
-    arrays = ArrayRecord({name: value.detach().cpu() for name, value in model.state_dict().items()})
+    arrays = ArrayRecord(joint_state(model, weighting))
     content = RecordDict({protocol.ARRAYS: arrays, protocol.METRICS: MetricRecord(metrics)})
     return Message(content, reply_to=msg)
 
@@ -55,7 +57,7 @@ def train_reply(msg: Message, node_config: Mapping[str, Any], cfg: Mapping[str, 
 def evaluate_reply(msg: Message, node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> Message:
     experiment = open_experiment(cfg)
     _, merchant = merchant_of(node_config, experiment)
-    model = _model_from(msg, experiment)
+    model, _ = _trainable_from(msg, experiment)
     test = experiment.shard(merchant, "test")
     metrics_by_task, counts = evaluate(model, test, experiment.tasks, experiment.device)
     metrics = flatten(with_counts(metrics_by_task, counts))

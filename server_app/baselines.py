@@ -11,6 +11,7 @@ from server_app.outputs import RoundRecord, RunResult, log_round
 from tasks.experiment import Experiment
 from tasks.metrics import Metrics, combine_merchants
 from tasks.models import MultiTaskModel
+from tasks.state import joint_state
 from tasks.training import evaluate, make_optimizer, shuffle_seed, train_epochs
 
 
@@ -41,8 +42,8 @@ def run_centralized(experiment: Experiment) -> RunResult:
         overall, per_merchant = evaluate_merchants(same_model, tests, experiment)
         rounds.append(RoundRecord(server_round, overall, losses))
         log_round(rounds[-1], experiment.metric_names)
-    return RunResult("centralized", experiment.task_names, rounds, per_merchant,
-                     {k: v.cpu() for k, v in model.state_dict().items()}, dict(cfg))
+    return RunResult("centralized", experiment.task_names, rounds, per_merchant, joint_state(model, weighting),
+                     dict(cfg))
 
 
 def run_local(experiment: Experiment) -> RunResult:
@@ -67,5 +68,5 @@ def run_local(experiment: Experiment) -> RunResult:
         train_loss = {t: v["loss"] for t, v in combine_merchants(losses, counts).items()}
         rounds.append(RoundRecord(server_round, overall, train_loss))
         log_round(rounds[-1], experiment.metric_names)
-    state = {m: {k: v.cpu() for k, v in models[m].state_dict().items()} for m in merchants}
+    state = {m: joint_state(models[m], weightings[m]) for m in merchants}
     return RunResult("local", experiment.task_names, rounds, per_merchant, state, dict(cfg))

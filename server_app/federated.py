@@ -13,7 +13,7 @@ from server_app.outputs import RoundRecord, RunResult, log_round
 from server_app.strategy import MultiTaskFedAvg, RoundFailed, arrays_to_numpy
 from tasks.experiment import Experiment
 from tasks.metrics import unflatten
-from tasks.models import parameter_tasks
+from tasks.state import joint_owners, joint_state
 
 
 def wait_for_merchants(grid: Grid, n_merchants: int, timeout_s: float) -> list[int]:
@@ -44,13 +44,13 @@ def run_federated(grid: Grid, experiment: Experiment) -> RunResult:
     fed = cfg["federation"]
     merchants = experiment.index.merchant_ids
     wait_for_merchants(grid, len(merchants), float(fed["wait_for_nodes_s"]))
-    model = experiment.new_model()
+    model, weighting = experiment.new_model(), experiment.new_weighting()
     strategy = MultiTaskFedAvg(
-        parameter_tasks(model),
+        joint_owners(model, weighting),
         fraction_train=float(fed["fraction_train"]), fraction_evaluate=float(fed["fraction_evaluate"]),
         min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1,
     )
-    arrays = ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    arrays = ArrayRecord(joint_state(model, weighting))
     timeout = float(fed["round_timeout_s"])
     rounds: list[RoundRecord] = []
     tasks = experiment.task_names

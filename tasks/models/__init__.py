@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from core.errors import InputError
-from tasks.models.base import MultiTaskModel, PerTask, parameter_tasks
+from tasks.models.base import MultiTaskModel, PerTask, PerTaskParameters, parameter_tasks
 from tasks.models.shared_bottom import SharedBottom
 
 MODELS: dict[str, type[MultiTaskModel]] = {
@@ -24,4 +24,4 @@ def build_model(model_cfg: Mapping[str, Any], buckets: Sequence[int], tasks: Seq
         raise InputError(f"model={name}: {exc}") from exc
 
 
-__all__ = ["MODELS", "MultiTaskModel", "PerTask", "build_model", "parameter_tasks"]
+__all__ = ["MODELS", "MultiTaskModel", "PerTask", "PerTaskParameters", "build_model", "parameter_tasks"]

@@ -17,6 +17,10 @@ class PerTask(nn.ModuleDict):
     """One module per task; the parameters below key `t` are averaged over clients holding `t` labels."""
 
 
+class PerTaskParameters(nn.ParameterDict):
+    """One parameter per task (e.g. a learned loss weight), owned by that task like a `PerTask` module."""
+
+
 def mlp(in_dim: int, dims: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
     layers: list[nn.Module] = []
     for width in dims:
@@ -82,6 +86,9 @@ def parameter_tasks(model: nn.Module) -> dict[str, str | None]:
     owners: dict[str, str | None] = {name: None for name, _ in model.named_parameters()}
     owners.update({name: None for name, _ in model.named_buffers()})
     for prefix, module in model.named_modules():
+        if isinstance(module, PerTaskParameters):
+            for task in module.keys():
+                owners[f"{prefix}.{task}" if prefix else task] = task
         if isinstance(module, PerTask):
             for task, child in module.items():
                 base = f"{prefix}.{task}." if prefix else f"{task}."
