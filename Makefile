@@ -31,5 +31,10 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.quality $(ARGS)
 
+# Architectures x loss weightings, federated, on the default data; summary.md/.csv/.png in the sweep dir.
+SWEEP ?= model=shared_bottom,mmoe,ple,esmm loss=equal,static,uncertainty,gradnorm,dwa,pcgrad
+sweep: $(STAMP)
+	$(VENV)/bin/merchant-fl -m $(SWEEP) $(ARGS)
+
 clean:
 	rm -rf outputs multirun .pytest_cache

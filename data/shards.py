@@ -212,6 +212,7 @@ def load_shard(index: ShardIndex, merchant_id: str, split: str) -> Shard:
     entry = index.merchant(merchant_id)
     table = pd.read_parquet(index.root / entry.directory / f"{split}.parquet")
     features = np.stack([table[f"f_{name}"].to_numpy(np.int64) for name in index.features], axis=1)
-    labels = {c: table[c].to_numpy(np.float32) for c in index.label_columns if c in table.columns}
-    oracle = {c: table[col].to_numpy(np.float32) for c, col in ORACLE_COLUMNS.items() if col in table.columns}
+    # np.array copies: Arrow-backed columns are read-only, which torch warns about.
+    labels = {c: np.array(table[c], np.float32) for c in index.label_columns if c in table.columns}
+    oracle = {c: np.array(table[col], np.float32) for c, col in ORACLE_COLUMNS.items() if col in table.columns}
     return Shard(features, labels, oracle)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from core.config import CONF_DIR, to_plain
@@ -30,6 +31,8 @@ def _hydra_main(cfg: DictConfig) -> None:
         run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except (InputError, RoundFailed) as exc:
         print(f"merchant-fl: error: {exc}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra marks this job failed and the sweep goes on; its summary lists it
         sys.exit(2)
 
 

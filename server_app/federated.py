@@ -8,11 +8,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
+from core import protocol
 from core.errors import InputError
 from server_app.outputs import RoundRecord, RunResult, log_round
 from server_app.strategy import MultiTaskFedAvg, RoundFailed, arrays_to_numpy
 from tasks.experiment import Experiment
 from tasks.metrics import unflatten
+from tasks.ranking import wants_ranking
 from tasks.state import joint_owners, joint_state
 
 
@@ -56,7 +58,8 @@ def run_federated(grid: Grid, experiment: Experiment) -> RunResult:
     tasks = experiment.task_names
 
     def evaluate(server_round: int, train_loss: dict[str, float]) -> None:
-        replies = _exchange(grid, strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid),
+        config = ConfigRecord({protocol.RANKING: int(wants_ranking(cfg, server_round))})
+        replies = _exchange(grid, strategy.configure_evaluate(server_round, arrays, config, grid),
                             timeout, server_round, "evaluate")
         strategy.aggregate_evaluate(server_round, replies)
         evaluation = strategy.evaluations[server_round]

@@ -44,6 +44,7 @@ def combine_merchants(per_merchant: Mapping[str, Mapping[str, Metrics]],
 
 
 COUNT = "num-labels"  # per-task label count travelling with a task's metrics
+RANKING = "ranking"   # pseudo-task holding HR/NDCG@K, weighted across merchants by positives scored
 
 
 def flatten(nested: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

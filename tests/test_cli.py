@@ -54,7 +54,11 @@ def test_baseline_modes_write_every_output(tmp_path, tiny_cfg, mode):
     cfg = tiny_cfg(f"mode={mode}")
     result = run_job(cfg, tmp_path)
     doc = json.loads((tmp_path / "metrics.json").read_text())
-    assert doc["mode"] == mode and set(doc["tasks"]) == {"rating", "purchase", "click"}
+    assert doc["mode"] == mode and set(doc["tasks"]) == {"rating", "purchase", "click", "ranking"}
+    ranking = doc["tasks"]["ranking"]  # the rating head ranks, on the final round only
+    assert set(ranking) == {"hr@10", "ndcg@10", "hr@10_full", "ndcg@10_full"}
+    assert all(0.0 <= v <= 1.0 for v in ranking.values()) and ranking["hr@10_full"] <= ranking["hr@10"]
+    assert "ranking" not in doc["rounds"][0]["tasks"]
     assert len(doc["rounds"]) == 3 and len(doc["per_merchant"]) == 4
     assert set(doc["oracle"]["click"]) == {"auc", "logloss"}
     assert (tmp_path / "metrics.png").stat().st_size > 10_000

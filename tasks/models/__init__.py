@@ -6,10 +6,16 @@ from typing import Any, Mapping, Sequence
 
 from core.errors import InputError
 from tasks.models.base import MultiTaskModel, PerTask, PerTaskParameters, parameter_tasks
+from tasks.models.esmm import ESMM
+from tasks.models.mmoe import MMoE
+from tasks.models.ple import PLE
 from tasks.models.shared_bottom import SharedBottom
 
 MODELS: dict[str, type[MultiTaskModel]] = {
     "shared_bottom": SharedBottom,
+    "mmoe": MMoE,
+    "ple": PLE,
+    "esmm": ESMM,
 }
 
 

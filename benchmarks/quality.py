@@ -1,0 +1,113 @@
+"""Federated vs centralized vs local on the same data, config and budget, with the oracle alongside.
+
+    python -m benchmarks.quality [hydra overrides...]      (make bench ARGS="...")
+
+Writes outputs/bench/quality/{centralized,federated,local}/ (each a normal run's outputs) and
+outputs/bench/quality/report.md, and prints the report: the per-task table, the federated/centralized
+ratios against the floors, and federated vs local on the merchants with the least data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+from core.config import compose_config, to_plain
+from core.errors import InputError
+from launch.simulation import run_federated_simulation
+from server_app.orchestration import run_job
+from server_app.outputs import RunResult
+from tasks.experiment import open_experiment
+from tasks.registry import TASKS
+
+FLOORS = {"auc": 0.98, "rmse": 1.03}  # federated/centralized: AUC at least, RMSE at most
+SMALLEST = 5
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+def metric_columns(tasks: list[str]) -> list[tuple[str, str]]:
+    return [(t, m) for t in tasks for m in TASKS[t].metric_names]
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def better(task: str, metric: str, a: float, b: float) -> bool:
+    return a > b if metric in TASKS[task].higher_is_better else a < b
+
+
+def report(results: dict[str, RunResult], smallest: list[str], seconds: dict[str, float], command: str) -> str:
+    tasks = results["federated"].tasks
+    cols = metric_columns(tasks)
+    rows = [[mode, *(fmt(r.final.get(t, {}).get(m)) for t, m in cols), f"{seconds[mode]:.0f}"]
+            for mode, r in results.items()]
+    oracle = results["centralized"].oracle
+    if oracle:
+        rows.append(["oracle (ground truth)", *(fmt(oracle.get(t, {}).get(m)) for t, m in cols), "-"])
+    table = markdown(["mode", *(f"{t} {m}" for t, m in cols), "seconds"], rows)
+
+    fed, cen, loc = (results[m] for m in ("federated", "centralized", "local"))
+    ratio_rows = []
+    for t, m in cols:
+        if m not in FLOORS:
+            continue
+        ratio = fed.final[t][m] / cen.final[t][m]
+        ok = ratio >= FLOORS[m] if m == "auc" else ratio <= FLOORS[m]
+        bound = f">= {FLOORS[m]}" if m == "auc" else f"<= {FLOORS[m]}"
+        ratio_rows.append([f"{t} {m}", f"{ratio:.4f}", bound, "yes" if ok else "NO"])
+    ratios = markdown(["federated / centralized", "ratio", "floor", "holds"], ratio_rows)
+
+    small_rows = []
+    for t, m in cols:
+        pairs = [(fed.per_merchant[x].get(t, {}).get(m), loc.per_merchant[x].get(t, {}).get(m)) for x in smallest]
+        pairs = [(f, l) for f, l in pairs if f is not None and l is not None and math.isfinite(f) and math.isfinite(l)]
+        if not pairs:
+            continue
+        wins = sum(better(t, m, f, l) for f, l in pairs)
+        small_rows.append([f"{t} {m}", fmt(sum(f for f, _ in pairs) / len(pairs)),
+                           fmt(sum(l for _, l in pairs) / len(pairs)), f"{wins}/{len(pairs)}"])
+    small = markdown(["metric (unweighted mean)", "federated", "local", "federated better on"], small_rows)
+    return (f"Command: `{command}`\n\n{table}\n\n{ratios}\n\n"
+            f"Merchants with the least training data ({', '.join(smallest)}):\n\n{small}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to all three modes")
+    parser.add_argument("--out", default="outputs/bench/quality")
+    args = parser.parse_args(argv)
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    out = Path(args.out).resolve()
+    try:
+        results, seconds = {}, {}
+        for mode in ("centralized", "federated", "local"):
+            cfg = to_plain(compose_config([*args.overrides, f"mode={mode}"]))
+            start = time.perf_counter()
+            run = run_federated_simulation if mode == "federated" else run_job
+            results[mode] = run(cfg, out / mode)
+            seconds[mode] = time.perf_counter() - start
+            print(f"{mode}: done in {seconds[mode]:.0f} s", flush=True)
+        index = open_experiment(cfg, prepare=True).index
+        smallest = [m.merchant_id for m in sorted(index.merchants, key=lambda m: m.n_train)[:SMALLEST]]
+    except InputError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    command = "make bench" + (f' ARGS="{" ".join(args.overrides)}"' if args.overrides else "")
+    text = report(results, smallest, seconds, command)
+    (out / "report.md").write_text(text)
+    print(text)
+    print(f"written to {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Every architecture against the contracts the rest of the system relies on: head shapes, task
+ownership of parameters, label masking, config composition, and that it can learn at all."""
+
+import pytest
+import torch
+
+from core.config import compose_config, to_plain
+from core.errors import InputError
+from tasks.models import MODELS, build_model, parameter_tasks
+from tasks.models.esmm import ctcvr_logit
+from tasks.registry import resolve_tasks
+from tasks.training import masked_task_losses
+from tasks.weighting import build_weighting
+
+BUCKETS = [10, 12, 7]
+SMALL = {"embedding_dim": 4, "expert_dims": [8], "tower_dims": [4], "dropout": 0.0}
+SUBSETS = [["rating"], ["purchase", "click"], ["rating", "purchase", "click"]]
+TASK_CONTAINERS = ("towers", "gates", "task_experts")  # PerTask attributes, keyed by task name
+
+
+def supports(name, tasks):
+    return name != "esmm" or {"click", "purchase"} <= set(tasks)
+
+
+def small(name, tasks, **extra):
+    return build_model({"name": name, **SMALL, **extra}, BUCKETS, tasks)
+
+
+def batch(n, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randint(0, b, (n,), generator=generator) for b in BUCKETS], dim=1)
+
+
+def expected_owner(name):
+    parts = name.split(".")
+    for container in TASK_CONTAINERS:
+        if container in parts:
+            return parts[parts.index(container) + 1]
+    return None
+
+
+CASES = [(name, tasks) for name in MODELS for tasks in SUBSETS if supports(name, tasks)]
+ALL_TASKS = SUBSETS[-1]
+
+
+@pytest.mark.parametrize("name,tasks", CASES)
+def test_forward_gives_one_vector_per_task_in_order(name, tasks):
+    outputs = small(name, tasks)(batch(5))
+    assert list(outputs) == tasks
+    assert all(out.shape == (5,) and torch.isfinite(out).all() for out in outputs.values())
+
+
+@pytest.mark.parametrize("name,tasks", CASES)
+def test_task_modules_are_owned_by_their_task(name, tasks):
+    model = small(name, tasks)
+    owners = parameter_tasks(model)
+    assert set(owners) == set(model.state_dict())
+    assert {name: owners[name] for name in owners} == {name: expected_owner(name) for name in owners}
+    assert set(owners.values()) == set(tasks) | {None}
+    if name in ("mmoe", "ple"):
+        assert any("experts" in k and "task_experts" not in k for k in owners)  # shared experts exist...
+    assert all(owners[k] is None for k in owners if "shared_experts" in k or k.startswith("experts."))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_configs_share_the_fair_sizes_and_build(name):
+    base = to_plain(compose_config(["model=shared_bottom"]))["model"]
+    cfg = to_plain(compose_config([f"model={name}"]))["model"]
+    assert cfg["name"] == name
+    assert {k: cfg[k] for k in base if k != "name"} == {k: v for k, v in base.items() if k != "name"}
+    model = build_model(cfg, BUCKETS, ALL_TASKS)
+    assert type(model) is MODELS[name] and list(model(batch(3))) == ALL_TASKS
+
+
+def assert_rating_masked(model):
+    """One Adam step on a batch without rating labels moves no rating parameter, and every other task's."""
+    tasks = resolve_tasks(ALL_TASKS, ALL_TASKS)
+    x = batch(32)
+    labels = {"rating": torch.full((32,), float("nan")), "click": (x[:, 0] % 2).float(),
+              "purchase": (x[:, 1] % 3 == 0).float()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    losses = masked_task_losses(model(x), labels, tasks)
+    assert set(losses) == {"click", "purchase"}
+    optimizer.zero_grad(set_to_none=True)
+    build_weighting({"name": "equal"}, ALL_TASKS).backward(losses, model.shared_parameters())
+    optimizer.step()
+    for key, owner in parameter_tasks(model).items():
+        changed = not torch.equal(model.state_dict()[key], before[key])
+        if owner == "rating":
+            assert not changed, key
+        elif owner is not None:
+            assert changed, key
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_batch_without_ratings_leaves_rating_parameters_untouched(name):
+    torch.manual_seed(0)
+    assert_rating_masked(small(name, ALL_TASKS))
+
+
+def test_ple_stacks_three_levels():
+    torch.manual_seed(0)
+    model = small("ple", ALL_TASKS, num_levels=3, num_shared_experts=2, num_task_experts=2)
+    assert len(model.levels) == 3 and model.levels[-1].shared_gate is None
+    assert all(level.shared_gate is not None for level in model.levels[:-1])
+    assert all(out.shape == (6,) for out in model(batch(6)).values())
+    assert_rating_masked(model)
+
+
+@pytest.mark.parametrize("name,key,value", [("mmoe", "num_experts", 0), ("ple", "num_levels", 0)])
+def test_bad_expert_counts_are_one_line_errors(name, key, value):
+    with pytest.raises(InputError, match=f"model={name}: {key} must be >= 1, got 0"):
+        small(name, ALL_TASKS, **{key: value})
+
+
+def test_ctcvr_logit_is_the_product_of_probabilities_even_at_extremes():
+    values = torch.tensor([-1e4, -100.0, -30.0, -5.0, 0.0, 5.0, 30.0, 100.0, 1e4])
+    a, b = (g.flatten().requires_grad_() for g in torch.meshgrid(values, values, indexing="ij"))
+    logit = ctcvr_logit(a, b)
+    assert torch.isfinite(logit).all()
+    torch.testing.assert_close(torch.sigmoid(logit), torch.sigmoid(a) * torch.sigmoid(b), atol=1e-5, rtol=0)
+    logit.sum().backward()
+    assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+
+
+@pytest.mark.parametrize("ctr_bias,cvr_bias", [(0.0, 0.0), (60.0, 60.0), (-60.0, 60.0), (60.0, -60.0), (-60.0, -60.0)])
+def test_esmm_purchase_is_click_times_cvr(ctr_bias, cvr_bias):
+    torch.manual_seed(0)
+    model = small("esmm", ALL_TASKS).eval()
+    with torch.no_grad():
+        model.towers["click"][-1].bias.add_(ctr_bias)
+        model.towers["purchase"][-1].bias.add_(cvr_bias)
+    x = batch(64)
+    out = model(x)
+    assert torch.isfinite(out["purchase"]).all()
+    torch.testing.assert_close(torch.sigmoid(out["purchase"]), torch.sigmoid(out["click"]) * model.cvr_probability(x),
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("tasks", [["rating"], ["rating", "click"], ["purchase"]])
+def test_esmm_without_click_and_purchase_is_an_input_error(tasks):
+    with pytest.raises(InputError, match=f"model=esmm needs tasks click and purchase; got {', '.join(tasks)}$"):
+        small("esmm", tasks)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_default_config_learns_a_tiny_problem(name):
+    torch.manual_seed(0)
+    cfg = to_plain(compose_config([f"model={name}"]))["model"]
+    model = build_model(cfg, BUCKETS, ["purchase", "click"])
+    tasks = resolve_tasks(["purchase", "click"], ["purchase", "click"])
+    x = batch(200, seed=1)
+    click = (x[:, 0] % 2 == 0).float()
+    labels = {"click": click, "purchase": click * (x[:, 1] % 2 == 0).float()}
+
+    def loss(train):
+        model.train(train)
+        return sum(masked_task_losses(model(x), labels, tasks).values())
+
+    with torch.no_grad():
+        start = loss(False).item()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss(True).backward()
+        optimizer.step()
+    with torch.no_grad():
+        end = loss(False).item()
+    assert end < 0.5 * start, (start, end)

@@ -1,0 +1,54 @@
+"""A real Flower simulation through the `merchant-fl` door: 4 merchants, 2 rounds."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from core.config import compose_config, to_plain
+from data.shards import prepare_shards
+from tests.conftest import TINY, cli_env
+
+pytestmark = pytest.mark.slow
+
+
+def merchant_fl(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "launch.cli", *TINY, *args], cwd=cwd, capture_output=True,
+                          text=True, env=cli_env(), timeout=900)
+
+
+def test_federated_training_improves_every_task(tmp_path):
+    out = tmp_path / "run"
+    # Denser than TINY, so that two rounds carry enough signal for ratings too.
+    run = merchant_fl("data.synthetic.n_rows=8000", "data.synthetic.n_users=200", "data.synthetic.n_items=80",
+                      f"hydra.run.dir={out}", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["mode"] == "federated" and doc["failures"] == []
+    assert [r["round"] for r in doc["rounds"]] == [0, 1, 2]
+    assert len(doc["per_merchant"]) == 4
+    untrained, trained = doc["rounds"][0]["tasks"], doc["rounds"][-1]["tasks"]
+    assert trained["click"]["auc"] > untrained["click"]["auc"] + 0.03
+    assert trained["purchase"]["logloss"] < untrained["purchase"]["logloss"]
+    assert trained["rating"]["rmse"] < untrained["rating"]["rmse"]
+    assert doc["tasks"] == trained
+    assert (out / "metrics.png").exists() and (out / "model.pt").exists()
+    # The per-round table reaches the log.
+    assert "purchase.auc" in run.stdout + run.stderr
+
+
+def test_a_round_where_every_client_fails_fails_the_run(tmp_path):
+    index = prepare_shards(to_plain(compose_config(TINY))["data"])
+    for entry in index.merchants:  # every merchant's training data is gone: each client errors
+        (index.root / entry.directory / "train.parquet").unlink()
+    out = tmp_path / "run"
+    try:
+        run = merchant_fl(f"hydra.run.dir={out}", cwd=tmp_path)
+    finally:
+        shutil.rmtree(index.root)
+    assert run.returncode == 2
+    assert "merchant-fl: error: round 1: every one of 4 clients failed to train" in run.stderr
+    assert "Traceback" not in run.stderr.splitlines()[-1]
+    assert not (out / "metrics.json").exists()
