@@ -11,11 +11,12 @@ from core import protocol
 from core.errors import InputError
 from tasks.experiment import Experiment, open_experiment
 from tasks.metrics import RANKING, flatten, with_counts
-from tasks.ranking import rank_merchant
 from tasks.models import MultiTaskModel
+from tasks.ranking import rank_merchant
 from tasks.state import joint_state, load_joint_state
-from tasks.weighting import LossWeighting
 from tasks.training import evaluate, make_optimizer, shuffle_seed, train_epochs
+from tasks.weighting import LossWeighting
+
 
 def merchant_of(node_config: Mapping[str, Any], experiment: Experiment) -> tuple[int, str]:
     """(index, id) of this node's merchant: `merchant-id` in the node config, else the partition id."""
@@ -50,8 +51,8 @@ def train_reply(msg: Message, node_config: Mapping[str, Any], cfg: Mapping[str, 
                           shuffle_seed(int(cfg["seed"]), server_round, k), experiment.device)
     metrics = flatten(with_counts({t: {"loss": v} for t, v in report.losses.items()}, report.label_counts))
     metrics[protocol.NUM_EXAMPLES] = report.examples
-    arrays = ArrayRecord(joint_state(model, weighting))
-    content = RecordDict({protocol.ARRAYS: arrays, protocol.METRICS: MetricRecord(metrics)})
+    content = RecordDict({protocol.ARRAYS: ArrayRecord(joint_state(model, weighting)),
+                          protocol.METRICS: MetricRecord(metrics)})
     return Message(content, reply_to=msg)
 
 
