@@ -37,7 +37,8 @@ def test_flwr_run_simulation_uses_the_hydra_config(tmp_path):
             os.kill(pid, signal.SIGTERM)
     assert (out / "metrics.json").exists(), run.stdout[-3000:] + run.stderr[-3000:]
     doc = json.loads((out / "metrics.json").read_text())
-    assert doc["mode"] == "federated" and set(doc["tasks"]) == {"purchase", "click"}
+    # Without ratings the click head is the one ranked (final round only).
+    assert doc["mode"] == "federated" and set(doc["tasks"]) == {"purchase", "click", "ranking"}
     assert len(doc["per_merchant"]) == 3 and [r["round"] for r in doc["rounds"]] == [0, 1]
     assert doc["config"]["data"]["synthetic"]["n_merchants"] == 3
     assert "[tool.flwr.federations]" not in (ROOT / "pyproject.toml").read_text()

@@ -33,7 +33,8 @@ def test_federated_training_improves_every_task(tmp_path):
     assert trained["click"]["auc"] > untrained["click"]["auc"] + 0.03
     assert trained["purchase"]["logloss"] < untrained["purchase"]["logloss"]
     assert trained["rating"]["rmse"] < untrained["rating"]["rmse"]
-    assert doc["tasks"] == trained
+    assert doc["tasks"] == trained and set(trained["ranking"]) == {"hr@10", "ndcg@10", "hr@10_full", "ndcg@10_full"}
+    assert "ranking" not in untrained
     assert (out / "metrics.png").exists() and (out / "model.pt").exists()
     # The per-round table reaches the log.
     assert "purchase.auc" in run.stdout + run.stderr
