@@ -50,7 +50,8 @@ class MultiTaskFedAvg(FedAvg):
 
     def _successful(self, server_round: int, replies: Iterable[Message], phase: str) -> list[Message]:
         """Replies without errors; errors are counted and logged; a round with no success fails."""
-        replies = list(replies)
+        # Replies arrive in any order; a fixed order makes the float sums, and so runs, reproducible.
+        replies = sorted(replies, key=lambda m: m.metadata.src_node_id)
         ok = [m for m in replies if not m.has_error()]
         for m in replies:
             if m.has_error():

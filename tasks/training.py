@@ -79,6 +79,7 @@ def train_epochs(model: MultiTaskModel, weighting: LossWeighting, optimizer: tor
     epochs, batch_size = int(train_cfg["local_epochs"]), int(train_cfg["batch_size"])
     embedding_l2 = float(train_cfg.get("embedding_l2", 0.0))
     model.train()
+    torch.manual_seed(seed)  # dropout masks: reproducible, and different per round and merchant
     features = torch.as_tensor(shard.features, device=device)
     labels = {k: torch.as_tensor(v, device=device) for k, v in task_labels(shard, tasks).items()}
     generator = torch.Generator().manual_seed(seed)

@@ -12,6 +12,8 @@ from core.config import compose_config, to_plain
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.synthetic.n_merchants=4", "data.synthetic.n_rows=3000", "data.synthetic.n_users=400",
         "data.synthetic.n_items=200", "federation.rounds=2", "device=cpu"]
+# Denser than TINY, so that two rounds carry enough signal for ratings too.
+DENSE = ["data.synthetic.n_rows=8000", "data.synthetic.n_users=200", "data.synthetic.n_items=80"]
 
 
 @pytest.fixture(autouse=True)

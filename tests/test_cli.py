@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from server_app.orchestration import run_job
-from tests.conftest import TINY, cli_env
+from tests.conftest import DENSE, cli_env
 
 
 def merchant_fl(*args, cwd):
@@ -51,7 +51,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, setup, args, expecte
 
 @pytest.mark.parametrize("mode", ["centralized", "local"])
 def test_baseline_modes_write_every_output(tmp_path, tiny_cfg, mode):
-    cfg = tiny_cfg(f"mode={mode}")
+    cfg = tiny_cfg(f"mode={mode}", *DENSE)
     result = run_job(cfg, tmp_path)
     doc = json.loads((tmp_path / "metrics.json").read_text())
     assert doc["mode"] == mode and set(doc["tasks"]) == {"rating", "purchase", "click", "ranking"}

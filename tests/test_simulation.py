@@ -9,7 +9,7 @@ import pytest
 
 from core.config import compose_config, to_plain
 from data.shards import prepare_shards
-from tests.conftest import TINY, cli_env
+from tests.conftest import DENSE, TINY, cli_env
 
 pytestmark = pytest.mark.slow
 
@@ -21,9 +21,7 @@ def merchant_fl(*args, cwd):
 
 def test_federated_training_improves_every_task(tmp_path):
     out = tmp_path / "run"
-    # Denser than TINY, so that two rounds carry enough signal for ratings too.
-    run = merchant_fl("data.synthetic.n_rows=8000", "data.synthetic.n_users=200", "data.synthetic.n_items=80",
-                      f"hydra.run.dir={out}", cwd=tmp_path)
+    run = merchant_fl(*DENSE, f"hydra.run.dir={out}", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["mode"] == "federated" and doc["failures"] == []
