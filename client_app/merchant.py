@@ -52,7 +52,8 @@ def train_reply(msg: Message, node_config: Mapping[str, Any], cfg: Mapping[str, 
     metrics = flatten(with_counts({t: {"loss": v} for t, v in report.losses.items()}, report.label_counts))
     metrics[protocol.NUM_EXAMPLES] = report.examples
     content = RecordDict({protocol.ARRAYS: ArrayRecord(joint_state(model, weighting)),
-                          protocol.METRICS: MetricRecord(metrics)})
+                          protocol.METRICS: MetricRecord(metrics),
+                          protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: merchant})})
     return Message(content, reply_to=msg)
 
 

@@ -4,6 +4,6 @@ ARRAYS = "arrays"              # ArrayRecord: the model's state_dict
 METRICS = "metrics"            # MetricRecord: "num-examples" plus flattened "task.metric" values
 CONFIG = "config"              # ConfigRecord sent by the server ("server-round", ...)
 RANKING = "ranking"            # key in an evaluate CONFIG: 1 = also compute top-K ranking metrics
-MERCHANT = "merchant"          # ConfigRecord of an evaluate reply
+MERCHANT = "merchant"          # ConfigRecord of every reply: which merchant answered
 MERCHANT_ID = "merchant-id"    # key in MERCHANT, and the node-config key naming a SuperNode's merchant
 NUM_EXAMPLES = "num-examples"  # FedAvg weight of shared parameters

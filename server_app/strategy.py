@@ -35,6 +35,12 @@ def numpy_to_arrays(arrays: Mapping) -> ArrayRecord:
     return ArrayRecord({name: Array(value) for name, value in arrays.items()})
 
 
+def _merchant_of(reply: Message) -> str:
+    if reply.has_error() or protocol.MERCHANT not in reply.content.config_records:
+        return f"~node-{reply.metadata.src_node_id}"
+    return str(reply.content.config_records[protocol.MERCHANT][protocol.MERCHANT_ID])
+
+
 class MultiTaskFedAvg(FedAvg):
     def __init__(self, parameter_tasks: Mapping[str, str | None], **fedavg_options) -> None:
         super().__init__(**fedavg_options)
@@ -50,8 +56,9 @@ class MultiTaskFedAvg(FedAvg):
 
     def _successful(self, server_round: int, replies: Iterable[Message], phase: str) -> list[Message]:
         """Replies without errors; errors are counted and logged; a round with no success fails."""
-        # Replies arrive in any order; a fixed order makes the float sums, and so runs, reproducible.
-        replies = sorted(replies, key=lambda m: m.metadata.src_node_id)
+        # Replies arrive in any order and node ids are random; ordering by merchant makes the float
+        # sums, and so runs, reproducible.
+        replies = sorted(replies, key=_merchant_of)
         ok = [m for m in replies if not m.has_error()]
         for m in replies:
             if m.has_error():
@@ -88,7 +95,7 @@ class MultiTaskFedAvg(FedAvg):
             return None
         per_merchant, counts = {}, {}
         for msg in ok:
-            merchant = str(msg.content.config_records[protocol.MERCHANT][protocol.MERCHANT_ID])
+            merchant = _merchant_of(msg)
             flat = msg.content.metric_records[protocol.METRICS]
             per_merchant[merchant], counts[merchant] = split_counts(unflatten(flat))
         overall = combine_merchants(per_merchant, counts)
