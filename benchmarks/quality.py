@@ -2,7 +2,9 @@
 
     python -m benchmarks.quality [hydra overrides...]      (make bench ARGS="...")
 
-Writes outputs/bench/quality/{centralized,federated,local}/ (each a normal run's outputs) and
+Each mode runs once per seed (--seeds, default 3) and the report shows means over seeds, since one
+run's purchase AUC moves by about 0.01 with the seed alone. Writes
+outputs/bench/quality/{centralized,federated,local}/seed-N/ (each a normal run's outputs) and
 outputs/bench/quality/report.md, and prints the report: the per-task table, the federated/centralized
 ratios against the floors, and federated vs local on the merchants with the least data.
 """
@@ -20,7 +22,7 @@ from core.config import compose_config, to_plain
 from core.errors import InputError
 from launch.simulation import run_federated_simulation
 from server_app.orchestration import run_job
-from server_app.outputs import RunResult
+from server_app.outputs import RoundRecord, RunResult
 from tasks.experiment import open_experiment
 from tasks.registry import TASKS
 
@@ -45,6 +47,23 @@ def better(task: str, metric: str, a: float, b: float) -> bool:
     return a > b if metric in TASKS[task].higher_is_better else a < b
 
 
+def mean(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def over_seeds(runs: list[RunResult]) -> RunResult:
+    """One result whose final and per-merchant metrics are the means over the seeds' runs."""
+    def average(dicts: list[dict]) -> dict:
+        keys = {t: {m for d in dicts for m in d.get(t, {})} for d in dicts for t in d}
+        return {t: {m: mean([d.get(t, {}).get(m) for d in dicts]) for m in ms} for t, ms in keys.items()}
+    first = runs[0]
+    final = average([r.final for r in runs])
+    per_merchant = {x: average([r.per_merchant[x] for r in runs]) for x in first.per_merchant}
+    rounds = [RoundRecord(first.rounds[-1].round, final)]
+    return RunResult(first.mode, first.tasks, rounds, per_merchant, {}, first.config, first.oracle)
+
+
 def report(results: dict[str, RunResult], smallest: list[str], seconds: dict[str, float], command: str) -> str:
     tasks = results["federated"].tasks
     cols = metric_columns(tasks)
@@ -53,7 +72,7 @@ def report(results: dict[str, RunResult], smallest: list[str], seconds: dict[str
     oracle = results["centralized"].oracle
     if oracle:
         rows.append(["oracle (ground truth)", *(fmt(oracle.get(t, {}).get(m)) for t, m in cols), "-"])
-    table = markdown(["mode", *(f"{t} {m}" for t, m in cols), "seconds"], rows)
+    table = markdown(["mode (mean over seeds)", *(f"{t} {m}" for t, m in cols), "seconds per run"], rows)
 
     fed, cen, loc = (results[m] for m in ("federated", "centralized", "local"))
     ratio_rows = []
@@ -84,24 +103,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to all three modes")
     parser.add_argument("--out", default="outputs/bench/quality")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="runs per mode (seed=0..N-1: model init, batch order, dropout); metrics are averaged")
     args = parser.parse_args(argv)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     out = Path(args.out).resolve()
     try:
         results, seconds = {}, {}
         for mode in ("centralized", "federated", "local"):
-            cfg = to_plain(compose_config([*args.overrides, f"mode={mode}"]))
-            start = time.perf_counter()
-            run = run_federated_simulation if mode == "federated" else run_job
-            results[mode] = run(cfg, out / mode)
-            seconds[mode] = time.perf_counter() - start
-            print(f"{mode}: done in {seconds[mode]:.0f} s", flush=True)
+            runs, start = [], time.perf_counter()
+            for seed in range(args.seeds):
+                cfg = to_plain(compose_config([*args.overrides, f"mode={mode}", f"seed={seed}"]))
+                run = run_federated_simulation if mode == "federated" else run_job
+                runs.append(run(cfg, out / mode / f"seed-{seed}"))
+            results[mode] = over_seeds(runs)
+            seconds[mode] = (time.perf_counter() - start) / args.seeds
+            print(f"{mode}: {args.seeds} run(s), {seconds[mode]:.0f} s each", flush=True)
         index = open_experiment(cfg, prepare=True).index
         smallest = [m.merchant_id for m in sorted(index.merchants, key=lambda m: m.n_train)[:SMALLEST]]
     except InputError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
     command = "make bench" + (f' ARGS="{" ".join(args.overrides)}"' if args.overrides else "")
+    if args.seeds != 3:
+        command = f"python -m benchmarks.quality --seeds {args.seeds} {' '.join(args.overrides)}".strip()
     text = report(results, smallest, seconds, command)
     (out / "report.md").write_text(text)
     print(text)
