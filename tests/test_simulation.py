@@ -51,3 +51,15 @@ def test_a_round_where_every_client_fails_fails_the_run(tmp_path):
     assert "merchant-fl: error: round 1: every one of 4 clients failed to train" in run.stderr
     assert "Traceback" not in run.stderr.splitlines()[-1]
     assert not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("model", ["mmoe", "ple", "esmm"])
+def test_every_architecture_trains_federated(tmp_path, model):
+    out = tmp_path / "run"
+    run = merchant_fl(f"model={model}", "tasks=[purchase,click]", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["config"]["model"]["name"] == model and len(doc["rounds"]) == 3
+    untrained, trained = doc["rounds"][0]["tasks"], doc["rounds"][-1]["tasks"]
+    for task in ("purchase", "click"):
+        assert trained[task]["logloss"] < untrained[task]["logloss"], task
