@@ -10,11 +10,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from core import protocol
 from core.errors import InputError
 from tasks.experiment import Experiment, open_experiment
-from tasks.metrics import RANKING, flatten, with_counts
+from tasks.metrics import flatten, with_counts
 from tasks.models import MultiTaskModel
-from tasks.ranking import rank_merchant
+from tasks.ranking import evaluate_merchant
 from tasks.state import joint_state, load_joint_state
-from tasks.training import evaluate, make_optimizer, shuffle_seed, train_epochs
+from tasks.training import make_optimizer, shuffle_seed, train_epochs
 from tasks.weighting import LossWeighting
 
 
@@ -62,12 +62,8 @@ def evaluate_reply(msg: Message, node_config: Mapping[str, Any], cfg: Mapping[st
     _, merchant = merchant_of(node_config, experiment)
     model, _ = _trainable_from(msg, experiment)
     test = experiment.shard(merchant, "test")
-    metrics_by_task, counts = evaluate(model, test, experiment.tasks, experiment.device)
-    if int(msg.content.config_records[protocol.CONFIG].get(protocol.RANKING, 0)):
-        ranking, n = rank_merchant(model, experiment.shard(merchant, "train"), test, experiment.tasks,
-                                   experiment.index.features, cfg["ranking"], experiment.device)
-        if n:
-            metrics_by_task[RANKING], counts[RANKING] = ranking, n
+    with_ranking = bool(int(msg.content.config_records[protocol.CONFIG].get(protocol.RANKING, 0)))
+    metrics_by_task, counts = evaluate_merchant(model, experiment, merchant, test, with_ranking)
     metrics = flatten(with_counts(metrics_by_task, counts))
     metrics[protocol.NUM_EXAMPLES] = len(test)
     content = RecordDict({protocol.METRICS: MetricRecord(metrics),

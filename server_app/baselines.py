@@ -9,34 +9,28 @@ from typing import Mapping
 from data.shards import Shard
 from server_app.outputs import RoundRecord, RunResult, log_round
 from tasks.experiment import Experiment
-from tasks.metrics import RANKING, Metrics, combine_merchants
-from tasks.ranking import rank_merchant, wants_ranking
+from tasks.metrics import Metrics, combine_merchants
+from tasks.ranking import evaluate_merchant, wants_ranking
 from tasks.models import MultiTaskModel
 from tasks.state import joint_state
-from tasks.training import evaluate, make_optimizer, shuffle_seed, train_epochs
+from tasks.training import make_optimizer, shuffle_seed, train_epochs
 
 
-def evaluate_merchants(models: Mapping[str, MultiTaskModel], trains: Mapping[str, Shard],
-                       tests: Mapping[str, Shard], experiment: Experiment, server_round: int
-                       ) -> tuple[dict[str, Metrics], dict[str, dict[str, Metrics]]]:
+def evaluate_merchants(models: Mapping[str, MultiTaskModel], tests: Mapping[str, Shard], experiment: Experiment,
+                       server_round: int) -> tuple[dict[str, Metrics], dict[str, dict[str, Metrics]]]:
     """Every merchant scored on its own test split, exactly as a federated client scores itself."""
     per_merchant, counts = {}, {}
+    with_ranking = wants_ranking(experiment.cfg, server_round)
     for merchant, shard in tests.items():
-        model = models[merchant]
-        per_merchant[merchant], counts[merchant] = evaluate(model, shard, experiment.tasks, experiment.device)
-        if wants_ranking(experiment.cfg, server_round):
-            ranking, n = rank_merchant(model, trains[merchant], shard, experiment.tasks,
-                                       experiment.index.features, experiment.cfg["ranking"], experiment.device)
-            if n:
-                per_merchant[merchant][RANKING], counts[merchant][RANKING] = ranking, n
+        per_merchant[merchant], counts[merchant] = evaluate_merchant(models[merchant], experiment, merchant,
+                                                                     shard, with_ranking)
     return combine_merchants(per_merchant, counts), per_merchant
 
 
 def run_centralized(experiment: Experiment) -> RunResult:
     cfg, train_cfg = experiment.cfg, experiment.cfg["train"]
     merchants = experiment.index.merchant_ids
-    trains = {m: experiment.shard(m, "train") for m in merchants}
-    pooled = Shard.concat(list(trains.values()))
+    pooled = Shard.concat([experiment.shard(m, "train") for m in merchants])
     tests = {m: experiment.shard(m, "test") for m in merchants}
     model = experiment.new_model().to(experiment.device)
     weighting = experiment.new_weighting().to(experiment.device)
@@ -48,7 +42,7 @@ def run_centralized(experiment: Experiment) -> RunResult:
         if server_round:
             losses = train_epochs(model, weighting, optimizer, pooled, experiment.tasks, train_cfg,
                                   shuffle_seed(int(cfg["seed"]), server_round, 0), experiment.device).losses
-        overall, per_merchant = evaluate_merchants(same_model, trains, tests, experiment, server_round)
+        overall, per_merchant = evaluate_merchants(same_model, tests, experiment, server_round)
         rounds.append(RoundRecord(server_round, overall, losses))
         log_round(rounds[-1], experiment.metric_names)
     return RunResult("centralized", experiment.task_names, rounds, per_merchant, joint_state(model, weighting),
@@ -73,7 +67,7 @@ def run_local(experiment: Experiment) -> RunResult:
                                       train_cfg, shuffle_seed(int(cfg["seed"]), server_round, k), experiment.device)
                 losses[m] = {t: {"loss": v} for t, v in report.losses.items()}
                 counts[m] = report.label_counts
-        overall, per_merchant = evaluate_merchants(models, trains, tests, experiment, server_round)
+        overall, per_merchant = evaluate_merchants(models, tests, experiment, server_round)
         train_loss = {t: v["loss"] for t, v in combine_merchants(losses, counts).items()}
         rounds.append(RoundRecord(server_round, overall, train_loss))
         log_round(rounds[-1], experiment.metric_names)

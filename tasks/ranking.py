@@ -25,7 +25,7 @@ NaN scores count as the lowest score.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -34,7 +34,11 @@ from core.errors import InputError
 from data.shards import Shard
 from tasks.models import MultiTaskModel
 from tasks.registry import Task
-from tasks.training import predict
+from tasks.metrics import RANKING
+from tasks.training import evaluate, predict
+
+if TYPE_CHECKING:
+    from tasks.experiment import Experiment
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]  # int64 features [n, n_features] -> scores [n], higher = better
 
@@ -219,3 +223,16 @@ def rank_merchant(model: MultiTaskModel, train: Shard, test: Shard, tasks: list[
         return {}, 0
     return ranking_metrics(model_score_fn(model, task, device), train, test, task, features.index("user_id"),
                            features.index("item_id"), RankingConfig(**options))
+
+
+def evaluate_merchant(model: MultiTaskModel, experiment: "Experiment", merchant: str, test: Shard,
+                      with_ranking: bool) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """One merchant's per-task test metrics and label counts, plus the ranking pseudo-task when asked:
+    the one scoring that federated clients and the centralized/local baselines both use."""
+    metrics, counts = evaluate(model, test, experiment.tasks, experiment.device)
+    if with_ranking:
+        ranking, n = rank_merchant(model, experiment.shard(merchant, "train"), test, experiment.tasks,
+                                   experiment.index.features, experiment.cfg["ranking"], experiment.device)
+        if n:
+            metrics[RANKING], counts[RANKING] = ranking, n
+    return metrics, counts
