@@ -3,6 +3,7 @@ so every mode trains and scores the same way."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.errors import InputError
+from core.errors import InputError, TrainingDiverged
 from data.shards import Shard
 from tasks.metrics import Metrics
 from tasks.models import MultiTaskModel
@@ -101,7 +102,10 @@ def train_epochs(model: MultiTaskModel, weighting: LossWeighting, optimizer: tor
                 (embedding_l2 * model.embedding.l2_penalty(features[idx])).backward()
             optimizer.step()
             for name, loss in losses.items():
-                sums[name] = sums.get(name, 0.0) + float(loss.detach())
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise TrainingDiverged.of(f"the {name} loss is {value}")
+                sums[name] = sums.get(name, 0.0) + value
                 batches[name] = batches.get(name, 0) + 1
     return TrainReport(examples=int(labelled_rows(shard, tasks).sum()), label_counts=label_counts(shard, tasks),
                        losses={k: sums[k] / batches[k] for k in sums})
@@ -117,7 +121,10 @@ def predict(model: MultiTaskModel, features: np.ndarray, tasks: Sequence[Task], 
     for chunk in x.split(batch_size):
         outputs = model(chunk)
         for task in tasks:
-            parts[task.name].append(task.to_prediction(outputs[task.name]).float().cpu().numpy())
+            values = task.to_prediction(outputs[task.name]).float().cpu().numpy()
+            if not np.isfinite(values).all():
+                raise TrainingDiverged.of(f"the model's {task.name} predictions are not finite")
+            parts[task.name].append(values)
     return {k: np.concatenate(v) if v else np.zeros(0, np.float32) for k, v in parts.items()}
 
 

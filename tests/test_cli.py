@@ -35,6 +35,8 @@ def good_table(path, **overrides):
     (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "tasks=[rating]"],
      "task 'rating' asked for, but the data has no 'rating' labels"),
     (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "mode=solo"], "unknown mode 'solo'"),
+    (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "train.optimizer=sgd", "train.lr=1e30"],
+     "training diverged: the "),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, setup, args, expected):
     if setup is not None:
