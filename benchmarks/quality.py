@@ -22,7 +22,7 @@ from core.config import compose_config, to_plain
 from core.errors import InputError
 from launch.simulation import run_federated_simulation
 from server_app.orchestration import run_job
-from server_app.outputs import RoundRecord, RunResult
+from server_app.outputs import RunResult
 from tasks.experiment import open_experiment
 from tasks.registry import TASKS
 
@@ -60,19 +60,22 @@ def over_seeds(runs: list[RunResult]) -> RunResult:
     first = runs[0]
     final = average([r.final for r in runs])
     per_merchant = {x: average([r.per_merchant[x] for r in runs]) for x in first.per_merchant}
-    rounds = [RoundRecord(first.rounds[-1].round, final)]
-    return RunResult(first.mode, first.tasks, rounds, per_merchant, {}, first.config, first.oracle)
+    kept = [r.selected_round for r in runs]
+    selected = ", ".join(str(k) for k in kept) if all(isinstance(k, int) for k in kept) else "per merchant"
+    return RunResult(first.mode, first.tasks, first.rounds, final, per_merchant, selected, {}, first.config,
+                     first.oracle)
 
 
 def report(results: dict[str, RunResult], smallest: list[str], seconds: dict[str, float], command: str) -> str:
     tasks = results["federated"].tasks
     cols = metric_columns(tasks)
-    rows = [[mode, *(fmt(r.final.get(t, {}).get(m)) for t, m in cols), f"{seconds[mode]:.0f}"]
-            for mode, r in results.items()]
+    rows = [[mode, *(fmt(r.final.get(t, {}).get(m)) for t, m in cols), str(r.selected_round),
+             f"{seconds[mode]:.0f}"] for mode, r in results.items()]
     oracle = results["centralized"].oracle
     if oracle:
-        rows.append(["oracle (ground truth)", *(fmt(oracle.get(t, {}).get(m)) for t, m in cols), "-"])
-    table = markdown(["mode (mean over seeds)", *(f"{t} {m}" for t, m in cols), "seconds per run"], rows)
+        rows.append(["oracle (ground truth)", *(fmt(oracle.get(t, {}).get(m)) for t, m in cols), "-", "-"])
+    table = markdown(["mode (mean over seeds)", *(f"{t} {m}" for t, m in cols), "kept round per seed",
+                      "seconds per run"], rows)
 
     fed, cen, loc = (results[m] for m in ("federated", "centralized", "local"))
     ratio_rows = []

@@ -61,11 +61,12 @@ def evaluate_reply(msg: Message, node_config: Mapping[str, Any], cfg: Mapping[st
     experiment = open_experiment(cfg)
     _, merchant = merchant_of(node_config, experiment)
     model, _ = _trainable_from(msg, experiment)
-    test = experiment.shard(merchant, "test")
+    test, val = experiment.shard(merchant, "test"), experiment.shard(merchant, "val")
     with_ranking = bool(int(msg.content.config_records[protocol.CONFIG].get(protocol.RANKING, 0)))
-    metrics_by_task, counts = evaluate_merchant(model, experiment, merchant, test, with_ranking)
-    metrics = flatten(with_counts(metrics_by_task, counts))
-    metrics[protocol.NUM_EXAMPLES] = len(test)
-    content = RecordDict({protocol.METRICS: MetricRecord(metrics),
-                          protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: merchant})})
+    scores = evaluate_merchant(model, experiment, merchant, test, val, with_ranking)
+    content = RecordDict({protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: merchant})})
+    for key, (metrics_by_task, counts), split in zip((protocol.METRICS, protocol.VAL_METRICS), scores, (test, val)):
+        metrics = flatten(with_counts(metrics_by_task, counts))
+        metrics[protocol.NUM_EXAMPLES] = len(split)
+        content[key] = MetricRecord(metrics)
     return Message(content, reply_to=msg)

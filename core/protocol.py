@@ -2,6 +2,7 @@
 
 ARRAYS = "arrays"              # ArrayRecord: the model's state_dict
 METRICS = "metrics"            # MetricRecord: "num-examples" plus flattened "task.metric" values
+VAL_METRICS = "val-metrics"    # MetricRecord of an evaluate reply: the same, on the validation split
 CONFIG = "config"              # ConfigRecord sent by the server ("server-round", ...)
 RANKING = "ranking"            # key in an evaluate CONFIG: 1 = also compute top-K ranking metrics
 MERCHANT = "merchant"          # ConfigRecord of every reply: which merchant answered

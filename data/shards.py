@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -36,6 +36,8 @@ class MerchantEntry:
     n_test: int
     train_labels: dict[str, int]  # label column -> labelled train rows
     test_labels: dict[str, int]
+    n_val: int = 0                # validation rows, carved from the train part: they choose the kept round
+    val_labels: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,9 @@ def cache_dir(data_cfg: Mapping[str, Any]) -> Path:
         "buckets": dict(data_cfg["hash_buckets"]),
         "test_fraction": data_cfg["test_fraction"],
         "split_seed": data_cfg["split_seed"],
+        "val_fraction": data_cfg["val_fraction"],
         "min_rows_per_merchant": data_cfg["min_rows_per_merchant"],
-        "format": 2,
+        "format": 3,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(data_cfg["cache_dir"]).expanduser().resolve() / digest
@@ -167,17 +170,21 @@ def prepare_shards(data_cfg: Mapping[str, Any]) -> ShardIndex:
             if not frame[label_columns].notna().any().any():
                 raise InputError(f"{source}: merchant {merchant!r} has no label in any of {', '.join(label_columns)}")
             stamps = frame[TIMESTAMP].to_numpy() if TIMESTAMP in frame.columns else None
-            train, test = split_positions(len(frame), float(data_cfg["test_fraction"]),
-                                          int(data_cfg["split_seed"]) + k, stamps)
+            train, val, test = split_positions(len(frame), float(data_cfg["test_fraction"]),
+                                               float(data_cfg["val_fraction"]), int(data_cfg["split_seed"]) + k,
+                                               stamps)
             train_rows.append(positions[train])
             directory = f"merchant-{k:05d}"
             (staging / directory).mkdir()
-            for name, part in (("train", train), ("test", test)):
+            parts = {"train": train, "val": val, "test": test}
+            for name, part in parts.items():
                 _write_split(frame.iloc[part], encoded[positions[part]], features, staging / directory / f"{name}.parquet")
+            labelled = {name: {c: int(frame[c].iloc[part].notna().sum()) for c in label_columns}
+                        for name, part in parts.items()}
             entries.append(MerchantEntry(
                 merchant_id=str(merchant), directory=directory, n_train=len(train), n_test=len(test),
-                train_labels={c: int(frame[c].iloc[train].notna().sum()) for c in label_columns},
-                test_labels={c: int(frame[c].iloc[test].notna().sum()) for c in label_columns},
+                train_labels=labelled["train"], test_labels=labelled["test"], n_val=len(val),
+                val_labels=labelled["val"],
             ))
         if not entries:
             raise InputError(f"{source}: no merchant has at least data.min_rows_per_merchant={min_rows} rows")

@@ -1,62 +1,86 @@
 """The two reference points of every federated result, trained with the same loop and budget:
 centralized (every merchant's train split pooled, which federation may not do) and local (each
-merchant alone). Both are scored on the same per-merchant test splits as the federated run."""
+merchant alone). Both are scored on the same per-merchant test splits, and keep their round by the
+same validation rule, as the federated run."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
+
+import torch
 
 from data.shards import Shard
 from server_app.outputs import RoundRecord, RunResult, log_round
 from tasks.experiment import Experiment
 from tasks.metrics import Metrics, combine_merchants
-from tasks.ranking import evaluate_merchant, wants_ranking
 from tasks.models import MultiTaskModel
-from tasks.state import joint_state
+from tasks.ranking import Scores, evaluate_merchant, wants_ranking
+from tasks.selection import RoundKeeper, validation_loss
+from tasks.state import joint_state, load_joint_state
 from tasks.training import make_optimizer, shuffle_seed, train_epochs
+from tasks.weighting import LossWeighting
+
+Scored = tuple[dict[str, Metrics], dict[str, dict[str, Metrics]]]  # (merchants combined, per merchant)
 
 
-def evaluate_merchants(models: Mapping[str, MultiTaskModel], tests: Mapping[str, Shard], experiment: Experiment,
-                       server_round: int) -> tuple[dict[str, Metrics], dict[str, dict[str, Metrics]]]:
-    """Every merchant scored on its own test split, exactly as a federated client scores itself."""
-    per_merchant, counts = {}, {}
-    with_ranking = wants_ranking(experiment.cfg, server_round)
-    for merchant, shard in tests.items():
-        per_merchant[merchant], counts[merchant] = evaluate_merchant(models[merchant], experiment, merchant,
-                                                                     shard, with_ranking)
-    return combine_merchants(per_merchant, counts), per_merchant
+def _combine(scores: Mapping[str, Scores]) -> Scored:
+    per_merchant = {m: metrics for m, (metrics, _) in scores.items()}
+    return combine_merchants(per_merchant, {m: counts for m, (_, counts) in scores.items()}), per_merchant
+
+
+def evaluate_merchants(models: Mapping[str, MultiTaskModel], splits: Mapping[str, tuple[Shard, Shard]],
+                       experiment: Experiment, final: bool = False) -> tuple[Scored, Scored]:
+    """(test, validation): every merchant scored on its own splits, exactly as a federated client scores itself."""
+    with_ranking = wants_ranking(experiment.cfg, final)
+    scores = {m: evaluate_merchant(models[m], experiment, m, test, val, with_ranking)
+              for m, (test, val) in splits.items()}
+    return _combine({m: s[0] for m, s in scores.items()}), _combine({m: s[1] for m, s in scores.items()})
+
+
+def _snapshot(model: MultiTaskModel, weighting: LossWeighting) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in joint_state(model, weighting).items()}
+
+
+def _held_out(experiment: Experiment) -> dict[str, tuple[Shard, Shard]]:
+    return {m: (experiment.shard(m, "test"), experiment.shard(m, "val")) for m in experiment.index.merchant_ids}
 
 
 def run_centralized(experiment: Experiment) -> RunResult:
     cfg, train_cfg = experiment.cfg, experiment.cfg["train"]
     merchants = experiment.index.merchant_ids
     pooled = Shard.concat([experiment.shard(m, "train") for m in merchants])
-    tests = {m: experiment.shard(m, "test") for m in merchants}
+    splits = _held_out(experiment)
     model = experiment.new_model().to(experiment.device)
     weighting = experiment.new_weighting().to(experiment.device)
     optimizer = make_optimizer(model, weighting, train_cfg)
     same_model = {m: model for m in merchants}
+    keeper: RoundKeeper[dict[str, torch.Tensor]] = RoundKeeper(str(cfg["select_round"]))
     rounds = []
     losses: dict[str, float] = {}
     for server_round in range(int(cfg["federation"]["rounds"]) + 1):
         if server_round:
             losses = train_epochs(model, weighting, optimizer, pooled, experiment.tasks, train_cfg,
                                   shuffle_seed(int(cfg["seed"]), server_round, 0), experiment.device).losses
-        overall, per_merchant = evaluate_merchants(same_model, tests, experiment, server_round)
-        rounds.append(RoundRecord(server_round, overall, losses))
+        (overall, _), (validation, _) = evaluate_merchants(same_model, splits, experiment)
+        rounds.append(RoundRecord(server_round, overall, losses, validation))
         log_round(rounds[-1], experiment.metric_names)
-    return RunResult("centralized", experiment.task_names, rounds, per_merchant, joint_state(model, weighting),
-                     dict(cfg))
+        keeper.offer(server_round, validation_loss(validation, experiment.tasks), lambda: _snapshot(model, weighting))
+    load_joint_state(model, weighting, keeper.state)
+    (final, per_merchant), _ = evaluate_merchants(same_model, splits, experiment, final=True)
+    return RunResult("centralized", experiment.task_names, rounds, final, per_merchant, keeper.round,
+                     keeper.state, dict(cfg))
 
 
 def run_local(experiment: Experiment) -> RunResult:
+    """Each merchant alone, and each keeps its own best round by its own validation split."""
     cfg, train_cfg = experiment.cfg, experiment.cfg["train"]
     merchants = experiment.index.merchant_ids
     trains = {m: experiment.shard(m, "train") for m in merchants}
-    tests = {m: experiment.shard(m, "test") for m in merchants}
+    splits = _held_out(experiment)
     models = {m: experiment.new_model().to(experiment.device) for m in merchants}
     weightings = {m: experiment.new_weighting().to(experiment.device) for m in merchants}
     optimizers = {m: make_optimizer(models[m], weightings[m], train_cfg) for m in merchants}
+    keepers: dict[str, RoundKeeper[Any]] = {m: RoundKeeper(str(cfg["select_round"])) for m in merchants}
     rounds = []
     for server_round in range(int(cfg["federation"]["rounds"]) + 1):
         losses: dict[str, dict[str, Metrics]] = {}
@@ -67,9 +91,15 @@ def run_local(experiment: Experiment) -> RunResult:
                                       train_cfg, shuffle_seed(int(cfg["seed"]), server_round, k), experiment.device)
                 losses[m] = {t: {"loss": v} for t, v in report.losses.items()}
                 counts[m] = report.label_counts
-        overall, per_merchant = evaluate_merchants(models, tests, experiment, server_round)
+        (overall, _), (validation, per_merchant_val) = evaluate_merchants(models, splits, experiment)
+        for m in merchants:
+            keepers[m].offer(server_round, validation_loss(per_merchant_val[m], experiment.tasks),
+                             lambda m=m: _snapshot(models[m], weightings[m]))
         train_loss = {t: v["loss"] for t, v in combine_merchants(losses, counts).items()}
-        rounds.append(RoundRecord(server_round, overall, train_loss))
+        rounds.append(RoundRecord(server_round, overall, train_loss, validation))
         log_round(rounds[-1], experiment.metric_names)
-    state = {m: joint_state(models[m], weightings[m]) for m in merchants}
-    return RunResult("local", experiment.task_names, rounds, per_merchant, state, dict(cfg))
+    for m in merchants:
+        load_joint_state(models[m], weightings[m], keepers[m].state)
+    (final, per_merchant), _ = evaluate_merchants(models, splits, experiment, final=True)
+    return RunResult("local", experiment.task_names, rounds, final, per_merchant,
+                     {m: keepers[m].round for m in merchants}, {m: keepers[m].state for m in merchants}, dict(cfg))

@@ -15,6 +15,7 @@ from server_app.strategy import MultiTaskFedAvg, RoundFailed, arrays_to_numpy
 from tasks.experiment import Experiment
 from tasks.metrics import unflatten
 from tasks.ranking import wants_ranking
+from tasks.selection import RoundKeeper, validation_loss
 from tasks.state import joint_owners, joint_state
 
 
@@ -55,31 +56,35 @@ def run_federated(grid: Grid, experiment: Experiment) -> RunResult:
     arrays = ArrayRecord(joint_state(model, weighting))
     timeout = float(fed["round_timeout_s"])
     rounds: list[RoundRecord] = []
-    tasks = experiment.task_names
+    keeper: RoundKeeper[ArrayRecord] = RoundKeeper(str(cfg["select_round"]))
+    n_rounds = int(fed["rounds"])
 
-    def evaluate(server_round: int, train_loss: dict[str, float]) -> None:
-        config = ConfigRecord({protocol.RANKING: int(wants_ranking(cfg, server_round))})
-        replies = _exchange(grid, strategy.configure_evaluate(server_round, arrays, config, grid),
+    def evaluate(server_round: int, state: ArrayRecord, final: bool = False):
+        config = ConfigRecord({protocol.RANKING: int(wants_ranking(cfg, final))})
+        replies = _exchange(grid, strategy.configure_evaluate(server_round, state, config, grid),
                             timeout, server_round, "evaluate")
         strategy.aggregate_evaluate(server_round, replies)
-        evaluation = strategy.evaluations[server_round]
-        rounds.append(RoundRecord(server_round, evaluation.overall, train_loss))
+        return strategy.evaluations[server_round]
+
+    losses: dict[str, float] = {}
+    for server_round in range(n_rounds + 1):
+        if server_round:
+            replies = _exchange(grid, strategy.configure_train(server_round, arrays, ConfigRecord(), grid),
+                                timeout, server_round, "train")
+            new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+            if new_arrays is not None:
+                arrays = new_arrays
+            losses = {t: m["loss"] for t, m in unflatten(dict(train_metrics or {})).items() if "loss" in m}
+        evaluation = evaluate(server_round, arrays)
+        rounds.append(RoundRecord(server_round, evaluation.overall, losses, evaluation.validation))
         log_round(rounds[-1], experiment.metric_names)
+        keeper.offer(server_round, validation_loss(evaluation.validation, experiment.tasks), lambda: arrays)
 
-    evaluate(0, {})
-    for server_round in range(1, int(fed["rounds"]) + 1):
-        replies = _exchange(grid, strategy.configure_train(server_round, arrays, ConfigRecord(), grid),
-                            timeout, server_round, "train")
-        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
-        if new_arrays is not None:
-            arrays = new_arrays
-        losses = {t: m["loss"] for t, m in unflatten(dict(train_metrics or {})).items() if "loss" in m}
-        evaluate(server_round, losses)
-
-    final = strategy.evaluations[max(strategy.evaluations)]
-    state = {k: torch.from_numpy(v.copy()) for k, v in arrays_to_numpy(arrays).items()}
+    # The kept model, scored once more with ranking; the evaluation after the last round is n_rounds + 1.
+    kept = evaluate(n_rounds + 1, keeper.state, final=True)
+    state = {k: torch.from_numpy(v.copy()) for k, v in arrays_to_numpy(keeper.state).items()}
     return RunResult(
-        mode="federated", tasks=tasks, rounds=rounds, per_merchant=final.per_merchant, model_state=state,
-        config=dict(cfg),
+        mode="federated", tasks=experiment.task_names, rounds=rounds, final=kept.overall,
+        per_merchant=kept.per_merchant, selected_round=keeper.round, model_state=state, config=dict(cfg),
         failures=[{"round": r, "node": n, "reason": why} for r, n, why in strategy.failures],
     )

@@ -21,6 +21,7 @@ class RoundRecord:
     round: int
     tasks: dict[str, Metrics]                              # test metrics, merchants combined
     train_loss: dict[str, float] = field(default_factory=dict)
+    validation: dict[str, Metrics] = field(default_factory=dict)
 
 
 @dataclass
@@ -28,15 +29,13 @@ class RunResult:
     mode: str
     tasks: list[str]
     rounds: list[RoundRecord]
-    per_merchant: dict[str, dict[str, Metrics]]            # final round, per merchant
+    final: dict[str, Metrics]                               # test metrics of the kept model, merchants combined
+    per_merchant: dict[str, dict[str, Metrics]]            # the same, per merchant
+    selected_round: int | dict[str, int]                    # the kept round (local: per merchant)
     model_state: dict[str, Any]                             # a state_dict, or merchant -> state_dict (local)
     config: dict[str, Any]
     oracle: dict[str, Metrics] | None = None
     failures: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def final(self) -> dict[str, Metrics]:
-        return self.rounds[-1].tasks if self.rounds else {}
 
 
 def _clean(value: Any) -> Any:
@@ -56,7 +55,10 @@ def metrics_document(result: RunResult) -> dict[str, Any]:
         "task_list": result.tasks,
         "tasks": result.final,
         "per_merchant": result.per_merchant,
-        "rounds": [{"round": r.round, "tasks": r.tasks, "train_loss": r.train_loss} for r in result.rounds],
+        "selected_round": result.selected_round,
+        "select_round": result.config.get("select_round"),
+        "rounds": [{"round": r.round, "tasks": r.tasks, "validation": r.validation, "train_loss": r.train_loss}
+                   for r in result.rounds],
         "oracle": result.oracle,
         "failures": result.failures,
         "config": result.config,
@@ -122,5 +124,6 @@ def write_outputs(result: RunResult, output_dir: Path, metric_names: dict[str, t
     tmp = output_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics_document(result), indent=1))
     tmp.replace(output_dir / "metrics.json")
-    log(INFO, "final test metrics: %s", json.dumps(_clean(result.final)))
+    log(INFO, "kept round %s (select_round=%s); its test metrics: %s", result.selected_round,
+        result.config.get("select_round"), json.dumps(_clean(result.final)))
     log(INFO, "outputs written to %s", output_dir.resolve())

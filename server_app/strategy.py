@@ -22,9 +22,10 @@ class RoundFailed(RuntimeError):
 
 @dataclass
 class Evaluation:
-    overall: dict[str, Metrics]
+    overall: dict[str, Metrics]                              # test, merchants combined
     per_merchant: dict[str, dict[str, Metrics]]
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    validation: dict[str, Metrics] = field(default_factory=dict)  # validation, merchants combined
 
 
 def arrays_to_numpy(record: ArrayRecord) -> dict:
@@ -93,13 +94,15 @@ class MultiTaskFedAvg(FedAvg):
         ok = self._successful(server_round, replies, "evaluate")
         if not ok:
             return None
-        per_merchant, counts = {}, {}
+        per_merchant, counts, val, val_counts = {}, {}, {}, {}
         for msg in ok:
             merchant = _merchant_of(msg)
-            flat = msg.content.metric_records[protocol.METRICS]
-            per_merchant[merchant], counts[merchant] = split_counts(unflatten(flat))
+            records = msg.content.metric_records
+            per_merchant[merchant], counts[merchant] = split_counts(unflatten(records[protocol.METRICS]))
+            if protocol.VAL_METRICS in records:
+                val[merchant], val_counts[merchant] = split_counts(unflatten(records[protocol.VAL_METRICS]))
         overall = combine_merchants(per_merchant, counts)
-        self.evaluations[server_round] = Evaluation(overall, per_merchant, counts)
+        self.evaluations[server_round] = Evaluation(overall, per_merchant, counts, combine_merchants(val, val_counts))
         return MetricRecord(flatten(overall))
 
 

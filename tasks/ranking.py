@@ -205,10 +205,9 @@ def ranking_task(tasks: list[Task], choice: str) -> Task | None:
     return next((by_name[n] for n in ("rating", "click", "purchase") if n in by_name), None)
 
 
-def wants_ranking(cfg: Mapping[str, Any], server_round: int) -> bool:
-    """Ranking costs many scored rows, so by default only the final round computes it."""
+def wants_ranking(cfg: Mapping[str, Any], final: bool) -> bool:
+    """Ranking costs many scored rows, so by default only the final evaluation of the kept model has it."""
     ranking = cfg["ranking"]
-    final = server_round == int(cfg["federation"]["rounds"])
     return bool(ranking["enabled"]) and (final or bool(ranking["every_round"]))
 
 
@@ -225,9 +224,12 @@ def rank_merchant(model: MultiTaskModel, train: Shard, test: Shard, tasks: list[
                            features.index("item_id"), RankingConfig(**options))
 
 
-def evaluate_merchant(model: MultiTaskModel, experiment: "Experiment", merchant: str, test: Shard,
-                      with_ranking: bool) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
-    """One merchant's per-task test metrics and label counts, plus the ranking pseudo-task when asked:
+Scores = tuple[dict[str, dict[str, float]], dict[str, int]]  # per-task metrics, per-task label counts
+
+
+def evaluate_merchant(model: MultiTaskModel, experiment: "Experiment", merchant: str, test: Shard, val: Shard,
+                      with_ranking: bool) -> tuple[Scores, Scores]:
+    """One merchant's (test, validation) scores, the test ones with the ranking pseudo-task when asked:
     the one scoring that federated clients and the centralized/local baselines both use."""
     metrics, counts = evaluate(model, test, experiment.tasks, experiment.device)
     if with_ranking:
@@ -235,4 +237,5 @@ def evaluate_merchant(model: MultiTaskModel, experiment: "Experiment", merchant:
                                    experiment.index.features, experiment.cfg["ranking"], experiment.device)
         if n:
             metrics[RANKING], counts[RANKING] = ranking, n
-    return metrics, counts
+    validation = evaluate(model, val, experiment.tasks, experiment.device) if len(val) else ({}, {})
+    return (metrics, counts), validation

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
@@ -33,6 +34,12 @@ class Task:
     def to_prediction(self, output: torch.Tensor) -> torch.Tensor:
         """Head output in label space: a probability or a value."""
         return torch.sigmoid(output) if self.kind == "binary" else output * self.scale + self.center
+
+    def loss_from_metrics(self, metrics: Metrics) -> float:
+        """The training loss recovered from this task's metrics (BCE = logloss; standardised MSE)."""
+        if self.kind == "binary":
+            return float(metrics.get("logloss", math.nan))
+        return float((metrics.get("rmse", math.nan) / self.scale) ** 2)
 
     @property
     def metrics_fn(self) -> Callable[[np.ndarray, np.ndarray], Metrics]:

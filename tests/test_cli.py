@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from server_app.orchestration import run_job
+from tasks.experiment import open_experiment
+from tasks.selection import validation_loss
 from tests.conftest import DENSE, cli_env
 
 
@@ -35,6 +37,8 @@ def good_table(path, **overrides):
     (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "tasks=[rating]"],
      "task 'rating' asked for, but the data has no 'rating' labels"),
     (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "mode=solo"], "unknown mode 'solo'"),
+    (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "select_round=best_val"],
+     "select_round=best_val needs validation rows: set data.val_fraction > 0"),
     (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "train.optimizer=sgd", "train.lr=1e30"],
      "training diverged: the "),
 ])
@@ -53,9 +57,18 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, setup, args, expecte
 
 @pytest.mark.parametrize("mode", ["centralized", "local"])
 def test_baseline_modes_write_every_output(tmp_path, tiny_cfg, mode):
-    cfg = tiny_cfg(f"mode={mode}", *DENSE)
+    cfg = tiny_cfg(f"mode={mode}", *DENSE, "data.val_fraction=0.1", "select_round=best_val")
     result = run_job(cfg, tmp_path)
     doc = json.loads((tmp_path / "metrics.json").read_text())
+    experiment = open_experiment(cfg)
+    if mode == "centralized":  # the round with the lowest validation loss is kept and reported
+        losses = [validation_loss(r["validation"], experiment.tasks) for r in doc["rounds"]]
+        kept = losses.index(min(losses))
+        assert doc["selected_round"] == kept
+        assert {t: m for t, m in doc["tasks"].items() if t != "ranking"} == doc["rounds"][kept]["tasks"]
+    else:  # every merchant keeps its own round, by its own validation rows
+        assert set(doc["selected_round"]) == set(experiment.index.merchant_ids)
+        assert all(0 <= r <= 2 for r in doc["selected_round"].values())
     assert doc["mode"] == mode and set(doc["tasks"]) == {"rating", "purchase", "click", "ranking"}
     ranking = doc["tasks"]["ranking"]  # the rating head ranks, on the final round only
     assert set(ranking) == {"hr@10", "ndcg@10", "hr@10_full", "ndcg@10_full"}

@@ -1,6 +1,7 @@
 """A real Flower simulation through the `merchant-fl` door: 4 merchants, 2 rounds."""
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import pytest
 
 from core.config import compose_config, to_plain
 from data.shards import prepare_shards
+from tasks.experiment import open_experiment
+from tasks.selection import validation_loss
 from tests.conftest import DENSE, TINY, cli_env
 
 pytestmark = pytest.mark.slow
@@ -31,11 +34,27 @@ def test_federated_training_improves_every_task(tmp_path):
     assert trained["click"]["auc"] > untrained["click"]["auc"] + 0.03
     assert trained["purchase"]["logloss"] < untrained["purchase"]["logloss"]
     assert trained["rating"]["rmse"] < untrained["rating"]["rmse"]
-    assert doc["tasks"] == trained and set(trained["ranking"]) == {"hr@10", "ndcg@10", "hr@10_full", "ndcg@10_full"}
-    assert "ranking" not in untrained
+    # The last round is kept (select_round=last) and scored once more, with ranking.
+    assert doc["selected_round"] == 2 and "ranking" not in trained
+    assert {t: m for t, m in doc["tasks"].items() if t != "ranking"} == trained
+    assert set(doc["tasks"]["ranking"]) == {"hr@10", "ndcg@10", "hr@10_full", "ndcg@10_full"}
     assert (out / "metrics.png").exists() and (out / "model.pt").exists()
     # The per-round table reaches the log.
     assert "purchase.auc" in run.stdout + run.stderr
+
+
+def test_best_val_keeps_the_round_with_the_lowest_validation_loss(tmp_path):
+    out = tmp_path / "run"
+    run = merchant_fl(*DENSE, "federation.rounds=3", "data.val_fraction=0.2", "select_round=best_val",
+                      "ranking.enabled=false", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    doc = json.loads((out / "metrics.json").read_text())
+    experiment = open_experiment(doc["config"])
+    losses = [validation_loss(r["validation"], experiment.tasks) for r in doc["rounds"]]
+    assert all(math.isfinite(v) for v in losses) and set(doc["rounds"][0]["validation"]) == {"rating", "purchase", "click"}
+    kept = losses.index(min(losses))
+    assert doc["selected_round"] == kept and doc["tasks"] == doc["rounds"][kept]["tasks"]
+    assert f"kept round {kept} (select_round=best_val)" in run.stdout + run.stderr
 
 
 def test_a_round_where_every_client_fails_fails_the_run(tmp_path):

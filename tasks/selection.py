@@ -1,0 +1,47 @@
+"""Which round a run keeps and reports: the one with the lowest validation loss, or simply the last.
+
+Centralized training on pooled data peaks early and then overfits while federated averaging is
+still improving, so comparing the modes at one fixed round mostly measures where each one stands on
+its own curve. Keeping each run's best round by validation, the same rule in every mode, compares
+what each could deliver; the test split is never used to choose.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Generic, Mapping, Sequence, TypeVar
+
+from tasks.metrics import Metrics
+from tasks.registry import Task
+
+RULES = ("best_val", "last")
+State = TypeVar("State")
+
+
+def validation_loss(metrics: Mapping[str, Metrics], tasks: Sequence[Task]) -> float:
+    """Mean over tasks of the loss each head trains on, read from its validation metrics; NaN if none."""
+    values = [task.loss_from_metrics(metrics[task.name]) for task in tasks if task.name in metrics]
+    values = [v for v in values if math.isfinite(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+class RoundKeeper(Generic[State]):
+    """Offered every evaluated round in order; keeps the state of the round the rule picks.
+
+    A round without validation labels (NaN loss) cannot be compared, so it is kept only as the latest.
+    """
+
+    def __init__(self, rule: str) -> None:
+        if rule not in RULES:
+            raise ValueError(f"select_round must be one of {', '.join(RULES)}, got {rule!r}")
+        self.rule = rule
+        self.round = -1
+        self.loss = math.nan
+        self.state: State | None = None
+
+    def offer(self, server_round: int, loss: float, snapshot: Callable[[], State]) -> bool:
+        better = not math.isfinite(self.loss) or (math.isfinite(loss) and loss < self.loss)
+        if self.rule == "last" or better:
+            self.round, self.loss, self.state = server_round, loss, snapshot()
+            return True
+        return False

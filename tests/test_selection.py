@@ -1,0 +1,43 @@
+"""The round a run keeps: the lowest validation loss, read from each head's own metrics."""
+
+import math
+
+import pytest
+
+from tasks.registry import TASKS, resolve_tasks
+from tasks.selection import RoundKeeper, validation_loss
+
+
+def test_validation_loss_is_the_mean_of_each_heads_training_loss():
+    tasks = resolve_tasks(["rating", "click"], ["rating", "click"], label_stats={"rating": {"mean": 3.0, "std": 2.0}})
+    metrics = {"rating": {"rmse": 1.0, "mae": 0.8}, "click": {"auc": 0.7, "logloss": 0.4}}
+    # rating trains on standardised MSE: (1.0 / 2.0) ** 2 = 0.25; click on BCE = logloss.
+    assert validation_loss(metrics, tasks) == pytest.approx((0.25 + 0.4) / 2)
+    assert validation_loss({"click": metrics["click"]}, tasks) == pytest.approx(0.4)
+    assert math.isnan(validation_loss({}, tasks))
+
+
+def test_best_val_keeps_the_lowest_loss_and_last_keeps_the_last():
+    losses = [0.9, 0.5, 0.6, math.nan, 0.55]
+    best, last = RoundKeeper("best_val"), RoundKeeper("last")
+    for r, loss in enumerate(losses):
+        best.offer(r, loss, lambda r=r: f"state-{r}")
+        last.offer(r, loss, lambda r=r: f"state-{r}")
+    assert (best.round, best.state, best.loss) == (1, "state-1", 0.5)
+    assert (last.round, last.state) == (4, "state-4")
+
+
+def test_rounds_without_validation_keep_the_latest():
+    keeper = RoundKeeper("best_val")
+    for r in range(3):
+        keeper.offer(r, math.nan, lambda r=r: r)
+    assert keeper.round == 2
+
+
+def test_an_unknown_rule_is_refused():
+    with pytest.raises(ValueError, match="select_round"):
+        RoundKeeper("best_test")
+
+
+def test_binary_loss_is_logloss():
+    assert TASKS["purchase"].loss_from_metrics({"auc": 0.5, "logloss": 0.2}) == 0.2
