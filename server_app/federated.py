@@ -11,7 +11,7 @@ from flwr.serverapp import Grid
 from core import protocol
 from core.errors import InputError
 from server_app.outputs import RoundRecord, RunResult, log_round
-from server_app.strategy import MultiTaskFedAvg, RoundFailed, arrays_to_numpy
+from server_app.strategy import Evaluation, MultiTaskFedAvg, RoundFailed, arrays_to_numpy
 from tasks.experiment import Experiment
 from tasks.metrics import unflatten
 from tasks.ranking import wants_ranking
@@ -59,7 +59,7 @@ def run_federated(grid: Grid, experiment: Experiment) -> RunResult:
     keeper: RoundKeeper[ArrayRecord] = RoundKeeper(str(cfg["select_round"]))
     n_rounds = int(fed["rounds"])
 
-    def evaluate(server_round: int, state: ArrayRecord, final: bool = False):
+    def evaluate(server_round: int, state: ArrayRecord, final: bool = False) -> Evaluation:
         config = ConfigRecord({protocol.RANKING: int(wants_ranking(cfg, final))})
         replies = _exchange(grid, strategy.configure_evaluate(server_round, state, config, grid),
                             timeout, server_round, "evaluate")
