@@ -45,7 +45,8 @@ def table_cfg(tiny_cfg, path, *extra):
 
 
 def test_shards_are_written_once_and_read_per_merchant(tmp_path, tiny_cfg):
-    cfg = table_cfg(tiny_cfg, write_table(tmp_path / "t.csv", rating=[5, None, 4, 3, None, 1, 2, 2, None, 5]))
+    cfg = table_cfg(tiny_cfg, write_table(tmp_path / "t.csv", rating=[5, None, 4, 3, None, 1, 2, 2, None, 5]),
+                    "data.val_fraction=0.25")
     index = prepare_shards(cfg)
     assert index.merchant_ids == ["a", "b"] and index.label_columns == ["rating", "click"]
     stamp = (index.root / "index.json").stat().st_mtime_ns
