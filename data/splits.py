@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from core.errors import InputError
+
 
 def _holdout(n_rows: int, fraction: float, seed: int, timestamps: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Positions (kept, held out); the latest rows are held out when timed. Needs n_rows >= 2."""
@@ -27,9 +29,9 @@ def split_positions(n_rows: int, test_fraction: float, val_fraction: float, seed
     val_fraction 0, gets no validation rows.
     """
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        raise InputError(f"data.test_fraction must be in (0, 1), got {test_fraction}")
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise InputError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
     train, test = _holdout(n_rows, test_fraction, seed, timestamps)
     if val_fraction == 0.0 or len(train) < 2:
         return train, np.zeros(0, dtype=train.dtype), test

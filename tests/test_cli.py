@@ -37,6 +37,8 @@ def good_table(path, **overrides):
     (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "tasks=[rating]"],
      "task 'rating' asked for, but the data has no 'rating' labels"),
     (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "mode=solo"], "unknown mode 'solo'"),
+    (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "data.val_fraction=1.5"],
+     "data.val_fraction must be in [0, 1), got 1.5"),
     (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "select_round=best_val"],
      "select_round=best_val needs validation rows: set data.val_fraction > 0"),
     (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "train.optimizer=sgd", "train.lr=1e30"],
