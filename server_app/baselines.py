@@ -65,10 +65,11 @@ def run_centralized(experiment: Experiment) -> RunResult:
         rounds.append(RoundRecord(server_round, overall, losses, validation))
         log_round(rounds[-1], experiment.metric_names)
         keeper.offer(server_round, validation_loss(validation, experiment.tasks), lambda: _snapshot(model, weighting))
-    load_joint_state(model, weighting, keeper.state)
+    kept = keeper.state
+    load_joint_state(model, weighting, kept)
     (final, per_merchant), _ = evaluate_merchants(same_model, splits, experiment, final=True)
-    return RunResult("centralized", experiment.task_names, rounds, final, per_merchant, keeper.round,
-                     keeper.state, dict(cfg))
+    return RunResult("centralized", experiment.task_names, rounds, final, per_merchant, keeper.round, kept,
+                     dict(cfg))
 
 
 def run_local(experiment: Experiment) -> RunResult:
@@ -98,8 +99,9 @@ def run_local(experiment: Experiment) -> RunResult:
         train_loss = {t: v["loss"] for t, v in combine_merchants(losses, counts).items()}
         rounds.append(RoundRecord(server_round, overall, train_loss, validation))
         log_round(rounds[-1], experiment.metric_names)
+    kept = {m: keepers[m].state for m in merchants}
     for m in merchants:
-        load_joint_state(models[m], weightings[m], keepers[m].state)
+        load_joint_state(models[m], weightings[m], kept[m])
     (final, per_merchant), _ = evaluate_merchants(models, splits, experiment, final=True)
     return RunResult("local", experiment.task_names, rounds, final, per_merchant,
-                     {m: keepers[m].round for m in merchants}, {m: keepers[m].state for m in merchants}, dict(cfg))
+                     {m: keepers[m].round for m in merchants}, kept, dict(cfg))

@@ -81,8 +81,9 @@ def run_federated(grid: Grid, experiment: Experiment) -> RunResult:
         keeper.offer(server_round, validation_loss(evaluation.validation, experiment.tasks), lambda: arrays)
 
     # The kept model, scored once more with ranking; the evaluation after the last round is n_rounds + 1.
-    kept = evaluate(n_rounds + 1, keeper.state, final=True)
-    state = {k: torch.from_numpy(v.copy()) for k, v in arrays_to_numpy(keeper.state).items()}
+    kept_arrays = keeper.state
+    kept = evaluate(n_rounds + 1, kept_arrays, final=True)
+    state = {k: torch.from_numpy(v.copy()) for k, v in arrays_to_numpy(kept_arrays).items()}
     return RunResult(
         mode="federated", tasks=experiment.task_names, rounds=rounds, final=kept.overall,
         per_merchant=kept.per_merchant, selected_round=keeper.round, model_state=state, config=dict(cfg),

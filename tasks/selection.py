@@ -29,6 +29,8 @@ class RoundKeeper(Generic[State]):
     """Offered every evaluated round in order; keeps the state of the round the rule picks.
 
     A round without validation labels (NaN loss) cannot be compared, so it is kept only as the latest.
+    Under `last` the snapshot is taken only when `state` is read, after training, so the default rule
+    copies no model per round (the caller must not change the live state after its final offer).
     """
 
     def __init__(self, rule: str) -> None:
@@ -37,11 +39,15 @@ class RoundKeeper(Generic[State]):
         self.rule = rule
         self.round = -1
         self.loss = math.nan
-        self.state: State | None = None
+        self._snapshot: Callable[[], State] | None = None
+        self._state: State | None = None
 
-    def offer(self, server_round: int, loss: float, snapshot: Callable[[], State]) -> bool:
-        better = not math.isfinite(self.loss) or (math.isfinite(loss) and loss < self.loss)
-        if self.rule == "last" or better:
-            self.round, self.loss, self.state = server_round, loss, snapshot()
-            return True
-        return False
+    def offer(self, server_round: int, loss: float, snapshot: Callable[[], State]) -> None:
+        if self.rule == "last":
+            self.round, self.loss, self._snapshot = server_round, loss, snapshot
+        elif not math.isfinite(self.loss) or (math.isfinite(loss) and loss < self.loss):
+            self.round, self.loss, self._state = server_round, loss, snapshot()
+
+    @property
+    def state(self) -> State | None:
+        return self._snapshot() if self._snapshot is not None else self._state
