@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.tables import markdown
 from core.config import compose_config, to_plain
 from core.errors import InputError
 from launch.simulation import run_federated_simulation
@@ -36,11 +37,6 @@ def fmt(value: float | None) -> str:
 
 def metric_columns(tasks: list[str]) -> list[tuple[str, str]]:
     return [(t, m) for t in tasks for m in TASKS[t].metric_names]
-
-
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def better(task: str, metric: str, a: float, b: float) -> bool:
