@@ -19,9 +19,9 @@ from data.schema import ORACLE_COLUMNS
 @dataclass(frozen=True)
 class PlatformSpec:
     n_merchants: int = 20
-    n_rows: int = 60_000
-    n_users: int = 6_000
-    n_items: int = 2_500
+    n_rows: int = 240_000
+    n_users: int = 3_000
+    n_items: int = 1_000
     n_categories: int = 12
     latent_dim: int = 8
     size_skew: float = 1.4          # merchant size ~ rank ** -size_skew
