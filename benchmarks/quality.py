@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.tables import markdown
+from benchmarks.report import make_command, markdown, publish
 from core.config import compose_config, to_plain
 from core.errors import InputError
 from launch.simulation import run_federated_simulation
@@ -29,6 +29,7 @@ from tasks.registry import TASKS
 
 FLOORS = {"auc": 0.98, "rmse": 1.03}  # federated/centralized: AUC at least, RMSE at most
 SMALLEST = 5
+OUT = "outputs/bench/quality"
 
 
 def fmt(value: float | None) -> str:
@@ -101,7 +102,7 @@ def report(results: dict[str, RunResult], smallest: list[str], seconds: dict[str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to all three modes")
-    parser.add_argument("--out", default="outputs/bench/quality")
+    parser.add_argument("--out", default=OUT)
     parser.add_argument("--seeds", type=int, default=3,
                         help="runs per mode (seed=0..N-1: model init, batch order, dropout); metrics are averaged")
     args = parser.parse_args(argv)
@@ -123,13 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
-    command = "make bench" + (f' ARGS="{" ".join(args.overrides)}"' if args.overrides else "")
-    if args.seeds != 3:
-        command = f"python -m benchmarks.quality --seeds {args.seeds} {' '.join(args.overrides)}".strip()
-    text = report(results, smallest, seconds, command)
-    (out / "report.md").write_text(text)
-    print(text)
-    print(f"written to {out / 'report.md'}")
+    command = make_command("bench", args.overrides)
+    if args.seeds != 3 or args.out != OUT:
+        command = " ".join(["python -m benchmarks.quality", f"--seeds {args.seeds}", f"--out {args.out}",
+                            *args.overrides])
+    publish(report(results, smallest, seconds, command), out)
     return 0
 
 

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 import torch
 
-from benchmarks.tables import markdown
+from benchmarks.report import make_command, markdown, publish
 from core.config import CONF_DIR, compose_config, to_plain
 from core.errors import InputError
 from data.shards import Shard
@@ -149,12 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"bench-speed: error: {exc}", file=sys.stderr)
         return 2
-    command = "make bench-speed" + (f' ARGS="{" ".join(args.overrides)}"' if args.overrides else "")
-    text = report(command, int(cfg["federation"]["rounds"]), federation, aggregation, architectures)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(text)
-    print(text)
-    print(f"written to {out / 'report.md'}")
+    command = make_command("bench-speed", args.overrides)
+    publish(report(command, int(cfg["federation"]["rounds"]), federation, aggregation, architectures), out)
     return 0
 
 
