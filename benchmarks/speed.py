@@ -35,7 +35,7 @@ from launch.simulation import run_federated_simulation
 from server_app.aggregation import ClientUpdate, aggregate_multitask
 from server_app.orchestration import run_job
 from tasks.experiment import open_experiment
-from tasks.state import joint_owners, joint_state, load_joint_state
+from tasks.state import joint_owners, joint_state, load_joint_state, snapshot_state
 from tasks.training import make_optimizer, predict, shuffle_seed, train_epochs
 
 REFERENCE_MODEL = "shared_bottom"
@@ -63,7 +63,7 @@ def aggregation_cost(cfg: Mapping[str, Any]) -> dict[str, float]:
     updates: the ratio is what aggregation adds to a round's compute."""
     experiment = open_experiment(cfg, prepare=True)
     model, weighting = experiment.new_model(), experiment.new_weighting()
-    start_state = {k: v.clone() for k, v in joint_state(model, weighting).items()}
+    start_state = snapshot_state(model, weighting)
     updates, train_s = [], 0.0
     for k, merchant in enumerate(experiment.index.merchant_ids):
         load_joint_state(model, weighting, start_state)

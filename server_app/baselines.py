@@ -16,9 +16,8 @@ from tasks.metrics import Metrics, combine_merchants
 from tasks.models import MultiTaskModel
 from tasks.ranking import Scores, evaluate_merchant, wants_ranking
 from tasks.selection import RoundKeeper, validation_loss
-from tasks.state import joint_state, load_joint_state
+from tasks.state import load_joint_state, snapshot_state
 from tasks.training import make_optimizer, shuffle_seed, train_epochs
-from tasks.weighting import LossWeighting
 
 Scored = tuple[dict[str, Metrics], dict[str, dict[str, Metrics]]]  # (merchants combined, per merchant)
 
@@ -35,10 +34,6 @@ def evaluate_merchants(models: Mapping[str, MultiTaskModel], splits: Mapping[str
     scores = {m: evaluate_merchant(models[m], experiment, m, test, val, with_ranking)
               for m, (test, val) in splits.items()}
     return _combine({m: s[0] for m, s in scores.items()}), _combine({m: s[1] for m, s in scores.items()})
-
-
-def _snapshot(model: MultiTaskModel, weighting: LossWeighting) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in joint_state(model, weighting).items()}
 
 
 def _held_out(experiment: Experiment) -> dict[str, tuple[Shard, Shard]]:
@@ -64,7 +59,8 @@ def run_centralized(experiment: Experiment) -> RunResult:
         (overall, _), (validation, _) = evaluate_merchants(same_model, splits, experiment)
         rounds.append(RoundRecord(server_round, overall, losses, validation))
         log_round(rounds[-1], experiment.metric_names)
-        keeper.offer(server_round, validation_loss(validation, experiment.tasks), lambda: _snapshot(model, weighting))
+        keeper.offer(server_round, validation_loss(validation, experiment.tasks),
+                     lambda: snapshot_state(model, weighting))
     kept = keeper.state
     load_joint_state(model, weighting, kept)
     (final, per_merchant), _ = evaluate_merchants(same_model, splits, experiment, final=True)
@@ -95,7 +91,7 @@ def run_local(experiment: Experiment) -> RunResult:
         (overall, _), (validation, per_merchant_val) = evaluate_merchants(models, splits, experiment)
         for m in merchants:
             keepers[m].offer(server_round, validation_loss(per_merchant_val[m], experiment.tasks),
-                             lambda m=m: _snapshot(models[m], weightings[m]))
+                             lambda m=m: snapshot_state(models[m], weightings[m]))
         train_loss = {t: v["loss"] for t, v in combine_merchants(losses, counts).items()}
         rounds.append(RoundRecord(server_round, overall, train_loss, validation))
         log_round(rounds[-1], experiment.metric_names)

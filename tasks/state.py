@@ -22,6 +22,11 @@ def joint_state(model: MultiTaskModel, weighting: LossWeighting) -> dict[str, to
     return state
 
 
+def snapshot_state(model: MultiTaskModel, weighting: LossWeighting) -> dict[str, torch.Tensor]:
+    """A copy of the joint state that later training does not change (joint_state shares CPU storage)."""
+    return {k: v.clone() for k, v in joint_state(model, weighting).items()}
+
+
 def load_joint_state(model: MultiTaskModel, weighting: LossWeighting, state: Mapping[str, torch.Tensor]) -> None:
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith(WEIGHTING_PREFIX)})
     weighting.load_state_dict({k[len(WEIGHTING_PREFIX):]: v for k, v in state.items()
