@@ -32,6 +32,22 @@ class PlatformSpec:
     purchase_bias: float = -1.9
     days: int = 90
     seed: int = 0
+    # Knobs for real-looking data (conf/data/synthetic_sparse.yaml, synthetic_coldstart.yaml). Their
+    # defaults reproduce the default table exactly: none of them draws a random number unless it is set.
+    activity_shape: float = 1.5      # user activity ~ 1 + Pareto(activity_shape): smaller = heavier tail
+    rows_per_customer: float = 6.0   # a merchant's customer population is its rows / this many users
+    catalog_scale: float = 8.0       # a merchant's catalogue is catalog_scale * sqrt(rows) items
+    dominant_share: float = 0.0      # > 0: the largest merchant holds this share of rows, the rest a long tail
+    rating_shift: float = 0.0        # added to the latent rating centre (3.4 stars): > 0 skews to 4-5 stars
+    no_purchase_fraction: float = 0.0  # share of merchants that never record a purchase (label all 0)
+    click_drift: float = 0.0         # change of the click logit from the first to the last day
+    purchase_drift: float = 0.0      # change of the purchase-after-click logit from the first to the last day
+    rating_drift: float = 0.0        # change of the rating centre (stars) from the first to the last day
+    new_user_fraction: float = 0.0   # share of users that arrive during the window instead of being there
+    new_item_fraction: float = 0.0   # share of items that arrive during the window
+    arrival_start: float = 0.0       # arrivals are uniform over [arrival_start, 1] of the window
+    user_lifetime: float = 1.0       # an arrived user is active this share of the window (1 = to the end)
+    item_lifetime: float = 1.0       # an arrived item is on sale this share of the window
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -43,9 +59,33 @@ def merchant_sizes(spec: PlatformSpec) -> np.ndarray:
     spare = spec.n_rows - spec.min_merchant_rows * spec.n_merchants
     if spare < 0:
         raise ValueError("n_rows is too small for n_merchants * min_merchant_rows")
+    if spec.dominant_share > 0:
+        if not 0 < spec.dominant_share < 1 or spec.n_merchants < 2:
+            raise ValueError("dominant_share must be in (0, 1) with at least 2 merchants")
+        # The largest merchant gets its share; the others split the rest by rank ** -size_skew.
+        first = int(round(spec.dominant_share * spec.n_rows))
+        spare = spec.n_rows - first - spec.min_merchant_rows * (spec.n_merchants - 1)
+        if spare < 0:
+            raise ValueError("dominant_share leaves too few rows for the other merchants' min_merchant_rows")
+        weights = weights[:-1]  # ranks 1.. of the tail
+        tail = spec.min_merchant_rows + np.floor(spare * weights / weights.sum()).astype(int)
+        tail[0] += spec.n_rows - first - tail.sum()
+        return np.concatenate([[first], tail])
     sizes = spec.min_merchant_rows + np.floor(spare * weights / weights.sum()).astype(int)
     sizes[0] += spec.n_rows - sizes.sum()
     return sizes
+
+
+def _active_spans(rng: np.random.Generator, n: int, fraction: float, start: float,
+                  lifetime: float) -> tuple[np.ndarray, np.ndarray]:
+    """(arrival, departure) of each of n users or items as shares of the window: a `fraction` of them
+    arrive uniformly over [start, 1] and stay `lifetime`; the others are there all the time."""
+    arrive, leave = np.zeros(n), np.ones(n)
+    if fraction > 0:
+        late = rng.random(n) < fraction
+        arrive[late] = rng.uniform(start, 1.0, late.sum())
+        leave[late] = np.minimum(arrive[late] + lifetime, 1.0)
+    return arrive, leave
 
 
 def _rating_distribution(mean_score: np.ndarray, sigma: float = 0.9) -> np.ndarray:
@@ -54,6 +94,24 @@ def _rating_distribution(mean_score: np.ndarray, sigma: float = 0.9) -> np.ndarr
     logits = -((levels[None, :] - mean_score[:, None]) ** 2) / (2 * sigma**2)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     return probs / probs.sum(axis=1, keepdims=True)
+
+
+def _items_on_sale(rng: np.random.Generator, when: np.ndarray, catalog: np.ndarray, weights: np.ndarray,
+                   arrive: np.ndarray, leave: np.ndarray, bins: int = 200) -> np.ndarray:
+    """An item per row, by weight among the catalogue items on sale at the row's time (to 1/bins)."""
+    items = np.empty(len(when), dtype=np.int64)
+    slot = np.minimum((when * bins).astype(int), bins - 1)
+    for b in np.unique(slot):
+        rows = np.flatnonzero(slot == b)
+        mid = (b + 0.5) / bins
+        on_sale = (arrive[catalog] <= mid) & (leave[catalog] >= mid)
+        if not on_sale.any():
+            on_sale = arrive[catalog] <= mid
+        if not on_sale.any():
+            on_sale = np.ones(len(catalog), dtype=bool)
+        w = weights[on_sale]
+        items[rows] = rng.choice(catalog[on_sale], len(rows), p=w / w.sum())
+    return items
 
 
 def generate_platform(spec: PlatformSpec = PlatformSpec()) -> pd.DataFrame:
@@ -70,38 +128,71 @@ def generate_platform(spec: PlatformSpec = PlatformSpec()) -> pd.DataFrame:
     user_vec = (centroids[favs[:, 0]] + 0.5 * centroids[favs[:, 1]]
                 + 0.8 * rng.normal(0, 1, (spec.n_users, d))) / np.sqrt(d)
     user_bias = rng.normal(0, 0.4, spec.n_users)
-    user_activity = rng.pareto(1.5, spec.n_users) + 1.0
+    user_activity = rng.pareto(spec.activity_shape, spec.n_users) + 1.0
     merchant_quality = rng.normal(0, 0.3, spec.n_merchants)
 
     sizes = merchant_sizes(spec)
     n_without = int(round(spec.no_rating_fraction * spec.n_merchants))
     # The largest merchant always collects ratings, so the rating task has a solid base.
     without_ratings = set(rng.choice(np.arange(1, spec.n_merchants), n_without, replace=False).tolist())
+    # The new knobs draw from their own stream, so the main one (and the default table) is unchanged.
+    extra = np.random.default_rng([spec.seed, 1])
+    user_arrive, user_leave = _active_spans(extra, spec.n_users, spec.new_user_fraction, spec.arrival_start,
+                                            spec.user_lifetime)
+    item_arrive, item_leave = _active_spans(extra, spec.n_items, spec.new_item_fraction, spec.arrival_start,
+                                            spec.item_lifetime)
+    arrivals = spec.new_user_fraction > 0 or spec.new_item_fraction > 0
+    # A user's rows are her activity times the share of the window she is there (1 for everyone by default).
+    user_weight = user_activity * (user_leave - user_arrive)
+    n_no_purchase = int(round(spec.no_purchase_fraction * spec.n_merchants))
+    # Like ratings, the largest merchant always records purchases.
+    without_purchases = set(extra.choice(np.arange(1, spec.n_merchants), n_no_purchase, replace=False).tolist())
+    window = spec.days * 86_400
 
     frames = []
     for m, size in enumerate(sizes):
         # Catalog: items of the merchant's favoured categories, more of them for larger merchants.
         cat_mix = rng.dirichlet(np.full(spec.n_categories, 0.5))
         item_w = cat_mix[item_cat] * np.exp(item_pop)
-        n_catalog = int(np.clip(8 * np.sqrt(size), 50, spec.n_items))
+        n_catalog = int(np.clip(spec.catalog_scale * np.sqrt(size), 50, spec.n_items))
         catalog = rng.choice(spec.n_items, n_catalog, replace=False, p=item_w / item_w.sum())
         # Customers: drawn from the shared population by activity, so big merchants overlap a lot.
-        n_pop = int(np.clip(size / 6, 40, spec.n_users))
-        population = rng.choice(spec.n_users, n_pop, replace=False, p=user_activity / user_activity.sum())
-        u = rng.choice(population, size, p=user_activity[population] / user_activity[population].sum())
+        n_pop = int(np.clip(size / spec.rows_per_customer, 40, spec.n_users))
+        population = rng.choice(spec.n_users, n_pop, replace=False, p=user_weight / user_weight.sum())
+        u = rng.choice(population, size, p=user_weight[population] / user_weight[population].sum())
         pop_w = np.exp(item_pop[catalog])
-        i = rng.choice(catalog, size, p=pop_w / pop_w.sum())
+        if arrivals:
+            # Time first, within the user's active span; then an item on sale at that time.
+            when = user_arrive[u] + rng.random(size) * (user_leave[u] - user_arrive[u])
+            i = _items_on_sale(rng, when, catalog, pop_w, item_arrive, item_leave)
+            when = np.clip(np.maximum(when, item_arrive[i]), 0.0, 1.0)
+            timestamp = np.minimum(np.floor(when * window), window - 1).astype(np.int64)
+            order = np.argsort(timestamp, kind="stable")
+            u, i, timestamp = u[order], i[order], timestamp[order]
+        else:
+            i = rng.choice(catalog, size, p=pop_w / pop_w.sum())
 
         affinity = np.einsum("nd,nd->n", user_vec[u], item_vec[i]) * 1.6
-        p_click = _sigmoid(spec.click_bias + affinity + item_pop[i] + user_bias[u] + merchant_quality[m])
-        p_buy_given_click = _sigmoid(spec.purchase_bias + 0.8 * affinity + item_quality[i] + 0.5 * user_bias[u])
-        click = rng.random(size) < p_click
-        purchase = click & (rng.random(size) < p_buy_given_click)
+        # Random numbers in the order the labels and timestamps have always drawn them.
+        u_click, u_buy, u_rating, u_rated = (rng.random(size) for _ in range(4))
+        if not arrivals:
+            timestamp = np.sort(rng.integers(0, window, size))
+        when = timestamp / window - 0.5  # -0.5 on the first day, +0.5 on the last: drift is centred
 
-        rating_probs = _rating_distribution(3.4 + 1.1 * affinity + 0.6 * item_quality[i])
+        p_click = _sigmoid(spec.click_bias + spec.click_drift * when + affinity + item_pop[i] + user_bias[u]
+                           + merchant_quality[m])
+        p_buy_given_click = _sigmoid(spec.purchase_bias + spec.purchase_drift * when + 0.8 * affinity
+                                     + item_quality[i] + 0.5 * user_bias[u])
+        if m in without_purchases:
+            p_buy_given_click = np.zeros(size)
+        click = u_click < p_click
+        purchase = click & (u_buy < p_buy_given_click)
+
+        rating_probs = _rating_distribution(3.4 + spec.rating_shift + spec.rating_drift * when
+                                            + 1.1 * affinity + 0.6 * item_quality[i])
         rating_mean = rating_probs @ np.arange(1, 6)
-        rating = (rng.random(size)[:, None] > rating_probs.cumsum(axis=1)).sum(axis=1) + 1.0
-        rated = rng.random(size) < spec.rating_rate
+        rating = (u_rating[:, None] > rating_probs.cumsum(axis=1)).sum(axis=1) + 1.0
+        rated = u_rated < spec.rating_rate
         if m in without_ratings:
             rated[:] = False
 
@@ -109,7 +200,7 @@ def generate_platform(spec: PlatformSpec = PlatformSpec()) -> pd.DataFrame:
             "merchant_id": f"m{m:02d}",
             "user_id": [f"u{x:05d}" for x in u],
             "item_id": [f"i{x:05d}" for x in i],
-            "timestamp": np.sort(rng.integers(0, spec.days * 86_400, size)),
+            "timestamp": timestamp,
             "rating": np.where(rated, rating, np.nan).astype("float32"),
             "purchase": purchase.astype("float32"),
             "click": click.astype("float32"),
