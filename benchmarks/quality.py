@@ -3,10 +3,13 @@
     python -m benchmarks.quality [hydra overrides...]      (make bench ARGS="...")
 
 Each mode runs once per seed (--seeds, default 3) and the report shows means over seeds, since one
-run's purchase AUC moves by about 0.01 with the seed alone. Writes
+run's purchase AUC moves by about 0.01 with the seed alone. Then the simple pooled references of
+benchmarks/references.py (mean, merchant mean, bias model, one-hot linear, MF) run once on the same
+merchants' splits (they are deterministic). Writes
 outputs/bench/quality/{centralized,federated,local}/seed-N/ (each a normal run's outputs) and
-outputs/bench/quality/report.md, and prints the report: the per-task table, the federated/centralized
-ratios against the floors, and federated vs local on the merchants with the least data.
+outputs/bench/quality/report.md, and prints the report: the per-task table with the references' rows,
+which method is best per task, federated against every reference, the federated/centralized ratios
+against the floors, and federated vs local on the merchants with the least data.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Mapping
 
+from benchmarks.references import ReferenceResult, chosen_table, gather_splits, run_references, tuning_note
 from benchmarks.report import make_command, markdown, publish
 from core.config import compose_config, to_plain
 from core.errors import InputError
@@ -63,11 +68,61 @@ def over_seeds(runs: list[RunResult]) -> RunResult:
                      first.oracle)
 
 
-def report(results: dict[str, RunResult], smallest: list[str], seconds: dict[str, float], command: str) -> str:
+def value(final: Mapping[str, Mapping[str, float]], task: str, metric: str) -> float | None:
+    v = final.get(task, {}).get(metric)
+    return v if v is not None and math.isfinite(v) else None
+
+
+def best_of(candidates: Mapping[str, Mapping[str, Mapping[str, float]]], task: str, metric: str
+            ) -> tuple[str, float] | None:
+    """The (name, value) with the best value of one metric among named final metrics."""
+    best = None
+    for name, final in candidates.items():
+        v = value(final, task, metric)
+        if v is not None and (best is None or better(task, metric, v, best[1])):
+            best = (name, v)
+    return best
+
+
+def reference_sections(results: dict[str, RunResult], references: Mapping[str, ReferenceResult]) -> str:
+    """Per task the best method overall and the best reference, then federated against every reference."""
+    tasks = results["federated"].tasks
+    fed = results["federated"].final
+    lines, rows = [], []
+    for t in tasks:
+        m = TASKS[t].metric_names[0]  # the headline metric: AUC, or RMSE for the rating
+        overall = best_of({**{mode: r.final for mode, r in results.items()},
+                           **{f"{n} (reference)": r.final for n, r in references.items()}}, t, m)
+        best_ref = best_of({n: r.final for n, r in references.items()}, t, m)
+        f = value(fed, t, m)
+        if overall is None or best_ref is None or f is None:
+            continue
+        lines.append(f"- {t} {m}: best is {overall[0]} ({overall[1]:.4f}); best reference: {best_ref[0]} "
+                     f"({best_ref[1]:.4f})")
+        refs = [value(r.final, t, m) for r in references.values()]
+        beats = all(v is None or better(t, m, f, v) for v in refs)
+        fed_ll = base_ll = None
+        if TASKS[t].kind == "binary" and "mean" in references:
+            fed_ll, base_ll = value(fed, t, "logloss"), value(references["mean"].final, t, "logloss")
+            beats = beats and fed_ll is not None and base_ll is not None and fed_ll < base_ll
+        rows.append([f"{t} {m}", fmt(f), f"{best_ref[0]} ({best_ref[1]:.4f})", fmt(fed_ll), fmt(base_ll),
+                     "yes" if beats else "NO"])
+    verdict = markdown(["task", "federated", "best reference", "federated logloss", "base-rate logloss",
+                        "federated beats every reference"], rows)
+    return (f"Best per task (mean over seeds for the modes):\n\n" + "\n".join(lines) + "\n\n"
+            f"Federated against every reference (higher AUC, lower RMSE, and for binary tasks a log-loss "
+            f"below the base rate's):\n\n{verdict}")
+
+
+def report(results: dict[str, RunResult], smallest: list[str], seconds: dict[str, float], command: str,
+           references: Mapping[str, ReferenceResult] | None = None, references_note: str = "") -> str:
     tasks = results["federated"].tasks
     cols = metric_columns(tasks)
     rows = [[mode, *(fmt(r.final.get(t, {}).get(m)) for t, m in cols), str(r.selected_round),
              f"{seconds[mode]:.0f}"] for mode, r in results.items()]
+    for name, ref in (references or {}).items():
+        rows.append([f"{name} (reference)", *(fmt(ref.final.get(t, {}).get(m)) for t, m in cols), "-",
+                     f"{ref.seconds:.0f}"])
     oracle = results["centralized"].oracle
     if oracle:
         rows.append(["oracle (ground truth)", *(fmt(oracle.get(t, {}).get(m)) for t, m in cols), "-", "-"])
@@ -95,7 +150,14 @@ def report(results: dict[str, RunResult], smallest: list[str], seconds: dict[str
         small_rows.append([f"{t} {m}", fmt(sum(f for f, _ in pairs) / len(pairs)),
                            fmt(sum(l for _, l in pairs) / len(pairs)), f"{wins}/{len(pairs)}"])
     small = markdown(["metric (unweighted mean)", "federated", "local", "federated better on"], small_rows)
-    return (f"Command: `{command}`\n\n{table}\n\n{ratios}\n\n"
+    refs = ""
+    if references:
+        refs = (f"References: pooled over every merchant's train rows, run once (deterministic); "
+                f"{references_note or 'settings chosen on validation'}. The linear reference is "
+                f"logistic regression for binary tasks and ridge for the rating; MF is the bias model plus "
+                f"p_u . q_i (benchmarks/references.py).\n\n"
+                f"{chosen_table(references, tasks)}\n\n{reference_sections(results, references)}\n\n")
+    return (f"Command: `{command}`\n\n{table}\n\n{refs}{ratios}\n\n"
             f"Merchants with the least training data ({', '.join(smallest)}):\n\n{small}\n")
 
 
@@ -105,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=OUT)
     parser.add_argument("--seeds", type=int, default=3,
                         help="runs per mode (seed=0..N-1: model init, batch order, dropout); metrics are averaged")
+    parser.add_argument("--no-references", action="store_true",
+                        help="skip the pooled references (mean, merchant mean, bias model, one-hot linear, MF)")
     args = parser.parse_args(argv)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     out = Path(args.out).resolve()
@@ -121,14 +185,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{mode}: {args.seeds} run(s), {seconds[mode]:.0f} s each", flush=True)
         index = open_experiment(cfg, prepare=True).index
         smallest = [m.merchant_id for m in sorted(index.merchants, key=lambda m: m.n_train)[:SMALLEST]]
+        references, note = None, ""
+        if not args.no_references:
+            start = time.perf_counter()
+            splits, run_tasks, features = gather_splits(cfg)
+            references, note = run_references(splits, run_tasks, features, seed=0), tuning_note(splits)
+            print(f"references: {time.perf_counter() - start:.0f} s", flush=True)
     except InputError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
     command = make_command("bench", args.overrides)
-    if args.seeds != 3 or args.out != OUT:
+    if args.seeds != 3 or args.out != OUT or args.no_references:
         command = " ".join(["python -m benchmarks.quality", f"--seeds {args.seeds}", f"--out {args.out}",
-                            *args.overrides])
-    publish(report(results, smallest, seconds, command), out)
+                            *(["--no-references"] if args.no_references else []), *args.overrides])
+    publish(report(results, smallest, seconds, command, references, note), out)
     return 0
 
 
