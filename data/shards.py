@@ -20,7 +20,7 @@ import pandas as pd
 
 from core.errors import InputError
 from data.loading import read_table
-from data.schema import LABEL_COLUMNS, MERCHANT, ORACLE_COLUMNS, REAL_LABELS, TIMESTAMP, validate_interactions
+from data.schema import LABEL_COLUMNS, MERCHANT, ORACLE_COLUMNS, TIMESTAMP, validate_interactions
 from data.splits import split_positions
 from data.synthetic import PlatformSpec, generate_platform
 
@@ -102,7 +102,7 @@ def cache_dir(data_cfg: Mapping[str, Any]) -> Path:
         "split_seed": data_cfg["split_seed"],
         "val_fraction": data_cfg["val_fraction"],
         "min_rows_per_merchant": data_cfg["min_rows_per_merchant"],
-        "format": 3,
+        "format": 4,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(data_cfg["cache_dir"]).expanduser().resolve() / digest
@@ -189,8 +189,9 @@ def prepare_shards(data_cfg: Mapping[str, Any]) -> ShardIndex:
         if not entries:
             raise InputError(f"{source}: no merchant has at least data.min_rows_per_merchant={min_rows} rows")
         trained = df.iloc[np.concatenate(train_rows)]
-        label_stats = {c: {"mean": float(trained[c].mean()), "std": float(trained[c].std(ddof=0))}
-                       for c in label_columns if c in REAL_LABELS and trained[c].notna().any()}
+        label_stats = {c: {"mean": float(trained[c].mean()), "std": float(trained[c].std(ddof=0)),
+                           "count": int(trained[c].notna().sum())}
+                       for c in label_columns if trained[c].notna().any()}
         index = {"features": features, "buckets": buckets, "label_columns": label_columns,
                  "label_stats": label_stats, "source": source, "merchants": [asdict(e) for e in entries]}
         (staging / INDEX_FILE).write_text(json.dumps(index, indent=1))

@@ -35,7 +35,9 @@ class Experiment:
     def new_model(self) -> MultiTaskModel:
         """The initial model; seeded, so every mode starts from the same weights."""
         torch.manual_seed(int(self.cfg["seed"]))
-        return build_model(self.cfg["model"], self.index.buckets, self.task_names)
+        model = build_model(self.cfg["model"], self.index.buckets, self.task_names)
+        model.init_priors({t.name: t.base_rate for t in self.tasks if t.base_rate is not None})
+        return model
 
     def new_weighting(self) -> LossWeighting:
         return build_weighting(self.cfg["loss"], self.task_names)

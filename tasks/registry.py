@@ -25,6 +25,8 @@ class Task:
     # loss near 1 like a BCE task instead of drowning the other tasks' gradients.
     center: float = 0.0
     scale: float = 1.0
+    # Binary heads: the share of positives among the train labels, the head's starting prediction.
+    base_rate: float | None = None
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.kind == "binary":
@@ -76,5 +78,10 @@ def resolve_tasks(requested: Sequence[str] | None, available_labels: Sequence[st
         raise InputError(f"{source} has labels for none of the tasks {', '.join(TASKS)}")
     tasks = [TASKS[n] for n in TASKS if n in names]
     stats = label_stats or {}
-    return [replace(t, center=float(stats[t.label]["mean"]), scale=max(float(stats[t.label]["std"]), 1e-6))
-            if t.kind == "regression" and t.label in stats else t for t in tasks]
+    return [_with_stats(t, stats[t.label]) if t.label in stats else t for t in tasks]
+
+
+def _with_stats(task: Task, stats: Mapping[str, float]) -> Task:
+    if task.kind == "regression":
+        return replace(task, center=float(stats["mean"]), scale=max(float(stats["std"]), 1e-6))
+    return replace(task, base_rate=float(stats["mean"]))

@@ -1,6 +1,8 @@
 """Every architecture against the contracts the rest of the system relies on: head shapes, task
 ownership of parameters, label masking, config composition, and that it can learn at all."""
 
+import copy
+
 import pytest
 import torch
 
@@ -13,7 +15,8 @@ from tasks.training import masked_task_losses
 from tasks.weighting import build_weighting
 
 BUCKETS = [10, 12, 7]
-SMALL = {"embedding_dim": 4, "expert_dims": [8], "tower_dims": [4], "dropout": 0.0}
+# Random embedding rows: with the default zero rows, the first step gives no gradient to weights reading them.
+SMALL = {"embedding_dim": 4, "expert_dims": [8], "tower_dims": [4], "dropout": 0.0, "embedding_init_std": 0.05}
 SUBSETS = [["rating"], ["purchase", "click"], ["rating", "purchase", "click"]]
 TASK_CONTAINERS = ("towers", "gates", "task_experts")  # PerTask attributes, keyed by task name
 
@@ -33,6 +36,8 @@ def batch(n, seed=0):
 
 def expected_owner(name):
     parts = name.split(".")
+    if parts[0] == "first_order":  # first_order.tables.<task>.<j>.weight, first_order.bias.<task>
+        return parts[2]
     for container in TASK_CONTAINERS:
         if container in parts:
             return parts[parts.index(container) + 1]
@@ -73,18 +78,19 @@ def test_configs_share_the_fair_sizes_and_build(name):
 
 
 def assert_rating_masked(model):
-    """One Adam step on a batch without rating labels moves no rating parameter, and every other task's."""
+    """Adam steps on a batch without rating labels move no rating parameter, and every other task's."""
     tasks = resolve_tasks(ALL_TASKS, ALL_TASKS)
     x = batch(32)
     labels = {"rating": torch.full((32,), float("nan")), "click": (x[:, 0] % 2).float(),
               "purchase": (x[:, 1] % 3 == 0).float()}
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    losses = masked_task_losses(model(x), labels, tasks)
-    assert set(losses) == {"click", "purchase"}
-    optimizer.zero_grad(set_to_none=True)
-    build_weighting({"name": "equal"}, ALL_TASKS).backward(losses, model.shared_parameters())
-    optimizer.step()
+    for _ in range(3):  # towers' output units start at zero: the layers below them move from step 2
+        losses = masked_task_losses(model(x), labels, tasks)
+        assert set(losses) == {"click", "purchase"}
+        optimizer.zero_grad(set_to_none=True)
+        build_weighting({"name": "equal"}, ALL_TASKS).backward(losses, model.shared_parameters())
+        optimizer.step()
     for key, owner in parameter_tasks(model).items():
         changed = not torch.equal(model.state_dict()[key], before[key])
         if owner == "rating":
@@ -168,3 +174,65 @@ def test_default_config_learns_a_tiny_problem(name):
     with torch.no_grad():
         end = loss(False).item()
     assert end < 0.5 * start, (start, end)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_cold_id_changes_no_prediction_relative_to_the_id_free_prediction(name):
+    """Rows no training example looks up stay exactly zero through real training with L2, so an id
+    never seen in training predicts exactly what a model without that id's feature predicts."""
+    from data.shards import Shard
+    from tasks.training import make_optimizer, train_epochs
+
+    torch.manual_seed(0)
+    cfg = to_plain(compose_config([f"model={name}"]))
+    tasks = resolve_tasks(ALL_TASKS, ALL_TASKS, label_stats={"rating": {"mean": 3.0, "std": 1.0},
+                                                            "click": {"mean": 0.3}, "purchase": {"mean": 0.1}})
+    model = build_model(cfg["model"], BUCKETS, ALL_TASKS)
+    weighting = build_weighting({"name": "equal"}, ALL_TASKS)
+    x = batch(300, seed=2)
+    x[:, 0] = x[:, 0] % 5  # training sees users 0-4 only: users 5-9 are cold
+    generator = torch.Generator().manual_seed(3)
+    labels = {"click": (torch.rand(300, generator=generator) < 0.3).float().numpy(),
+              "purchase": (torch.rand(300, generator=generator) < 0.1).float().numpy(),
+              "rating": torch.randint(1, 6, (300,), generator=generator).float().numpy()}
+    train_cfg = {**cfg["train"], "embedding_l2": 0.01, "bias_l2": 0.01}
+    train_epochs(model, weighting, make_optimizer(model, weighting, train_cfg), Shard(x.numpy(), labels, {}), tasks,
+                 train_cfg, seed=0, device=torch.device("cpu"))
+
+    cold = batch(40, seed=4)
+    cold[:, 0] = 5 + cold[:, 0] % 5
+    id_free = copy.deepcopy(model)
+    with torch.no_grad():  # the model with the user feature removed: every user row zero
+        for name_, (column, _) in id_free.id_tables().items():
+            if column == 0:
+                id_free.state_dict()[name_].zero_()
+    model.eval(), id_free.eval()
+    with torch.no_grad():
+        for task, out in model(cold).items():
+            torch.testing.assert_close(out, id_free(cold)[task], rtol=0, atol=0)
+        warm = cold.clone()
+        warm[:, 0] = 1
+        assert not torch.equal(model(warm)["click"], model(cold)["click"])  # seen users do matter
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_binary_heads_start_at_their_base_rate(name):
+    model = build_model(to_plain(compose_config([f"model={name}"]))["model"], BUCKETS, ALL_TASKS)
+    model.init_priors({"click": 0.2, "purchase": 0.05})
+    model.eval()
+    with torch.no_grad():
+        out = model(batch(16))
+    torch.testing.assert_close(torch.sigmoid(out["click"]), torch.full((16,), 0.2), atol=1e-3, rtol=0)
+    torch.testing.assert_close(torch.sigmoid(out["purchase"]), torch.full((16,), 0.05), atol=1e-3, rtol=0)
+
+
+def test_first_order_biases_belong_to_their_task_and_start_at_zero():
+    model = build_model({**SMALL, "name": "shared_bottom"}, BUCKETS, ALL_TASKS)
+    tables = model.id_tables()
+    assert tables["embedding.tables.1.weight"] == (1, None)
+    assert tables["first_order.tables.click.2.weight"] == (2, "click")
+    owners = parameter_tasks(model)
+    assert all(owners[name] == task for name, (_, task) in tables.items())
+    assert all(float(model.state_dict()[name].abs().sum()) == 0 for name in tables if name.startswith("first_order"))
+    no_wide = build_model({**SMALL, "name": "shared_bottom", "first_order": False}, BUCKETS, ALL_TASKS)
+    assert no_wide.first_order is None and not any(k.startswith("first_order") for k in no_wide.state_dict())

@@ -55,7 +55,7 @@ def test_shards_are_written_once_and_read_per_merchant(tmp_path, tiny_cfg):
     assert (len(a_train), len(a_val), len(a_test)) == (3, 1, 2) and len(load_shard(index, "b", "test")) == 1
     assert index.merchant("a").n_val == 1 and index.merchant("a").val_labels["click"] == 1
     assert index.merchant("a").train_labels["rating"] == int(np.isfinite(a_train.labels["rating"]).sum())
-    assert set(json.loads((index.root / "index.json").read_text())["label_stats"]) == {"rating"}
+    assert set(json.loads((index.root / "index.json").read_text())["label_stats"]) == {"rating", "click"}
     # Ids are hashed into their buckets, identically for every process.
     assert a_train.features.max() < max(index.buckets)
 

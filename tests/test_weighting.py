@@ -126,6 +126,9 @@ def test_dwa_task_missing_from_a_period_keeps_ratio_one():
 def tiny_model_losses(tasks: list[str]):
     torch.manual_seed(0)
     model = build_model(MODEL, [10, 10], TASKS)
+    with torch.no_grad():  # as mid-training: output units start at zero, which gives shared layers no gradient
+        for head in model.towers.values():
+            head[-1].weight.normal_(std=0.5)
     outputs = model(torch.randint(0, 10, (8, 2)))
     return model, {t: outputs[t].pow(2).mean() + 1.0 for t in tasks}
 

@@ -7,7 +7,8 @@ new architecture only has to keep its task-specific modules in `PerTask` contain
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -33,26 +34,50 @@ def mlp(in_dim: int, dims: Sequence[int], dropout: float = 0.0) -> nn.Sequential
 
 class FeatureEmbedding(nn.Module):
     """One hashed embedding table per categorical feature; output = the embeddings concatenated with
-    their pairwise dot products (DLRM-style), since an MLP alone learns user x item affinity poorly."""
+    their pairwise dot products (DLRM-style), since an MLP alone learns user x item affinity poorly.
 
-    def __init__(self, buckets: Sequence[int], dim: int) -> None:
+    Rows start at `init_std` (default 0): a row no training example touches stays exactly zero, so an
+    id never seen in training (a cold user or item) contributes nothing instead of random noise, and
+    the first gradient step still moves a row through the MLP above it.
+    """
+
+    def __init__(self, buckets: Sequence[int], dim: int, init_std: float = 0.0) -> None:
         super().__init__()
         self.tables = nn.ModuleList(nn.Embedding(n, dim) for n in buckets)
         for table in self.tables:
-            nn.init.normal_(table.weight, std=0.05)
+            nn.init.normal_(table.weight, std=init_std) if init_std > 0 else nn.init.zeros_(table.weight)
         n = len(buckets)
         self.pairs = torch.triu_indices(n, n, offset=1)
         self.output_dim = dim * n + self.pairs.shape[1]
 
-    def l2_penalty(self, features: torch.Tensor) -> torch.Tensor:
-        """Mean over the batch of the squared norms of the rows it looks up: only those rows get a
-        gradient, so regularising keeps every other row untouched (and so out of row-wise averaging)."""
-        return sum(table(features[:, j]).pow(2).sum(1).mean() for j, table in enumerate(self.tables))
+    def lookups(self, features: torch.Tensor) -> list[torch.Tensor]:
+        return [table(features[:, j]) for j, table in enumerate(self.tables)]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        vectors = torch.stack([table(features[:, j]) for j, table in enumerate(self.tables)], dim=1)
+        vectors = torch.stack(self.lookups(features), dim=1)
         dots = torch.einsum("bid,bjd->bij", vectors, vectors)[:, self.pairs[0], self.pairs[1]]
         return torch.cat([vectors.flatten(1), dots], dim=1)
+
+
+class FirstOrder(nn.Module):
+    """The wide part: per task, a global bias (starting at the task's prior) plus one learned bias per
+    hashed id of every feature (user, item, ...), all added to the head's output.
+
+    Sparse logs are dominated by who and what (a user's propensity, an item's popularity); a deep part
+    learns those slowly and overfits first. Biases start at zero, so a cold id adds nothing.
+    """
+
+    def __init__(self, buckets: Sequence[int], tasks: Sequence[str]) -> None:
+        super().__init__()
+        self.tables = PerTask({t: nn.ModuleList(nn.Embedding(n, 1) for n in buckets) for t in tasks})
+        for tables in self.tables.values():
+            for table in tables:
+                nn.init.zeros_(table.weight)
+        self.bias = PerTaskParameters({t: nn.Parameter(torch.zeros(())) for t in tasks})
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {t: self.bias[t] + sum(table(features[:, j]).squeeze(-1) for j, table in enumerate(tables))
+                for t, tables in self.tables.items()}
 
 
 class MultiTaskModel(nn.Module):
@@ -63,10 +88,73 @@ class MultiTaskModel(nn.Module):
 
     def __init__(self, buckets: Sequence[int], tasks: Sequence[str], embedding_dim: int = 16,
                  expert_dims: Sequence[int] = (128, 64), tower_dims: Sequence[int] = (32,),
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, first_order: bool = True, embedding_init_std: float = 0.0) -> None:
         super().__init__()
         self.task_names = list(tasks)
-        self.embedding = FeatureEmbedding(buckets, embedding_dim)
+        self.embedding = FeatureEmbedding(buckets, embedding_dim, embedding_init_std)
+        self.first_order = FirstOrder(buckets, tasks) if first_order else None
+
+    def deep(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The architecture's own part: one raw output per task."""
+        raise NotImplementedError
+
+    def link(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Raw per-task outputs (deep + first order) -> heads; ESMM factorises purchase here."""
+        return outputs
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = self.deep(features)
+        if self.first_order is not None:
+            wide = self.first_order(features)
+            outputs = {t: outputs[t] + wide[t] for t in outputs}
+        return self.link(outputs)
+
+    def raw_priors(self, base_rates: Mapping[str, float]) -> dict[str, float]:
+        """The raw output each binary task starts at so its head predicts its base rate."""
+        return {t: math.log(p / (1 - p)) for t, p in base_rates.items() if t in self.task_names}
+
+    @torch.no_grad()
+    def init_priors(self, base_rates: Mapping[str, float]) -> None:
+        """Start binary heads at their train base rate: calibrated from round 0, and a cold row
+        (nothing known about it) predicts the base rate instead of 0.5."""
+        clipped = {t: min(max(float(p), 1e-4), 1 - 1e-4) for t, p in base_rates.items()}
+        for task, logit in self.raw_priors(clipped).items():
+            if self.first_order is not None:
+                self.first_order.bias[task].fill_(logit)
+            else:
+                self.output_bias(task).fill_(logit)
+
+    def output_bias(self, task: str) -> torch.Tensor:
+        """The bias of the last layer of the task's tower (where a model without first order holds its prior)."""
+        return self.towers[task][-1].bias  # type: ignore[index]
+
+    def lookup_l2(self, features: torch.Tensor, row_weights: Sequence[torch.Tensor]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding, first-order) L2 of the rows this batch looks up: the batch mean of each row's
+        squared norm times its weight in `row_weights[j]` (per feature j, indexed by row id).
+
+        Only looked-up rows get a gradient, so every other row stays untouched (and a cold row zero).
+        With weights 1 / (the row's count in the training data) the batches add up, over an epoch, to
+        the same prior strength for every row whatever its frequency: a user seen twice is shrunk
+        hard, an item seen a thousand times hardly at all (the bias model's and MF's regulariser).
+        """
+        weights = [w[features[:, j]] for j, w in enumerate(row_weights)]
+        embedding = sum((w * v.pow(2).sum(1)).mean() for w, v in zip(weights, self.embedding.lookups(features)))
+        bias = torch.zeros((), device=features.device)
+        if self.first_order is not None:
+            bias = sum((weights[j] * table(features[:, j]).squeeze(-1).pow(2)).mean()
+                       for tables in self.first_order.tables.values() for j, table in enumerate(tables))
+        return embedding, bias
+
+    def id_tables(self) -> dict[str, tuple[int, str | None]]:
+        """state_dict name of every id-indexed table -> (the feature column that indexes it, the
+        owning task or None): what row-wise aggregation needs to know about a table."""
+        tables: dict[str, tuple[int, str | None]] = {
+            f"embedding.tables.{j}.weight": (j, None) for j in range(len(self.embedding.tables))}
+        if self.first_order is not None:
+            tables.update({f"first_order.tables.{t}.{j}.weight": (j, t)
+                           for t, per_feature in self.first_order.tables.items() for j in range(len(per_feature))})
+        return tables
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters every task's loss reaches (what gradient-surgery weightings operate on)."""
@@ -75,10 +163,15 @@ class MultiTaskModel(nn.Module):
 
 
 def tower(in_dim: int, tower_dims: Sequence[int], dropout: float) -> nn.Sequential:
-    """A task tower ending in one output unit."""
+    """A task tower ending in one output unit, which starts at zero: an untrained model predicts each
+    task's prior (its base rate, or the mean rating) rather than noise, so its log-loss starts at
+    the base rate's."""
     body = mlp(in_dim, tower_dims, dropout)
     out_dim = tower_dims[-1] if tower_dims else in_dim
-    return nn.Sequential(*body, nn.Linear(out_dim, 1))
+    head = nn.Linear(out_dim, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return nn.Sequential(*body, head)
 
 
 def parameter_tasks(model: nn.Module) -> dict[str, str | None]:

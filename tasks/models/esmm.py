@@ -12,7 +12,7 @@ purchase loss, as in the paper.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,24 +36,36 @@ def ctcvr_logit(ctr_logit: torch.Tensor, cvr_logit: torch.Tensor) -> torch.Tenso
 class ESMM(MultiTaskModel):
     def __init__(self, buckets: Sequence[int], tasks: Sequence[str], embedding_dim: int = 16,
                  expert_dims: Sequence[int] = (128, 64), tower_dims: Sequence[int] = (32,),
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, first_order: bool = True, embedding_init_std: float = 0.0) -> None:
         if not {"click", "purchase"} <= set(tasks):
             raise InputError(f"model=esmm needs tasks click and purchase; got {', '.join(tasks) or 'none'}")
-        super().__init__(buckets, tasks, embedding_dim, expert_dims, tower_dims, dropout)
+        super().__init__(buckets, tasks, embedding_dim, expert_dims, tower_dims, dropout, first_order,
+                         embedding_init_std)
         self.bottom = mlp(self.embedding.output_dim, expert_dims, dropout)
         width = expert_width(self.embedding.output_dim, expert_dims)
         # towers["click"] is the CTR tower, towers["purchase"] the CVR tower (its output is not a head).
         self.towers = PerTask({t: tower(width, tower_dims, dropout) for t in self.task_names})
 
-    def _tower_logits(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+    def deep(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw tower logits: CTR under `click`, CVR under `purchase`."""
         shared = self.bottom(self.embedding(features))
         return {t: head(shared).squeeze(-1) for t, head in self.towers.items()}
 
+    def link(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        outputs = dict(outputs)
+        outputs["purchase"] = ctcvr_logit(outputs["click"], outputs["purchase"])
+        return {t: outputs[t] for t in self.task_names}
+
+    def raw_priors(self, base_rates: Mapping[str, float]) -> dict[str, float]:
+        """The purchase tower is p(purchase | click): its prior is the purchase rate over the click rate."""
+        rates = dict(base_rates)
+        if "purchase" in rates and "click" in rates:
+            rates["purchase"] = min(max(rates["purchase"] / rates["click"], 1e-4), 1 - 1e-4)
+        return super().raw_priors(rates)
+
     def cvr_probability(self, features: torch.Tensor) -> torch.Tensor:
         """p(purchase | click, x): the latent the purchase head factorises through, for analysis."""
-        return torch.sigmoid(self._tower_logits(features)["purchase"])
-
-    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        raw = self._tower_logits(features)
-        raw["purchase"] = ctcvr_logit(raw["click"], raw["purchase"])
-        return {t: raw[t] for t in self.task_names}
+        raw = self.deep(features)
+        if self.first_order is not None:
+            raw["purchase"] = raw["purchase"] + self.first_order(features)["purchase"]
+        return torch.sigmoid(raw["purchase"])
