@@ -19,6 +19,9 @@ from tasks.registry import Task
 from tasks.weighting import LossWeighting
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 @dataclass
 class TrainReport:
     examples: int                 # rows with a label of at least one task: the client's FedAvg weight
@@ -41,6 +44,34 @@ def label_counts(shard: Shard, tasks: Sequence[Task]) -> dict[str, int]:
     return {name: int(np.isfinite(y).sum()) for name, y in task_labels(shard, tasks).items()}
 
 
+def inverse_row_counts(shard: Shard, tasks: Sequence[Task], buckets: Sequence[int], device: torch.device
+                       ) -> list[torch.Tensor]:
+    """Per feature, 1 / how often each row occurs among the shard's labelled rows (0 where never):
+    the weights that make per-lookup L2 a per-row prior of the same strength for every row."""
+    rows = shard.features[labelled_rows(shard, tasks)]
+    out = []
+    for j, n in enumerate(buckets):
+        counts = np.bincount(rows[:, j], minlength=n).astype(np.float32)
+        out.append(torch.as_tensor(np.divide(1.0, counts, out=np.zeros_like(counts), where=counts > 0), device=device))
+    return out
+
+
+def trained_rows(shard: Shard, tasks: Sequence[Task], tables: Mapping[str, tuple[int, str | None]]
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per id-indexed table, the rows this shard's training looks up and how often: (ids, counts).
+
+    A task's table counts only rows with that task's label (only those give it a gradient); a shared
+    table counts every row with any label.
+    """
+    labels = task_labels(shard, tasks)
+    any_label = labelled_rows(shard, tasks)
+    out = {}
+    for name, (column, task) in tables.items():
+        mask = any_label if task is None else np.isfinite(labels[task]) if task in labels else np.zeros(len(shard), bool)
+        out[name] = np.unique(shard.features[mask, column], return_counts=True)
+    return out
+
+
 def masked_task_losses(outputs: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor],
                        tasks: Sequence[Task]) -> dict[str, torch.Tensor]:
     """Each task's loss over the rows that carry its label; tasks with no label in the batch are absent."""
@@ -53,8 +84,19 @@ def masked_task_losses(outputs: Mapping[str, torch.Tensor], labels: Mapping[str,
     return losses
 
 
-def make_optimizer(model: nn.Module, weighting: LossWeighting, train_cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    params = list(model.parameters()) + list(weighting.parameters())
+def make_optimizer(model: MultiTaskModel, weighting: LossWeighting, train_cfg: Mapping[str, Any]
+                   ) -> torch.optim.Optimizer:
+    """One optimizer; the first-order (wide) part gets its own learning rate, `train.first_order_lr`:
+    per-id biases need many passes to converge while the deep part overfits within a few."""
+    wide = list(model.first_order.parameters()) if model.first_order is not None else []
+    wide_ids = {id(p) for p in wide}
+    deep = [p for p in model.parameters() if id(p) not in wide_ids] + list(weighting.parameters())
+    first_order_lr = train_cfg.get("first_order_lr")
+    params = [{"params": deep}] + ([{"params": wide, "lr": float(first_order_lr or train_cfg["lr"])}] if wide else [])
+    for key in ("lr", "first_order_lr"):
+        value = train_cfg.get(key)
+        if value is not None and not 0 < float(value) <= FLOAT32_MAX:
+            raise InputError(f"train.{key} must be a positive number a float32 can hold, got {float(value):g}")
     name = str(train_cfg["optimizer"]).lower()
     kwargs = {"lr": float(train_cfg["lr"]), "weight_decay": float(train_cfg.get("weight_decay", 0.0))}
     if name == "adam":
@@ -79,11 +121,13 @@ def train_epochs(model: MultiTaskModel, weighting: LossWeighting, optimizer: tor
     """`train_cfg.local_epochs` passes over the shard in seeded random batches."""
     epochs, batch_size = int(train_cfg["local_epochs"]), int(train_cfg["batch_size"])
     embedding_l2 = float(train_cfg.get("embedding_l2", 0.0))
+    bias_l2 = float(train_cfg.get("bias_l2", 0.0))
     model.train()
     torch.manual_seed(seed)  # dropout masks: reproducible, and different per round and merchant
     features = torch.as_tensor(shard.features, device=device)
     labels = {k: torch.as_tensor(v, device=device) for k, v in task_labels(shard, tasks).items()}
     generator = torch.Generator().manual_seed(seed)
+    row_weights = inverse_row_counts(shard, tasks, [t.num_embeddings for t in model.embedding.tables], device)
     shared = model.shared_parameters()
     n = len(shard)
     sums: dict[str, float] = {}
@@ -98,8 +142,9 @@ def train_epochs(model: MultiTaskModel, weighting: LossWeighting, optimizer: tor
                 continue
             optimizer.zero_grad(set_to_none=True)
             weighting.backward(losses, shared)
-            if embedding_l2 > 0:
-                (embedding_l2 * model.embedding.l2_penalty(features[idx])).backward()
+            if embedding_l2 > 0 or bias_l2 > 0:
+                embedding_penalty, bias_penalty = model.lookup_l2(features[idx], row_weights)
+                (embedding_l2 * embedding_penalty + bias_l2 * bias_penalty).backward()
             optimizer.step()
             for name, loss in losses.items():
                 value = float(loss.detach())

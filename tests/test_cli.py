@@ -11,7 +11,7 @@ import torch
 from server_app.orchestration import run_job
 from tasks.experiment import open_experiment
 from tasks.selection import validation_loss
-from tests.conftest import DENSE, cli_env
+from tests.conftest import DENSE, TINY, cli_env
 
 
 def merchant_fl(*args, cwd):
@@ -41,8 +41,8 @@ def good_table(path, **overrides):
      "data.val_fraction must be in [0, 1), got 1.5"),
     (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "select_round=best_val"],
      "select_round=best_val needs validation rows: set data.val_fraction > 0"),
-    (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "train.optimizer=sgd", "train.lr=1e30"],
-     "training diverged: the "),
+    (None, [*TINY, "train.optimizer=sgd", "train.lr=1e30"], "training diverged: the "),
+    (None, [*TINY, "train.lr=1e300"], "train.lr must be a positive number a float32 can hold, got 1e+300"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, setup, args, expected):
     if setup is not None:
@@ -64,7 +64,7 @@ def test_baseline_modes_write_every_output(tmp_path, tiny_cfg, mode):
     doc = json.loads((tmp_path / "metrics.json").read_text())
     experiment = open_experiment(cfg)
     if mode == "centralized":  # the round with the lowest validation loss is kept and reported
-        losses = [validation_loss(r["validation"], experiment.tasks) for r in doc["rounds"]]
+        losses = [validation_loss(r["validation"], experiment.tasks, doc["rounds"][0]["validation"]) for r in doc["rounds"]]
         kept = losses.index(min(losses))
         assert doc["selected_round"] == kept
         assert {t: m for t, m in doc["tasks"].items() if t != "ranking"} == doc["rounds"][kept]["tasks"]
@@ -85,3 +85,17 @@ def test_baseline_modes_write_every_output(tmp_path, tiny_cfg, mode):
     assert last["click"]["logloss"] < first["click"]["logloss"]
     if mode == "centralized":  # tiny merchants alone may overfit ratings; pooled data must not
         assert last["rating"]["rmse"] < first["rating"]["rmse"]
+
+
+@pytest.mark.parametrize("mode", ["centralized", "local"])
+def test_early_stopping_ends_training_patience_rounds_after_the_best(tmp_path, tiny_cfg, mode):
+    rounds, patience = 12, 1
+    cfg = tiny_cfg(f"mode={mode}", "data.val_fraction=0.2", f"federation.rounds={rounds}", f"patience={patience}",
+                   "train.lr=0.3", "ranking.enabled=false")
+    run_job(cfg, tmp_path)
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert doc["config"]["select_round"] == "best_val"  # auto, with a validation split
+    played = doc["rounds"][-1]["round"]
+    kept = doc["selected_round"] if mode == "centralized" else max(doc["selected_round"].values())
+    assert played < rounds  # a high learning rate overfits this tiny platform within a few rounds...
+    assert played == kept + patience  # ...and training stopped `patience` rounds after the best one
