@@ -49,7 +49,7 @@ def run_centralized(experiment: Experiment) -> RunResult:
     weighting = experiment.new_weighting().to(experiment.device)
     optimizer = make_optimizer(model, weighting, train_cfg)
     same_model = {m: model for m in merchants}
-    keeper: RoundKeeper[dict[str, torch.Tensor]] = RoundKeeper(str(cfg["select_round"]))
+    keeper: RoundKeeper[dict[str, torch.Tensor]] = RoundKeeper.from_config(cfg)
     rounds = []
     losses: dict[str, float] = {}
     for server_round in range(int(cfg["federation"]["rounds"]) + 1):
@@ -59,8 +59,10 @@ def run_centralized(experiment: Experiment) -> RunResult:
         (overall, _), (validation, _) = evaluate_merchants(same_model, splits, experiment)
         rounds.append(RoundRecord(server_round, overall, losses, validation))
         log_round(rounds[-1], experiment.metric_names)
-        keeper.offer(server_round, validation_loss(validation, experiment.tasks),
+        keeper.offer(server_round, validation_loss(validation, experiment.tasks, rounds[0].validation),
                      lambda: snapshot_state(model, weighting))
+        if keeper.stop:
+            break
     kept = keeper.state
     load_joint_state(model, weighting, kept)
     (final, per_merchant), _ = evaluate_merchants(same_model, splits, experiment, final=True)
@@ -77,24 +79,30 @@ def run_local(experiment: Experiment) -> RunResult:
     models = {m: experiment.new_model().to(experiment.device) for m in merchants}
     weightings = {m: experiment.new_weighting().to(experiment.device) for m in merchants}
     optimizers = {m: make_optimizer(models[m], weightings[m], train_cfg) for m in merchants}
-    keepers: dict[str, RoundKeeper[Any]] = {m: RoundKeeper(str(cfg["select_round"])) for m in merchants}
+    keepers: dict[str, RoundKeeper[Any]] = {m: RoundKeeper.from_config(cfg) for m in merchants}
     rounds = []
+    untrained: dict[str, dict[str, Metrics]] = {}
     for server_round in range(int(cfg["federation"]["rounds"]) + 1):
         losses: dict[str, dict[str, Metrics]] = {}
         counts: dict[str, dict[str, int]] = {}
         if server_round:
             for k, m in enumerate(merchants):
+                if keepers[m].stop:  # this merchant's own validation loss stopped improving
+                    continue
                 report = train_epochs(models[m], weightings[m], optimizers[m], trains[m], experiment.tasks,
                                       train_cfg, shuffle_seed(int(cfg["seed"]), server_round, k), experiment.device)
                 losses[m] = {t: {"loss": v} for t, v in report.losses.items()}
                 counts[m] = report.label_counts
         (overall, _), (validation, per_merchant_val) = evaluate_merchants(models, splits, experiment)
+        untrained = untrained or per_merchant_val  # each merchant's reference: its prior's validation loss
         for m in merchants:
-            keepers[m].offer(server_round, validation_loss(per_merchant_val[m], experiment.tasks),
+            keepers[m].offer(server_round, validation_loss(per_merchant_val[m], experiment.tasks, untrained[m]),
                              lambda m=m: snapshot_state(models[m], weightings[m]))
         train_loss = {t: v["loss"] for t, v in combine_merchants(losses, counts).items()}
         rounds.append(RoundRecord(server_round, overall, train_loss, validation))
         log_round(rounds[-1], experiment.metric_names)
+        if all(keepers[m].stop for m in merchants):
+            break
     kept = {m: keepers[m].state for m in merchants}
     for m in merchants:
         load_joint_state(models[m], weightings[m], kept[m])

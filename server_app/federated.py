@@ -48,15 +48,18 @@ def run_federated(grid: Grid, experiment: Experiment) -> RunResult:
     merchants = experiment.index.merchant_ids
     wait_for_merchants(grid, len(merchants), float(fed["wait_for_nodes_s"]))
     model, weighting = experiment.new_model(), experiment.new_weighting()
+    if fed["table_aggregation"] not in ("rows", "dense"):
+        raise InputError(f"federation.table_aggregation must be rows or dense, got {fed['table_aggregation']!r}")
+    row_tables = list(model.id_tables()) if fed["table_aggregation"] == "rows" else []
     strategy = MultiTaskFedAvg(
-        joint_owners(model, weighting),
+        joint_owners(model, weighting), row_tables,
         fraction_train=float(fed["fraction_train"]), fraction_evaluate=float(fed["fraction_evaluate"]),
         min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1,
     )
     arrays = ArrayRecord(joint_state(model, weighting))
     timeout = float(fed["round_timeout_s"])
     rounds: list[RoundRecord] = []
-    keeper: RoundKeeper[ArrayRecord] = RoundKeeper(str(cfg["select_round"]))
+    keeper: RoundKeeper[ArrayRecord] = RoundKeeper.from_config(cfg)
     n_rounds = int(fed["rounds"])
 
     def evaluate(server_round: int, state: ArrayRecord, final: bool = False) -> Evaluation:
@@ -78,11 +81,14 @@ def run_federated(grid: Grid, experiment: Experiment) -> RunResult:
         evaluation = evaluate(server_round, arrays)
         rounds.append(RoundRecord(server_round, evaluation.overall, losses, evaluation.validation))
         log_round(rounds[-1], experiment.metric_names)
-        keeper.offer(server_round, validation_loss(evaluation.validation, experiment.tasks), lambda: arrays)
+        keeper.offer(server_round, validation_loss(evaluation.validation, experiment.tasks, rounds[0].validation),
+                     lambda: arrays)
+        if keeper.stop:
+            break
 
-    # The kept model, scored once more with ranking; the evaluation after the last round is n_rounds + 1.
+    # The kept model, scored once more with ranking, as the evaluation after the last round played.
     kept_arrays = keeper.state
-    kept = evaluate(n_rounds + 1, kept_arrays, final=True)
+    kept = evaluate(rounds[-1].round + 1, kept_arrays, final=True)
     state = {k: torch.from_numpy(v.copy()) for k, v in arrays_to_numpy(kept_arrays).items()}
     return RunResult(
         mode="federated", tasks=experiment.task_names, rounds=rounds, final=kept.overall,

@@ -14,7 +14,7 @@ from server_app.federated import run_federated
 from server_app.outputs import RunResult, write_outputs
 from tasks.experiment import Experiment, open_experiment
 from tasks.metrics import Metrics, combine_merchants
-from tasks.selection import RULES
+from tasks.selection import resolve_rule
 from tasks.training import oracle_score
 
 MODES = ("federated", "centralized", "local")
@@ -36,11 +36,11 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None) 
     seed_everything(int(cfg["seed"]))
     experiment = open_experiment(cfg, prepare=True)
     experiment.device  # a bad device setting fails here, before any training
-    if cfg["select_round"] not in RULES:
-        raise InputError(f"unknown select_round {cfg['select_round']!r} (known: {', '.join(RULES)})")
-    if cfg["select_round"] == "best_val" and not any(m.n_val for m in experiment.index.merchants):
-        raise InputError("select_round=best_val needs validation rows: set data.val_fraction > 0, "
-                         "or select_round=last")
+    cfg = {**cfg, "select_round": resolve_rule(str(cfg["select_round"]),
+                                               any(m.n_val for m in experiment.index.merchants))}
+    if int(cfg["patience"]) < 0:
+        raise InputError(f"patience must be >= 0 (0 = never stop early), got {cfg['patience']}")
+    experiment.cfg = cfg
     if mode == "federated":
         if grid is None:
             raise RuntimeError("mode=federated needs a Flower grid; run it through a ServerApp")

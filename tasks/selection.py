@@ -9,20 +9,48 @@ what each could deliver; the test split is never used to choose.
 from __future__ import annotations
 
 import math
-from typing import Callable, Generic, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Generic, Mapping, Sequence, TypeVar
 
+from core.errors import InputError
 from tasks.metrics import Metrics
 from tasks.registry import Task
 
-RULES = ("best_val", "last")
+RULES = ("auto", "best_val", "last")
 State = TypeVar("State")
 
 
-def validation_loss(metrics: Mapping[str, Metrics], tasks: Sequence[Task]) -> float:
-    """Mean over tasks of the loss each head trains on, read from its validation metrics; NaN if none."""
-    values = [task.loss_from_metrics(metrics[task.name]) for task in tasks if task.name in metrics]
+def validation_loss(metrics: Mapping[str, Metrics], tasks: Sequence[Task],
+                    reference: Mapping[str, Metrics] | None = None) -> float:
+    """Mean over tasks of the loss each head trains on, read from its validation metrics; NaN if none.
+
+    With `reference` (the untrained model's validation metrics, which predict each task's prior)
+    each task's loss is taken relative to its reference loss first, so every task counts by how much
+    it improved on its prior: a rating's squared error (about 1 in standard units) would otherwise
+    outweigh a 3 % purchase rate's log-loss (about 0.1) and choose the round for every head.
+    """
+    values = []
+    for task in tasks:
+        if task.name not in metrics:
+            continue
+        value = task.loss_from_metrics(metrics[task.name])
+        if reference is not None:
+            base = task.loss_from_metrics(reference.get(task.name, {}))
+            value = value / base if math.isfinite(base) and base > 0 else math.nan
+        values.append(value)
     values = [v for v in values if math.isfinite(v)]
     return sum(values) / len(values) if values else math.nan
+
+
+def resolve_rule(rule: str, has_validation: bool) -> str:
+    """`auto` keeps the best validation round where there is a validation split, else the last."""
+    if rule not in RULES:
+        raise InputError(f"unknown select_round {rule!r} (known: {', '.join(RULES)})")
+    if rule == "best_val" and not has_validation:
+        raise InputError("select_round=best_val needs validation rows: set data.val_fraction > 0, "
+                         "or select_round=last")
+    if rule == "auto":
+        return "best_val" if has_validation else "last"
+    return rule
 
 
 class RoundKeeper(Generic[State]):
@@ -31,18 +59,35 @@ class RoundKeeper(Generic[State]):
     A round without validation labels (NaN loss) cannot be compared, so it is kept only as the latest.
     Under `last` the snapshot is taken only when `state` is read, after training, so the default rule
     copies no model per round (the caller must not change the live state after its final offer).
+    With `patience` > 0 under best_val, `stop` turns true once that many rounds have passed without a
+    better validation loss: sparse tables overfit within a few passes, and rounds after that only cost.
     """
 
-    def __init__(self, rule: str) -> None:
-        if rule not in RULES:
-            raise ValueError(f"select_round must be one of {', '.join(RULES)}, got {rule!r}")
+    def __init__(self, rule: str, patience: int = 0) -> None:
+        if rule not in RULES[1:]:
+            raise ValueError(f"RoundKeeper needs a resolved rule ({', '.join(RULES[1:])}), got {rule!r}")
+        if patience < 0:
+            raise ValueError(f"patience must be >= 0, got {patience}")
         self.rule = rule
+        self.patience = patience
         self.round = -1
+        self.latest = -1
         self.loss = math.nan
         self._snapshot: Callable[[], State] | None = None
         self._state: State | None = None
 
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "RoundKeeper[State]":
+        """The keeper of a run whose `select_round` has been resolved (run_job does that)."""
+        return cls(str(cfg["select_round"]), int(cfg.get("patience", 0)))
+
+    @property
+    def stop(self) -> bool:
+        return self.rule == "best_val" and self.patience > 0 and self.round >= 0 \
+            and self.latest - self.round >= self.patience
+
     def offer(self, server_round: int, loss: float, snapshot: Callable[[], State]) -> None:
+        self.latest = server_round
         if self.rule == "last":
             self.round, self.loss, self._snapshot = server_round, loss, snapshot
         elif not math.isfinite(self.loss) or (math.isfinite(loss) and loss < self.loss):

@@ -5,7 +5,8 @@ import math
 import pytest
 
 from tasks.registry import TASKS, resolve_tasks
-from tasks.selection import RoundKeeper, validation_loss
+from core.errors import InputError
+from tasks.selection import RoundKeeper, resolve_rule, validation_loss
 
 
 def test_validation_loss_is_the_mean_of_each_heads_training_loss():
@@ -35,8 +36,34 @@ def test_rounds_without_validation_keep_the_latest():
 
 
 def test_an_unknown_rule_is_refused():
-    with pytest.raises(ValueError, match="select_round"):
+    with pytest.raises(ValueError, match="resolved rule"):
         RoundKeeper("best_test")
+    with pytest.raises(InputError, match="unknown select_round 'best_test'"):
+        resolve_rule("best_test", True)
+
+
+def test_auto_keeps_the_best_round_where_there_is_a_validation_split():
+    assert resolve_rule("auto", True) == "best_val" and resolve_rule("auto", False) == "last"
+    assert resolve_rule("last", True) == "last"
+    with pytest.raises(InputError, match="select_round=best_val needs validation rows"):
+        resolve_rule("best_val", False)
+
+
+def test_patience_stops_after_that_many_rounds_without_improvement():
+    keeper = RoundKeeper("best_val", patience=2)
+    stops = []
+    for r, loss in enumerate([0.9, 0.5, 0.6, 0.55, 0.7]):
+        keeper.offer(r, loss, lambda r=r: r)
+        stops.append(keeper.stop)
+    assert stops == [False, False, False, True, True] and keeper.state == 1
+
+
+def test_patience_never_stops_without_validation_or_under_last():
+    no_validation, last = RoundKeeper("best_val", patience=1), RoundKeeper("last", patience=1)
+    for r in range(5):
+        no_validation.offer(r, math.nan, lambda r=r: r)
+        last.offer(r, 1.0 + r, lambda r=r: r)
+    assert not no_validation.stop and not last.stop
 
 
 def test_binary_loss_is_logloss():

@@ -50,7 +50,7 @@ def test_best_val_keeps_the_round_with_the_lowest_validation_loss(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     doc = json.loads((out / "metrics.json").read_text())
     experiment = open_experiment(doc["config"])
-    losses = [validation_loss(r["validation"], experiment.tasks) for r in doc["rounds"]]
+    losses = [validation_loss(r["validation"], experiment.tasks, doc["rounds"][0]["validation"]) for r in doc["rounds"]]
     assert all(math.isfinite(v) for v in losses) and set(doc["rounds"][0]["validation"]) == {"rating", "purchase", "click"}
     kept = losses.index(min(losses))
     assert doc["selected_round"] == kept and doc["tasks"] == doc["rounds"][kept]["tasks"]
