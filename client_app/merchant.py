@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from core import protocol
 from core.errors import InputError
@@ -14,7 +15,7 @@ from tasks.metrics import flatten, with_counts
 from tasks.models import MultiTaskModel
 from tasks.ranking import evaluate_merchant
 from tasks.state import joint_state, load_joint_state
-from tasks.training import make_optimizer, shuffle_seed, train_epochs
+from tasks.training import make_optimizer, shuffle_seed, train_epochs, trained_rows
 from tasks.weighting import LossWeighting
 
 
@@ -54,6 +55,10 @@ def train_reply(msg: Message, node_config: Mapping[str, Any], cfg: Mapping[str, 
     content = RecordDict({protocol.ARRAYS: ArrayRecord(joint_state(model, weighting)),
                           protocol.METRICS: MetricRecord(metrics),
                           protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: merchant})})
+    if cfg["federation"]["table_aggregation"] == "rows":
+        rows = trained_rows(shard, experiment.tasks, model.id_tables())
+        content[protocol.ROW_COUNTS] = ArrayRecord(
+            {name: Array(np.stack([ids, counts]).astype(np.int64)) for name, (ids, counts) in rows.items()})
     return Message(content, reply_to=msg)
 
 

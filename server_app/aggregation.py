@@ -4,6 +4,11 @@ Shared parameters are averaged over every client, weighted by its labelled examp
 parameters are averaged only over the clients holding that task's labels, weighted by their label
 count, so a merchant without ratings never dilutes the rating head. A parameter that no client
 trained this round keeps its current global value.
+
+Id-indexed tables (embeddings, first-order biases) can instead be averaged row by row
+(`aggregate_rows`): each row over the clients whose training data looked it up, weighted by how
+often. Under plain FedAvg a user seen by one merchant has that merchant's update averaged with every
+other client's untouched copy, so on sparse data each row moves by a fraction of what it learned.
 """
 
 from __future__ import annotations
@@ -14,11 +19,15 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
+RowCounts = tuple[np.ndarray, np.ndarray]  # (row ids int64 [k], counts [k]) of one id-indexed table
+
+
 @dataclass
 class ClientUpdate:
     arrays: Mapping[str, np.ndarray]
     examples: int
     label_counts: Mapping[str, int] = field(default_factory=dict)
+    row_counts: Mapping[str, RowCounts] = field(default_factory=dict)  # table name -> rows it trained
 
 
 def parameter_weights(owner: str | None, updates: Sequence[ClientUpdate]) -> np.ndarray:
@@ -45,3 +54,34 @@ def aggregate_multitask(current: Mapping[str, np.ndarray], updates: Sequence[Cli
         result[name] = acc.astype(value.dtype) if np.issubdtype(value.dtype, np.floating) \
             else np.rint(acc).astype(value.dtype)
     return result
+
+
+def aggregate_rows(current: np.ndarray, updates: Sequence[ClientUpdate], name: str) -> np.ndarray:
+    """One id-indexed table averaged row by row: a row's new value is its current value plus the
+    count-weighted mean of the changes of the clients that trained it; rows nobody trained keep theirs.
+
+    With every client training every row in proportion to its examples this is plain FedAvg.
+    """
+    base = current.astype(np.float64)
+    change = np.zeros_like(base)
+    weight = np.zeros(len(base))
+    for update in updates:
+        rows, counts = update.row_counts.get(name, (np.zeros(0, np.int64), np.zeros(0)))
+        if len(rows) == 0:
+            continue
+        counts = np.asarray(counts, np.float64)
+        delta = update.arrays[name][rows].astype(np.float64) - base[rows]
+        np.add.at(change, rows, counts.reshape((-1,) + (1,) * (base.ndim - 1)) * delta)
+        np.add.at(weight, rows, counts)
+    touched = weight > 0
+    base[touched] += change[touched] / weight[touched].reshape((-1,) + (1,) * (base.ndim - 1))
+    return base.astype(current.dtype)
+
+
+def aggregate(current: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate],
+              owners: Mapping[str, str | None], row_tables: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """Multi-task FedAvg, with the named id-indexed tables averaged row by row."""
+    dense = {k: v for k, v in current.items() if k not in row_tables}
+    result = aggregate_multitask(dense, updates, owners)
+    result.update({name: aggregate_rows(current[name], updates, name) for name in row_tables})
+    return {k: result[k] for k in current}

@@ -12,7 +12,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from core import protocol
-from server_app.aggregation import ClientUpdate, aggregate_multitask
+from server_app.aggregation import ClientUpdate, RowCounts, aggregate
 from tasks.metrics import Metrics, combine_merchants, flatten, split_counts, unflatten
 
 
@@ -42,10 +42,18 @@ def _merchant_of(reply: Message) -> str:
     return str(reply.content.config_records[protocol.MERCHANT][protocol.MERCHANT_ID])
 
 
+def _row_counts(reply: Message) -> dict[str, RowCounts]:
+    if protocol.ROW_COUNTS not in reply.content.array_records:
+        return {}
+    return {name: (pair[0], pair[1]) for name, pair in arrays_to_numpy(reply.content.array_records[protocol.ROW_COUNTS]).items()}
+
+
 class MultiTaskFedAvg(FedAvg):
-    def __init__(self, parameter_tasks: Mapping[str, str | None], **fedavg_options) -> None:
+    def __init__(self, parameter_tasks: Mapping[str, str | None], row_tables: Iterable[str] = (),
+                 **fedavg_options) -> None:
         super().__init__(**fedavg_options)
         self.parameter_tasks = dict(parameter_tasks)
+        self.row_tables = list(row_tables)  # id-indexed tables averaged row by row (aggregation.aggregate_rows)
         self.failures: list[tuple[int, int, str]] = []  # (round, node id, reason)
         self.evaluations: dict[int, Evaluation] = {}
         self._global: ArrayRecord | None = None
@@ -82,10 +90,10 @@ class MultiTaskFedAvg(FedAvg):
             flat = msg.content.metric_records[protocol.METRICS]
             task_metrics, task_counts = split_counts(unflatten(flat))
             updates.append(ClientUpdate(arrays_to_numpy(msg.content.array_records[protocol.ARRAYS]),
-                                        int(flat[protocol.NUM_EXAMPLES]), task_counts))
+                                        int(flat[protocol.NUM_EXAMPLES]), task_counts, _row_counts(msg)))
             losses[str(k)], counts[str(k)] = task_metrics, task_counts
         current = arrays_to_numpy(self._global) if self._global is not None else updates[0].arrays
-        arrays = aggregate_multitask(current, updates, self.parameter_tasks)
+        arrays = aggregate(current, updates, self.parameter_tasks, self.row_tables)
         metrics = flatten(combine_merchants(losses, counts))
         metrics[protocol.NUM_EXAMPLES] = sum(u.examples for u in updates)
         return numpy_to_arrays(arrays), MetricRecord(metrics)

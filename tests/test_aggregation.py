@@ -59,3 +59,56 @@ def test_embeddings_are_plain_fedavg():
 def test_unknown_parameter_is_an_error():
     with pytest.raises(KeyError, match="no owner"):
         aggregate_multitask({"x": np.zeros(1)}, [], {})
+
+
+# Row-wise aggregation of id-indexed tables (embeddings, per-id biases).
+from server_app.aggregation import aggregate, aggregate_rows  # noqa: E402
+
+TABLE = np.zeros((4, 2), np.float32)
+
+
+def rows(ids, counts):
+    return np.array(ids, np.int64), np.array(counts, np.float64)
+
+
+def test_a_row_is_averaged_only_over_the_clients_that_trained_it_by_count():
+    a = ClientUpdate({"t": np.array([[1, 1], [2, 2], [0, 0], [0, 0]], np.float32)}, 10, row_counts={"t": rows([0, 1], [3, 1])})
+    b = ClientUpdate({"t": np.array([[5, 5], [0, 0], [0, 0], [0, 0]], np.float32)}, 99, row_counts={"t": rows([0], [1])})
+    out = aggregate_rows(TABLE, [a, b], "t")
+    np.testing.assert_allclose(out[0], [(3 * 1 + 1 * 5) / 4] * 2)  # both trained row 0
+    np.testing.assert_allclose(out[1], [2, 2])                      # only a trained row 1: no dilution by b
+    np.testing.assert_array_equal(out[2:], TABLE[2:])               # untouched rows keep their value
+
+
+def test_untouched_rows_keep_their_value_even_if_a_client_changed_them():
+    current = np.arange(8, dtype=np.float32).reshape(4, 2)
+    drifted = ClientUpdate({"t": current + 100}, 10, row_counts={"t": rows([3], [2])})
+    out = aggregate_rows(current, [drifted], "t")
+    np.testing.assert_array_equal(out[:3], current[:3])
+    np.testing.assert_allclose(out[3], current[3] + 100)
+
+
+def test_rows_equal_dense_fedavg_when_every_client_trains_every_row_by_its_examples():
+    rng = np.random.default_rng(0)
+    current = {"t": rng.normal(size=(5, 3)).astype(np.float32), "shared": np.zeros(2, np.float32)}
+    updates = []
+    for examples in (7, 3, 12):
+        arrays = {"t": rng.normal(size=(5, 3)).astype(np.float32), "shared": rng.normal(size=2).astype(np.float32)}
+        updates.append(ClientUpdate(arrays, examples, row_counts={"t": rows(range(5), [examples] * 5)}))
+    owners = {"t": None, "shared": None}
+    row_wise = aggregate(current, updates, owners, ["t"])
+    dense = aggregate_multitask(current, updates, owners)
+    for name in current:
+        np.testing.assert_allclose(row_wise[name], dense[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_client_without_a_tasks_labels_sends_no_rows_for_its_table():
+    from data.shards import Shard
+    from tasks.registry import resolve_tasks
+    from tasks.training import trained_rows
+    shard = Shard(np.array([[0, 5], [1, 5], [1, 6]], np.int64),
+                  {"click": np.array([1, 0, np.nan], np.float32), "rating": np.full(3, np.nan, np.float32)}, {})
+    tasks = resolve_tasks(["rating", "click"], ["rating", "click"])
+    tables = {"emb0": (0, None), "emb1": (1, None), "click1": (1, "click"), "rating1": (1, "rating")}
+    got = {k: (ids.tolist(), counts.tolist()) for k, (ids, counts) in trained_rows(shard, tasks, tables).items()}
+    assert got == {"emb0": ([0, 1], [1, 1]), "emb1": ([5], [2]), "click1": ([5], [2]), "rating1": ([], [])}
