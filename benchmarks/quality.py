@@ -92,7 +92,7 @@ def reference_sections(results: dict[str, RunResult], references: Mapping[str, R
     for t in tasks:
         m = TASKS[t].metric_names[0]  # the headline metric: AUC, or RMSE for the rating
         overall = best_of({**{mode: r.final for mode, r in results.items()},
-                           **{f"{n} (reference)": r.final for n, r in references.items()}}, t, m)
+                           **{f"the {n} reference": r.final for n, r in references.items()}}, t, m)
         best_ref = best_of({n: r.final for n, r in references.items()}, t, m)
         f = value(fed, t, m)
         if overall is None or best_ref is None or f is None:
