@@ -15,7 +15,8 @@ from tasks.metrics import flatten, with_counts
 from tasks.models import MultiTaskModel
 from tasks.ranking import evaluate_merchant
 from tasks.state import joint_state, load_joint_state
-from tasks.training import make_optimizer, shuffle_seed, train_epochs, trained_rows
+from tasks.training import make_optimizer, shuffle_seed, trained_rows
+from tasks.wide import averaged_by_rows, train_round
 from tasks.weighting import LossWeighting
 
 
@@ -48,15 +49,19 @@ def train_reply(msg: Message, node_config: Mapping[str, Any], cfg: Mapping[str, 
     optimizer = make_optimizer(model, weighting, cfg["train"])
     server_round = int(msg.content.config_records[protocol.CONFIG].get("server-round", 0))
     shard = experiment.shard(merchant, "train")
-    report = train_epochs(model, weighting, optimizer, shard, experiment.tasks, cfg["train"],
-                          shuffle_seed(int(cfg["seed"]), server_round, k), experiment.device)
+    report, wide = train_round(model, weighting, optimizer, shard, experiment.tasks, cfg["train"],
+                               shuffle_seed(int(cfg["seed"]), server_round, k), experiment.device, server_round)
     metrics = flatten(with_counts({t: {"loss": v} for t, v in report.losses.items()}, report.label_counts))
     metrics[protocol.NUM_EXAMPLES] = report.examples
     content = RecordDict({protocol.ARRAYS: ArrayRecord(joint_state(model, weighting)),
                           protocol.METRICS: MetricRecord(metrics),
                           protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: merchant})})
-    if cfg["federation"]["table_aggregation"] == "rows":
-        rows = trained_rows(shard, experiment.tasks, model.id_tables())
+    if wide:  # only sums per bias row: the server adds them and takes the Newton step
+        content[protocol.WIDE_STATS] = ArrayRecord(
+            {name: Array(np.stack([ids.astype(np.float64), g, h])) for name, (ids, g, h) in wide.items()})
+    tables = averaged_by_rows(model, cfg)
+    if tables:
+        rows = trained_rows(shard, experiment.tasks, {name: model.id_tables()[name] for name in tables})
         content[protocol.ROW_COUNTS] = ArrayRecord(
             {name: Array(np.stack([ids, counts]).astype(np.int64)) for name, (ids, counts) in rows.items()})
     return Message(content, reply_to=msg)

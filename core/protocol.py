@@ -1,6 +1,7 @@
 """Record names in the messages between ServerApp and ClientApp, in one place for both sides."""
 
 ARRAYS = "arrays"              # ArrayRecord: the model's state_dict
+WIDE_STATS = "wide-stats"      # ArrayRecord of a train reply: bias table -> float64 [3, k] (row ids; gradient and curvature sums)
 ROW_COUNTS = "row-counts"      # ArrayRecord of a train reply: id-indexed table -> int64 [2, k] (row ids; counts)
 METRICS = "metrics"            # MetricRecord: "num-examples" plus flattened "task.metric" values
 VAL_METRICS = "val-metrics"    # MetricRecord of an evaluate reply: the same, on the validation split

@@ -17,7 +17,8 @@ from tasks.models import MultiTaskModel
 from tasks.ranking import Scores, evaluate_merchant, wants_ranking
 from tasks.selection import RoundKeeper, validation_loss
 from tasks.state import load_joint_state, snapshot_state
-from tasks.training import make_optimizer, shuffle_seed, train_epochs
+from tasks.training import make_optimizer, shuffle_seed
+from tasks.wide import apply_newton, train_round
 
 Scored = tuple[dict[str, Metrics], dict[str, dict[str, Metrics]]]  # (merchants combined, per merchant)
 
@@ -54,8 +55,10 @@ def run_centralized(experiment: Experiment) -> RunResult:
     losses: dict[str, float] = {}
     for server_round in range(int(cfg["federation"]["rounds"]) + 1):
         if server_round:
-            losses = train_epochs(model, weighting, optimizer, pooled, experiment.tasks, train_cfg,
-                                  shuffle_seed(int(cfg["seed"]), server_round, 0), experiment.device).losses
+            report, wide = train_round(model, weighting, optimizer, pooled, experiment.tasks, train_cfg,
+                                       shuffle_seed(int(cfg["seed"]), server_round, 0), experiment.device, server_round)
+            apply_newton(model, wide, train_cfg)
+            losses = report.losses
         (overall, _), (validation, _) = evaluate_merchants(same_model, splits, experiment)
         rounds.append(RoundRecord(server_round, overall, losses, validation))
         log_round(rounds[-1], experiment.metric_names)
@@ -89,8 +92,10 @@ def run_local(experiment: Experiment) -> RunResult:
             for k, m in enumerate(merchants):
                 if keepers[m].stop:  # this merchant's own validation loss stopped improving
                     continue
-                report = train_epochs(models[m], weightings[m], optimizers[m], trains[m], experiment.tasks,
-                                      train_cfg, shuffle_seed(int(cfg["seed"]), server_round, k), experiment.device)
+                report, wide = train_round(models[m], weightings[m], optimizers[m], trains[m], experiment.tasks,
+                                           train_cfg, shuffle_seed(int(cfg["seed"]), server_round, k),
+                                           experiment.device, server_round)
+                apply_newton(models[m], wide, train_cfg)
                 losses[m] = {t: {"loss": v} for t, v in report.losses.items()}
                 counts[m] = report.label_counts
         (overall, _), (validation, per_merchant_val) = evaluate_merchants(models, splits, experiment)

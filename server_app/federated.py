@@ -17,6 +17,7 @@ from tasks.metrics import unflatten
 from tasks.ranking import wants_ranking
 from tasks.selection import RoundKeeper, validation_loss
 from tasks.state import joint_owners, joint_state
+from tasks.wide import averaged_by_rows, newton_fit
 
 
 def wait_for_merchants(grid: Grid, n_merchants: int, timeout_s: float) -> list[int]:
@@ -48,11 +49,10 @@ def run_federated(grid: Grid, experiment: Experiment) -> RunResult:
     merchants = experiment.index.merchant_ids
     wait_for_merchants(grid, len(merchants), float(fed["wait_for_nodes_s"]))
     model, weighting = experiment.new_model(), experiment.new_weighting()
-    if fed["table_aggregation"] not in ("rows", "dense"):
-        raise InputError(f"federation.table_aggregation must be rows or dense, got {fed['table_aggregation']!r}")
-    row_tables = list(model.id_tables()) if fed["table_aggregation"] == "rows" else []
+    row_tables = averaged_by_rows(model, cfg)
     strategy = MultiTaskFedAvg(
         joint_owners(model, weighting), row_tables,
+        (float(cfg["train"]["bias_l2"]), float(cfg["train"]["newton_damping"])) if newton_fit(cfg["train"]) else None,
         fraction_train=float(fed["fraction_train"]), fraction_evaluate=float(fed["fraction_evaluate"]),
         min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1,
     )

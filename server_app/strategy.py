@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from logging import WARNING
 from typing import Iterable, Mapping
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -14,6 +15,7 @@ from flwr.serverapp.strategy import FedAvg
 from core import protocol
 from server_app.aggregation import ClientUpdate, RowCounts, aggregate
 from tasks.metrics import Metrics, combine_merchants, flatten, split_counts, unflatten
+from tasks.wide import WideStats, newton_update, sum_statistics
 
 
 class RoundFailed(RuntimeError):
@@ -48,11 +50,19 @@ def _row_counts(reply: Message) -> dict[str, RowCounts]:
     return {name: (pair[0], pair[1]) for name, pair in arrays_to_numpy(reply.content.array_records[protocol.ROW_COUNTS]).items()}
 
 
+def _wide_stats(reply: Message) -> WideStats:
+    if protocol.WIDE_STATS not in reply.content.array_records:
+        return {}
+    return {name: (stacked[0].astype(np.int64), stacked[1], stacked[2])
+            for name, stacked in arrays_to_numpy(reply.content.array_records[protocol.WIDE_STATS]).items()}
+
+
 class MultiTaskFedAvg(FedAvg):
     def __init__(self, parameter_tasks: Mapping[str, str | None], row_tables: Iterable[str] = (),
-                 **fedavg_options) -> None:
+                 newton: tuple[float, float] | None = None, **fedavg_options) -> None:
         super().__init__(**fedavg_options)
         self.parameter_tasks = dict(parameter_tasks)
+        self.newton = newton  # (prior rows, damping) of the wide part's Newton step (tasks/wide.py), or None
         self.row_tables = list(row_tables)  # id-indexed tables averaged row by row (aggregation.aggregate_rows)
         self.failures: list[tuple[int, int, str]] = []  # (round, node id, reason)
         self.evaluations: dict[int, Evaluation] = {}
@@ -94,6 +104,9 @@ class MultiTaskFedAvg(FedAvg):
             losses[str(k)], counts[str(k)] = task_metrics, task_counts
         current = arrays_to_numpy(self._global) if self._global is not None else updates[0].arrays
         arrays = aggregate(current, updates, self.parameter_tasks, self.row_tables)
+        wide = [_wide_stats(msg) for msg in ok]
+        if self.newton is not None and any(wide):
+            arrays.update(newton_update(current, sum_statistics(wide), *self.newton))
         metrics = flatten(combine_merchants(losses, counts))
         metrics[protocol.NUM_EXAMPLES] = sum(u.examples for u in updates)
         return numpy_to_arrays(arrays), MetricRecord(metrics)

@@ -91,6 +91,9 @@ def make_optimizer(model: MultiTaskModel, weighting: LossWeighting, train_cfg: M
     wide = list(model.first_order.parameters()) if model.first_order is not None else []
     wide_ids = {id(p) for p in wide}
     deep = [p for p in model.parameters() if id(p) not in wide_ids] + list(weighting.parameters())
+    if str(train_cfg.get("first_order_fit", "sgd")) == "newton":  # those are fitted by tasks/wide.py instead
+        newton_ids = {id(p) for t in model.additive_tasks() for p in model.first_order_parameters(t)}
+        wide = [p for p in wide if id(p) not in newton_ids]
     first_order_lr = train_cfg.get("first_order_lr")
     params = [{"params": deep}] + ([{"params": wide, "lr": float(first_order_lr or train_cfg["lr"])}] if wide else [])
     for key in ("lr", "first_order_lr"):

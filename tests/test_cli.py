@@ -39,9 +39,9 @@ def good_table(path, **overrides):
     (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "mode=solo"], "unknown mode 'solo'"),
     (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "data.val_fraction=1.5"],
      "data.val_fraction must be in [0, 1), got 1.5"),
-    (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "select_round=best_val"],
+    (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "data.val_fraction=0", "select_round=best_val"],
      "select_round=best_val needs validation rows: set data.val_fraction > 0"),
-    (None, [*TINY, "train.optimizer=sgd", "train.lr=1e30"], "training diverged: the "),
+    (None, [*TINY, "train.optimizer=sgd", "train.lr=1e30", "train.wide_rounds=0"], "training diverged: the "),
     (None, [*TINY, "train.lr=1e300"], "train.lr must be a positive number a float32 can hold, got 1e+300"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, setup, args, expected):

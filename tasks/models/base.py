@@ -146,6 +146,15 @@ class MultiTaskModel(nn.Module):
                        for tables in self.first_order.tables.values() for j, table in enumerate(tables))
         return embedding, bias
 
+    def additive_tasks(self) -> list[str]:
+        """Tasks whose head output is the deep output plus the first-order part, unchanged by `link`:
+        the ones whose biases tasks/wide.py can fit by Newton steps."""
+        return list(self.task_names) if self.first_order is not None else []
+
+    def first_order_parameters(self, task: str) -> list[nn.Parameter]:
+        return [*self.first_order.tables[task].parameters(), self.first_order.bias[task]] \
+            if self.first_order is not None else []
+
     def id_tables(self) -> dict[str, tuple[int, str | None]]:
         """state_dict name of every id-indexed table -> (the feature column that indexes it, the
         owning task or None): what row-wise aggregation needs to know about a table."""

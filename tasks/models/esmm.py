@@ -56,6 +56,9 @@ class ESMM(MultiTaskModel):
         outputs["purchase"] = ctcvr_logit(outputs["click"], outputs["purchase"])
         return {t: outputs[t] for t in self.task_names}
 
+    def additive_tasks(self) -> list[str]:
+        return [t for t in super().additive_tasks() if t != "purchase"]  # purchase = ctcvr(click, cvr)
+
     def raw_priors(self, base_rates: Mapping[str, float]) -> dict[str, float]:
         """The purchase tower is p(purchase | click): its prior is the purchase rate over the click rate."""
         rates = dict(base_rates)

@@ -1,0 +1,63 @@
+"""The first-order part fitted by Newton steps on summed statistics (tasks/wide.py)."""
+
+import numpy as np
+import pytest
+import torch
+
+from core.config import compose_config, to_plain
+from data.shards import Shard
+from tasks.models import build_model
+from tasks.registry import resolve_tasks
+from tasks.wide import apply_newton, newton_update, sum_statistics, wide_statistics
+
+CPU = torch.device("cpu")
+
+
+def rating_setup(items, ratings, buckets=(6,)):
+    ratings = np.asarray(ratings, np.float32)
+    tasks = resolve_tasks(["rating"], ["rating"], label_stats={"rating": {"mean": float(ratings.mean()), "std": 1.0}})
+    model = build_model({**to_plain(compose_config([]))["model"], "dropout": 0.0}, list(buckets), ["rating"])
+    shard = Shard(np.asarray(items, np.int64).reshape(-1, len(buckets)), {"rating": ratings}, {})
+    return model, tasks, shard
+
+
+def test_one_newton_step_on_one_feature_is_the_bias_models_regularised_mean():
+    items, ratings = [0, 0, 0, 1, 2, 2], [5, 4, 5, 1, 3, 4]
+    model, tasks, shard = rating_setup(items, ratings)
+    apply_newton(model, wide_statistics(model, shard, tasks, CPU), {"bias_l2": 2.0, "newton_damping": 1.0})
+    residual = np.asarray(ratings) - np.mean(ratings)  # the untrained model predicts the mean
+    expected = [residual[np.asarray(items) == i].sum() / (2.0 + (np.asarray(items) == i).sum()) for i in range(3)]
+    table = model.first_order.tables["rating"][0].weight.detach().numpy()[:, 0]
+    np.testing.assert_allclose(table[:3], expected, rtol=1e-5)
+    assert np.all(table[3:] == 0)  # ids without rows (cold) are not touched
+    assert float(model.first_order.bias["rating"].detach()) == pytest.approx(0.0, abs=1e-6)  # residuals sum to 0
+
+
+def test_statistics_summed_over_merchants_equal_the_pooled_statistics():
+    rng = np.random.default_rng(0)
+    features = rng.integers(0, 8, (40, 2))
+    labels = {"click": (rng.random(40) < 0.3).astype(np.float32),
+              "rating": np.where(rng.random(40) < 0.5, rng.integers(1, 6, 40), np.nan).astype(np.float32)}
+    tasks = resolve_tasks(["rating", "click"], ["rating", "click"],
+                          label_stats={"rating": {"mean": 3.0, "std": 1.2}, "click": {"mean": 0.3}})
+    torch.manual_seed(0)
+    model = build_model({**to_plain(compose_config([]))["model"], "embedding_init_std": 0.1}, [8, 8], ["rating", "click"])
+    pooled = wide_statistics(model, Shard(features, labels, {}), tasks, CPU)
+    parts = [wide_statistics(model, Shard(features[s], {k: v[s] for k, v in labels.items()}, {}), tasks, CPU)
+             for s in (slice(0, 13), slice(13, 30), slice(30, 40))]
+    summed = sum_statistics(parts)
+    assert set(summed) == set(pooled)
+    for name in pooled:
+        for a, b in zip(summed[name], pooled[name]):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_a_logit_step_moves_towards_the_labels_and_the_prior_holds_rare_ids_back():
+    params = {"first_order.tables.click.0.weight": np.zeros((3, 1), np.float32), "first_order.bias.click": np.float32(0.0)}
+    # row 0: 100 rows all clicked (g = 50, h = 25 at p = 0.5); row 1: 1 row clicked (g = 0.5, h = 0.25)
+    stats = {"first_order.tables.click.0.weight": (np.array([0, 1]), np.array([50.0, 0.5]), np.array([25.0, 0.25])),
+             "first_order.bias.click": (np.array([0]), np.array([50.5]), np.array([25.25]))}
+    out = newton_update(params, stats, lam=1.0, damping=1.0)
+    table = out["first_order.tables.click.0.weight"][:, 0]
+    assert table[0] == pytest.approx(50 / 26) and table[1] == pytest.approx(0.5 / 1.25) and table[2] == 0
+    assert float(out["first_order.bias.click"]) == pytest.approx(2.0)  # the global bias has no prior
