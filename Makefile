@@ -8,7 +8,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: install run test test-fast bench bench-speed sweep clean
+.PHONY: install run test test-fast bench bench-speed references sweep clean
 
 # torch goes first and pinned: this takes the CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -30,6 +30,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.quality $(ARGS)
+
+# The simple pooled references alone (mean, bias model, one-hot linear, MF) on any data: ARGS="data=table data.path=..."
+references: $(STAMP)
+	$(PY) -m benchmarks.references $(ARGS)
 
 # Speed and memory as ratios measured in one run: federation vs local/centralized, aggregation vs training, models.
 bench-speed: $(STAMP)
