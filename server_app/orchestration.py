@@ -1,4 +1,8 @@
-"""One job from config to outputs, for every mode: the ServerApp's main and the Hydra door both call it."""
+"""One job from config to outputs, for every mode: the ServerApp's main and the Hydra door both call it.
+
+Federated, the server touches no data file: everything it knows comes from the nodes. The baselines
+(mode=centralized|local) run in this process over every merchant's prepared data, as references.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +12,14 @@ from typing import Any, Mapping
 from flwr.serverapp import Grid
 
 from core.errors import InputError
-from core.runtime import seed_everything
-from server_app.baselines import run_centralized, run_local
+from core.runtime import resolve_device, seed_everything
+from server_app.baselines import run_baseline
 from server_app.federated import run_federated
 from server_app.outputs import RunResult, write_outputs
-from tasks.experiment import Experiment, open_experiment
-from tasks.metrics import Metrics, combine_merchants
-from tasks.selection import RULES
-from tasks.training import oracle_score
+from tasks.registry import TASKS
+from tasks.selection import check_selectable
 
 MODES = ("federated", "centralized", "local")
-
-
-def oracle_metrics(experiment: Experiment) -> dict[str, Metrics] | None:
-    """The generator's ground truth scored like a model; None for real data, which has none."""
-    per_merchant, counts = {}, {}
-    for merchant in experiment.index.merchant_ids:
-        per_merchant[merchant], counts[merchant] = oracle_score(experiment.shard(merchant, "test"), experiment.tasks)
-    combined = combine_merchants(per_merchant, counts)
-    return combined or None
 
 
 def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None) -> RunResult:
@@ -34,21 +27,13 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None) 
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
     seed_everything(int(cfg["seed"]))
-    experiment = open_experiment(cfg, prepare=True)
-    experiment.device  # a bad device setting fails here, before any training
-    if cfg["select_round"] not in RULES:
-        raise InputError(f"unknown select_round {cfg['select_round']!r} (known: {', '.join(RULES)})")
-    if cfg["select_round"] == "best_val" and not any(m.n_val for m in experiment.index.merchants):
-        raise InputError("select_round=best_val needs validation rows: set data.val_fraction > 0, "
-                         "or select_round=last")
+    resolve_device(str(cfg["device"]))  # a bad device setting fails here, before any training
+    check_selectable(str(cfg["select_round"]), validation_rows=1)  # the rule's name; its rows are checked later
     if mode == "federated":
         if grid is None:
             raise RuntimeError("mode=federated needs a Flower grid; run it through a ServerApp")
-        result = run_federated(grid, experiment)
-    elif mode == "centralized":
-        result = run_centralized(experiment)
+        result = run_federated(grid, cfg)
     else:
-        result = run_local(experiment)
-    result.oracle = oracle_metrics(experiment)
-    write_outputs(result, output_dir, experiment.metric_names)
+        result = run_baseline(cfg)
+    write_outputs(result, output_dir, {t: TASKS[t].metric_names for t in result.tasks})
     return result

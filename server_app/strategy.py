@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from logging import WARNING
-from typing import Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from core import protocol
 from server_app.aggregation import ClientUpdate, aggregate_multitask
+from server_app.setup import failure
 from tasks.metrics import Metrics, combine_merchants, flatten, split_counts, unflatten
 
 
@@ -36,40 +38,62 @@ def numpy_to_arrays(arrays: Mapping) -> ArrayRecord:
     return ArrayRecord({name: Array(value) for name, value in arrays.items()})
 
 
-def _merchant_of(reply: Message) -> str:
-    if reply.has_error() or protocol.MERCHANT not in reply.content.config_records:
-        return f"~node-{reply.metadata.src_node_id}"
-    return str(reply.content.config_records[protocol.MERCHANT][protocol.MERCHANT_ID])
-
-
 class MultiTaskFedAvg(FedAvg):
-    def __init__(self, parameter_tasks: Mapping[str, str | None], **fedavg_options) -> None:
+    """FedAvg's aggregation hooks with task-aware math, addressed to the nodes the federated loop names.
+
+    The loop sets `participants` (node id -> merchant index) before each phase: only set-up nodes that
+    are connected now get a message, so a departed node is not waited for and a newcomer is used.
+    """
+
+    def __init__(self, parameter_tasks: Mapping[str, str | None], merchant_of: Callable[[int], str | None],
+                 failures: list[dict[str, Any]], **fedavg_options) -> None:
         super().__init__(**fedavg_options)
         self.parameter_tasks = dict(parameter_tasks)
-        self.failures: list[tuple[int, int, str]] = []  # (round, node id, reason)
+        self.merchant_of = merchant_of
+        self.failures = failures
+        self.participants: dict[int, int] = {}
         self.evaluations: dict[int, Evaluation] = {}
         self._global: ArrayRecord | None = None
+
+    def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, fraction: float,
+                  message_type: str) -> list[Message]:
+        nodes = sorted(self.participants)
+        if fraction < 1.0 and nodes:
+            nodes = sorted(random.sample(nodes, max(1, int(len(nodes) * fraction))))
+        return [Message(RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: ConfigRecord(
+                    {**config, protocol.SERVER_ROUND: server_round, protocol.MERCHANT_INDEX: self.participants[node]})}),
+                        dst_node_id=node, message_type=message_type) for node in nodes]
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._global = arrays  # kept for parameters no client trains this round
-        return super().configure_train(server_round, arrays, config, grid)
+        return self._messages(server_round, arrays, config, self.fraction_train, MessageType.TRAIN)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self._messages(server_round, arrays, config, self.fraction_evaluate, MessageType.EVALUATE)
+
+    def _merchant_of_reply(self, reply: Message) -> str:
+        if not reply.has_error() and protocol.MERCHANT in reply.content.config_records:
+            return str(reply.content.config_records[protocol.MERCHANT][protocol.MERCHANT_ID])
+        return self.merchant_of(reply.metadata.src_node_id) or f"~node-{reply.metadata.src_node_id}"
 
     def _successful(self, server_round: int, replies: Iterable[Message], phase: str) -> list[Message]:
-        """Replies without errors; errors are counted and logged; a round with no success fails."""
+        """Replies without errors; errors are recorded with their merchant and logged; a round with no
+        success fails."""
         # Replies arrive in any order and node ids are random; ordering by merchant makes the float
         # sums, and so runs, reproducible.
-        replies = sorted(replies, key=_merchant_of)
+        replies = sorted(replies, key=self._merchant_of_reply)
         ok = [m for m in replies if not m.has_error()]
         for m in replies:
             if m.has_error():
-                self.failures.append((server_round, m.metadata.src_node_id, m.error.reason))
-                log(WARNING, "round %d %s: node %d failed: %s", server_round, phase,
-                    m.metadata.src_node_id, m.error.reason)
+                node = m.metadata.src_node_id
+                self.failures.append(failure(server_round, node, self.merchant_of(node), m.error.reason))
+                log(WARNING, "round %d %s: node %d (merchant %s) failed: %s", server_round, phase, node,
+                    self.merchant_of(node) or "?", self.failures[-1]["reason"])
         if replies and not ok:
-            reason = replies[0].error.reason.strip().splitlines()[-1] if replies[0].error.reason else "?"
             raise RoundFailed(f"round {server_round}: every one of {len(replies)} clients failed to {phase}; "
-                              f"first error: {reason}")
+                              f"first error: {failure(0, 0, None, replies[0].error.reason)['reason']}")
         return ok
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -96,7 +120,7 @@ class MultiTaskFedAvg(FedAvg):
             return None
         per_merchant, counts, val, val_counts = {}, {}, {}, {}
         for msg in ok:
-            merchant = _merchant_of(msg)
+            merchant = self._merchant_of_reply(msg)
             records = msg.content.metric_records
             per_merchant[merchant], counts[merchant] = split_counts(unflatten(records[protocol.METRICS]))
             if protocol.VAL_METRICS in records:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Generic, Mapping, Sequence, TypeVar
 
+from core.errors import InputError
 from tasks.metrics import Metrics
 from tasks.registry import Task
 
@@ -23,6 +24,15 @@ def validation_loss(metrics: Mapping[str, Metrics], tasks: Sequence[Task]) -> fl
     values = [task.loss_from_metrics(metrics[task.name]) for task in tasks if task.name in metrics]
     values = [v for v in values if math.isfinite(v)]
     return sum(values) / len(values) if values else math.nan
+
+
+def check_selectable(rule: str, validation_rows: int) -> None:
+    """A run can keep its round by this rule: the rule exists, and best_val has rows to look at."""
+    if rule not in RULES:
+        raise InputError(f"unknown select_round {rule!r} (known: {', '.join(RULES)})")
+    if rule == "best_val" and validation_rows <= 0:
+        raise InputError("select_round=best_val needs validation rows: set data.val_fraction > 0, "
+                         "or select_round=last")
 
 
 class RoundKeeper(Generic[State]):
