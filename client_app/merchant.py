@@ -48,10 +48,13 @@ def node_data(node_config: Mapping[str, Any], manifest: str | None, cfg: Mapping
 def setup_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | None,
                 cfg: Mapping[str, Any]) -> Message:
     """The node's aggregates, or why it cannot take part (one line, with its merchant where known)."""
+    merchant = None
     try:
-        data = node_data(node_config, manifest, cfg)
+        path, merchant = data_source(node_config, manifest, cfg["data"])
+        data = prepare_merchant(path, cfg["data"], merchant)
     except InputError as exc:
-        refusal = {protocol.SETUP_ERROR: str(exc), protocol.MERCHANT_ID: str(node_config.get(protocol.MERCHANT_ID, ""))}
+        merchant = getattr(exc, "merchant", None) or merchant
+        refusal = {protocol.SETUP_ERROR: str(exc), protocol.MERCHANT_ID: merchant or ""}
         return Message(RecordDict({protocol.SETUP: ConfigRecord(refusal)}), reply_to=msg)
     content = RecordDict({protocol.SETUP: ConfigRecord(data.summary.to_flat())})
     test = data.shard("test")
@@ -96,8 +99,9 @@ def evaluate_reply(msg: Message, node_config: Mapping[str, Any], manifest: str |
     experiment = _experiment(msg, cfg)
     data = node_data(node_config, manifest, cfg)
     model, _ = _trainable_from(msg, experiment)
-    train, test, val = data.shard("train"), data.shard("test"), data.shard("val")
     with_ranking = bool(int(msg.content.config_records[protocol.CONFIG].get(protocol.RANKING, 0)))
+    train = data.shard("train") if with_ranking else None  # ranking alone needs the user's train items
+    test, val = data.shard("test"), data.shard("val")
     scores = evaluate_merchant(model, experiment, train, test, val, with_ranking)
     content = RecordDict({protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: data.merchant_id})})
     for key, (metrics_by_task, counts), split in zip((protocol.METRICS, protocol.VAL_METRICS), scores, (test, val)):

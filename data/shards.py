@@ -87,6 +87,14 @@ def check_merchant_rows(frame: pd.DataFrame, merchant: str, source: str, min_row
     return True
 
 
+class MerchantDataError(InputError):
+    """Bad data of a merchant whose id is known: its node reports the error with the merchant."""
+
+    def __init__(self, merchant: str, message: str) -> None:
+        super().__init__(message)
+        self.merchant = merchant
+
+
 @dataclass(frozen=True)
 class PreparedMerchant:
     """A merchant's cached splits and their summary; reading a split touches this merchant's files only."""
@@ -137,11 +145,14 @@ def _write_split(frame: pd.DataFrame, encoded: np.ndarray, features: list[str], 
     table.to_parquet(path, index=False)
 
 
-def _merchant_of_rows(df: pd.DataFrame, source: str) -> str:
-    merchants = df[MERCHANT].unique()
+def _merchant_of_rows(df: pd.DataFrame, source: str) -> str | None:
+    """The one merchant of a file's rows; None when the column is missing (validation names that)."""
+    if MERCHANT not in df.columns:
+        return None
+    merchants = df[MERCHANT].dropna().astype(str).str.strip().unique()
     if len(merchants) != 1:
-        shown = ", ".join(repr(m) for m in sorted(merchants)[:5])
-        raise InputError(f"{source}: column '{MERCHANT}' holds {len(merchants)} merchants ({shown}...); a "
+        shown = ", ".join(repr(m) for m in sorted(merchants)[:5]) + (", ..." if len(merchants) > 5 else "")
+        raise InputError(f"{source}: column '{MERCHANT}' holds {len(merchants)} merchants ({shown}); a "
                          "node's file must hold one merchant's rows, or set merchant-id in the node config")
     return str(merchants[0])
 
@@ -167,12 +178,18 @@ def prepare_merchant(path: str | Path, data_cfg: Mapping[str, Any], merchant_id:
     source = str(path)
     if merchant_id is not None:
         raw[MERCHANT] = merchant_id
-    df = validate_interactions(raw, source, features)
-    merchant = _merchant_of_rows(df, source)
-    min_rows = int(data_cfg["min_rows_per_merchant"])
-    if not check_merchant_rows(df, merchant, source, min_rows):
-        raise InputError(f"{source}: merchant {merchant!r} has {len(df)} row(s), fewer than "
-                         f"data.min_rows_per_merchant={min_rows}; it sits this run out")
+    merchant = _merchant_of_rows(raw, source)
+    try:
+        df = validate_interactions(raw, source, features)
+        min_rows = int(data_cfg["min_rows_per_merchant"])
+        if not check_merchant_rows(df, str(merchant), source, min_rows):
+            raise InputError(f"{source}: merchant {merchant!r} has {len(df)} row(s), fewer than "
+                             f"data.min_rows_per_merchant={min_rows}; it sits this run out")
+    except InputError as exc:
+        if merchant is None:
+            raise
+        raise MerchantDataError(merchant, str(exc)) from exc
+    merchant = str(merchant)
     stamps = df[TIMESTAMP].to_numpy() if TIMESTAMP in df.columns else None
     parts = dict(zip(SPLITS, split_positions(len(df), float(data_cfg["test_fraction"]),
                                              float(data_cfg["val_fraction"]),

@@ -9,7 +9,7 @@ is set up first and trains from the next round, one that leaves is simply no lon
 from __future__ import annotations
 
 import time
-from logging import INFO
+from logging import INFO, WARNING
 from typing import Any, Mapping
 
 import torch
@@ -21,7 +21,7 @@ from core import protocol
 from core.errors import InputError
 from server_app.outputs import RoundRecord, RunResult, log_round
 from server_app.roster import Roster
-from server_app.setup import set_up_newcomers
+from server_app.setup import failure, set_up_newcomers
 from server_app.strategy import Evaluation, MultiTaskFedAvg, RoundFailed, arrays_to_numpy
 from tasks.experiment import Experiment, experiment_for
 from tasks.metrics import Metrics, combine_merchants, unflatten
@@ -44,11 +44,19 @@ def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float) -> list[int]:
     return nodes
 
 
-def _exchange(grid: Grid, messages, timeout: float, server_round: int, phase: str):
+def _exchange(grid: Grid, messages, timeout: float, server_round: int, phase: str, roster: Roster,
+              failures: list[dict[str, Any]]) -> list:
+    """Send and wait at most `timeout`; a node that has not answered by then is a failure of this round
+    (a SuperNode that died is only marked offline by Flower after two missed 30 s heartbeats)."""
     messages = list(messages)
     if not messages:
         raise RoundFailed(f"round {server_round}: no set-up SuperNode is connected to {phase}")
     replies = list(grid.send_and_receive(messages, timeout=timeout))
+    answered = {reply.metadata.src_node_id for reply in replies}
+    for node in sorted({m.metadata.dst_node_id for m in messages} - answered):
+        failures.append(failure(server_round, node, roster.merchant(node), f"no {phase} reply within {timeout:.0f} s"))
+        log(WARNING, "round %d %s: node %d (merchant %s) did not answer within %.0f s", server_round, phase, node,
+            roster.merchant(node) or "?", timeout)
     if not replies:
         raise RoundFailed(f"round {server_round}: no client answered the {phase} request within {timeout:.0f} s")
     return replies
@@ -99,7 +107,7 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any]) -> RunResult:
         strategy.participants = roster.participants(grid.get_node_ids())
         config = ConfigRecord({**plan, protocol.RANKING: int(wants_ranking(cfg, final))})
         replies = _exchange(grid, strategy.configure_evaluate(server_round, state, config, grid),
-                            timeout, server_round, "evaluate")
+                            timeout, server_round, "evaluate", roster, failures)
         strategy.aggregate_evaluate(server_round, replies)
         return strategy.evaluations[server_round]
 
@@ -109,7 +117,7 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any]) -> RunResult:
             set_up_newcomers(grid, roster, failures, server_round, timeout)
             strategy.participants = roster.participants(grid.get_node_ids())
             replies = _exchange(grid, strategy.configure_train(server_round, arrays, plan, grid),
-                                timeout, server_round, "train")
+                                timeout, server_round, "train", roster, failures)
             new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
             if new_arrays is not None:
                 arrays = new_arrays
