@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,6 +19,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from core.errors import InputError
+from data.cache import written_atomically
 from data.loading import read_table
 from data.schema import LABEL_COLUMNS, MERCHANT, validate_interactions
 from data.shards import check_merchant_rows
@@ -84,9 +83,9 @@ def partition_table(data_cfg: Mapping[str, Any], out_dir: Path | None = None) ->
     if not labelled:
         raise InputError(f"{source}: every label cell is empty; nothing to learn")
     min_rows = int(data_cfg["min_rows_per_merchant"])
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root.parent))
-    try:
+    if out_dir is not None:
+        shutil.rmtree(root, ignore_errors=True)  # an unfinished earlier attempt
+    with written_atomically(root) as staging:
         merchants = []
         for merchant, positions in df.groupby(MERCHANT, sort=True).indices.items():
             frame = df.iloc[positions].reset_index(drop=True)
@@ -98,15 +97,6 @@ def partition_table(data_cfg: Mapping[str, Any], out_dir: Path | None = None) ->
         if not merchants:
             raise InputError(f"{source}: no merchant has at least data.min_rows_per_merchant={min_rows} rows")
         (staging / MANIFEST_FILE).write_text(json.dumps({"source": source, "merchants": merchants}, indent=1))
-        if root.exists() and out_dir is not None:
-            shutil.rmtree(root)
-        try:
-            os.replace(staging, root)
-        except OSError:  # another process finished the same partitions first; theirs are identical
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return root / MANIFEST_FILE
 
 
@@ -117,3 +107,22 @@ def partition_for_node(manifest: str | Path, partition_id: int, num_partitions: 
         raise InputError(f"{num_partitions} SuperNodes for {len(partitions)} merchants; run one SuperNode per "
                          f"merchant (simulation: --federation-config 'num-supernodes={len(partitions)}')")
     return partitions[partition_id]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m data.partition [hydra overrides]`: write the merchant files, print the manifest's path."""
+    import sys
+
+    from core.config import compose_config, to_plain
+
+    try:
+        manifest = partition_table(to_plain(compose_config(list(sys.argv[1:] if argv is None else argv)))["data"])
+    except InputError as exc:
+        print(f"partition: error: {exc}", file=sys.stderr)
+        return 2
+    print(manifest)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

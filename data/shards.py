@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import InputError
+from data.cache import written_atomically
 from data.loading import read_table
 from data.schema import LABEL_COLUMNS, MERCHANT, ORACLE_COLUMNS, TIMESTAMP, validate_interactions
 from data.splits import split_positions
@@ -204,17 +202,8 @@ def prepare_merchant(path: str | Path, data_cfg: Mapping[str, Any], merchant_id:
         train_moments={c: LabelMoments.of(df[c].iloc[parts["train"]].to_numpy()) for c in columns
                        if df[c].iloc[parts["train"]].notna().any()},
     )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root.parent))
-    try:
+    with written_atomically(root) as staging:
         for split, rows in parts.items():
             _write_split(df.iloc[rows], encoded[rows], features, staging / f"{split}.parquet")
         (staging / SUMMARY_FILE).write_text(json.dumps(summary.to_flat(), indent=1))
-        try:
-            os.replace(staging, root)
-        except OSError:  # another process finished the same cache first; theirs is identical
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return _read_prepared(root, features)

@@ -113,7 +113,7 @@ class LocalDeployment:
 
     # -- processes -------------------------------------------------------------------------------
     def _start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = (self.logs / f"{name}.log").open("ab")
+        log = (self.logs / f"{name}.log").open("wb")
         # A session of its own: the ServerApp/ClientApp processes Flower spawns share its group id,
         # so stopping it by that id stops them too.
         process = subprocess.Popen(command, cwd=self.work, env=env or self.env, stdout=log, stderr=subprocess.STDOUT,
@@ -190,8 +190,32 @@ class LocalDeployment:
                     if key else [])) if self.secure else ["--insecure"]
         env = {**self.env, "MERCHANT_FL_CACHE": str(self.work / "nodes" / name / "cache")}
         return self._start(name, [str(BIN / "flower-supernode"), *security, "--superlink", f"127.0.0.1:{self.port}",
-                                  "--port", str(free_port()), "--node-config", node_config, "--max-retries", "0"],
+                                  "--port", str(free_port()), "--node-config", node_config],
                            env=env)
+
+    def activated(self, name: str, timeout_s: float = 60.0) -> bool:
+        """Whether a started SuperNode was admitted by the SuperLink (False: it exited, e.g. code 305)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if "SuperNode ID:" in (self.logs / f"{name}.log").read_text(errors="replace"):
+                return True
+            if self.processes[name].poll() is not None:
+                return False
+            time.sleep(0.5)
+        return False
+
+    def restart_node(self, name: str, data_path: Path, key: Path | None, timeout_s: float = 180.0) -> None:
+        """Start a merchant's SuperNode again, retrying as a supervisor would: the SuperLink refuses a
+        key whose previous session it has not yet marked offline (two missed 30 s heartbeats)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.start_node(name, data_path, key=key)
+            if self.activated(name):
+                return
+            self.stop(name)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} was not admitted within {timeout_s:.0f} s; see {self.logs / (name + '.log')}")
+            time.sleep(5)
 
     def add_merchant(self, name: str, data_path: Path, merchant_id: str | None = None) -> subprocess.Popen:
         """Key, registration (when secure) and start of one merchant's SuperNode."""

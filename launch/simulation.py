@@ -45,7 +45,8 @@ def run_federated_simulation(cfg: Mapping[str, Any], output_dir: Path) -> RunRes
     logging.getLogger("flwr").propagate = False  # Flower prints its own lines; Hydra's root would repeat them
     manifest = str(partition_table(cfg["data"]))
     n_merchants = len(read_manifest(manifest))
-    plain = dict(cfg)
+    # Every simulated node exists from the start: the server waits for all of them.
+    plain = {**cfg, "federation": {**cfg["federation"], "min_nodes": n_merchants}}
     outcome: dict[str, Any] = {}
     run_simulation(
         server_app=make_server_app(lambda _: plain, lambda _: output_dir, outcome),

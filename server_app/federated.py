@@ -21,7 +21,7 @@ from core import protocol
 from core.errors import InputError
 from server_app.outputs import RoundRecord, RunResult, log_round
 from server_app.roster import Roster
-from server_app.setup import failure, set_up_newcomers
+from server_app.setup import addressees, failure, node_of, set_up_newcomers
 from server_app.strategy import Evaluation, MultiTaskFedAvg, RoundFailed, arrays_to_numpy
 from tasks.experiment import Experiment, experiment_for
 from tasks.metrics import Metrics, combine_merchants, unflatten
@@ -52,7 +52,8 @@ def _exchange(grid: Grid, messages, timeout: float, server_round: int, phase: st
     if not messages:
         raise RoundFailed(f"round {server_round}: no set-up SuperNode is connected to {phase}")
     replies = list(grid.send_and_receive(messages, timeout=timeout))
-    answered = {reply.metadata.src_node_id for reply in replies}
+    sent_to = addressees(messages)
+    answered = {node_of(reply, sent_to) for reply in replies}
     for node in sorted({m.metadata.dst_node_id for m in messages} - answered):
         failures.append(failure(server_round, node, roster.merchant(node), f"no {phase} reply within {timeout:.0f} s"))
         log(WARNING, "round %d %s: node %d (merchant %s) did not answer within %.0f s", server_round, phase, node,

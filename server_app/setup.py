@@ -7,7 +7,7 @@ The Flower shell only: what a reply holds is `data.summary`, how the server comb
 from __future__ import annotations
 
 from logging import INFO, WARNING
-from typing import Any
+from typing import Any, Iterable
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
@@ -25,6 +25,17 @@ def failure(server_round: int, node: int, merchant: str | None, reason: str) -> 
     return {"round": server_round, "node": node, "merchant": merchant, "reason": lines[-1]}
 
 
+def addressees(sent: Iterable[Message]) -> dict[str, int]:
+    """Message id -> the node it was sent to (ids are set when the grid pushes the messages)."""
+    return {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
+
+
+def node_of(reply: Message, sent_to: dict[str, int]) -> int:
+    """The node a reply answers for: Flower answers for a node it marked offline with an error from
+    the SuperLink's own id, so the reply is matched to the message it answers."""
+    return sent_to.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+
+
 def set_up_newcomers(grid: Grid, roster: Roster, failures: list[dict[str, Any]], server_round: int,
                      timeout: float) -> int:
     """Query every connected node not seen before; admit those that answer with a summary.
@@ -37,7 +48,9 @@ def set_up_newcomers(grid: Grid, roster: Roster, failures: list[dict[str, Any]],
         return 0
     queries = [Message(RecordDict({protocol.CONFIG: ConfigRecord({protocol.SERVER_ROUND: server_round})}),
                        dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
-    replies = {reply.metadata.src_node_id: reply for reply in grid.send_and_receive(queries, timeout=timeout)}
+    replies = list(grid.send_and_receive(queries, timeout=timeout))
+    sent_to = addressees(queries)
+    replies = {node_of(reply, sent_to): reply for reply in replies}
     joined = []
     for node in nodes:
         reply = replies.get(node)

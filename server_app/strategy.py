@@ -14,7 +14,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from core import protocol
 from server_app.aggregation import ClientUpdate, aggregate_multitask
-from server_app.setup import failure
+from server_app.setup import addressees, failure, node_of
 from tasks.metrics import Metrics, combine_merchants, flatten, split_counts, unflatten
 
 
@@ -52,6 +52,7 @@ class MultiTaskFedAvg(FedAvg):
         self.merchant_of = merchant_of
         self.failures = failures
         self.participants: dict[int, int] = {}
+        self.sent: list[Message] = []  # the latest phase's messages, to tell which node a reply answers for
         self.evaluations: dict[int, Evaluation] = {}
         self._global: ArrayRecord | None = None
 
@@ -60,9 +61,10 @@ class MultiTaskFedAvg(FedAvg):
         nodes = sorted(self.participants)
         if fraction < 1.0 and nodes:
             nodes = sorted(random.sample(nodes, max(1, int(len(nodes) * fraction))))
-        return [Message(RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: ConfigRecord(
-                    {**config, protocol.SERVER_ROUND: server_round, protocol.MERCHANT_INDEX: self.participants[node]})}),
-                        dst_node_id=node, message_type=message_type) for node in nodes]
+        self.sent = [Message(RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: ConfigRecord(
+                         {**config, protocol.SERVER_ROUND: server_round, protocol.MERCHANT_INDEX: self.participants[node]})}),
+                             dst_node_id=node, message_type=message_type) for node in nodes]
+        return self.sent
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -73,10 +75,14 @@ class MultiTaskFedAvg(FedAvg):
                            grid: Grid) -> Iterable[Message]:
         return self._messages(server_round, arrays, config, self.fraction_evaluate, MessageType.EVALUATE)
 
+    def node_of(self, reply: Message) -> int:
+        return node_of(reply, addressees(self.sent))
+
     def _merchant_of_reply(self, reply: Message) -> str:
         if not reply.has_error() and protocol.MERCHANT in reply.content.config_records:
             return str(reply.content.config_records[protocol.MERCHANT][protocol.MERCHANT_ID])
-        return self.merchant_of(reply.metadata.src_node_id) or f"~node-{reply.metadata.src_node_id}"
+        node = self.node_of(reply)
+        return self.merchant_of(node) or f"~node-{node}"
 
     def _successful(self, server_round: int, replies: Iterable[Message], phase: str) -> list[Message]:
         """Replies without errors; errors are recorded with their merchant and logged; a round with no
@@ -87,7 +93,7 @@ class MultiTaskFedAvg(FedAvg):
         ok = [m for m in replies if not m.has_error()]
         for m in replies:
             if m.has_error():
-                node = m.metadata.src_node_id
+                node = self.node_of(m)
                 self.failures.append(failure(server_round, node, self.merchant_of(node), m.error.reason))
                 log(WARNING, "round %d %s: node %d (merchant %s) failed: %s", server_round, phase, node,
                     self.merchant_of(node) or "?", self.failures[-1]["reason"])
