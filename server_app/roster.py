@@ -21,7 +21,12 @@ class Roster:
     refused: set[int] = field(default_factory=set)                    # nodes whose setup failed
 
     def newcomers(self, connected: Iterable[int]) -> list[int]:
-        """Connected nodes never queried (a node that rejoins comes back with a new id)."""
+        """Connected nodes not queried since they connected. A node that left is forgotten first, so one
+        that comes back (with SuperNode auth it keeps its id) is asked again: its file may have changed."""
+        connected = set(connected)
+        for node in [n for n in self.merchant_of_node if n not in connected]:
+            del self.merchant_of_node[node]
+        self.refused &= connected
         return sorted(n for n in connected if n not in self.merchant_of_node and n not in self.refused)
 
     def admit(self, joined: Iterable[tuple[int, DataSummary]]) -> None:

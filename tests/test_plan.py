@@ -76,3 +76,7 @@ def test_roster_orders_the_first_merchants_and_replaces_a_restarted_node():
     roster.admit([(50, summary("m1", click=[1]))])  # m1's SuperNode came back with a new node id
     assert roster.participants([10, 20, 50]) == {10: 2, 20: 0, 50: 1} and roster.merchant(30) is None
     assert roster.participants([20]) == {20: 0}  # a node that left is not addressed
+    assert roster.newcomers([10, 20]) == [] and roster.merchant(50) is None  # ... and is forgotten
+    assert roster.newcomers([10, 20, 40, 50]) == [40, 50]  # so it is asked again when it is back
+    roster.admit([(50, summary("m1", click=[1]))])
+    assert roster.participants([10, 20, 50]) == {10: 2, 20: 0, 50: 1}  # with its merchant's index
