@@ -262,6 +262,28 @@ def merchant_files(overrides: Sequence[str], n_nodes: int, folder: Path) -> list
     return read_manifest(partition_table(cfg["data"], out_dir=folder))
 
 
+def without_tracebacks(output: str) -> str:
+    """The run's stream as a user reads it: Flower logs a failed ServerApp's traceback; the app's own
+    one-line error (`merchant-fl: error: ...`) says what went wrong."""
+    kept, in_traceback = [], False
+    for line in output.splitlines():
+        if line.startswith("Traceback (most recent call last):"):
+            in_traceback = True
+        elif in_traceback and line and not line.startswith(" "):
+            in_traceback = False  # the exception's own line closes the traceback
+            continue
+        if not in_traceback:
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+def app_error(output: str) -> str | None:
+    """The ServerApp's one-line error, if it logged one."""
+    marker = "merchant-fl: error: "
+    lines = [line.split(marker, 1)[1].strip() for line in output.splitlines() if marker in line]
+    return lines[-1] if lines else None
+
+
 def _exit_on_signal(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)  # unwinds through `with LocalDeployment`, which stops every process
 
@@ -276,9 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGINT, _exit_on_signal)
     work = Path(args.work).resolve() / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    overrides = [*DEFAULT_OVERRIDES, *args.overrides, f"federation.min_nodes={args.nodes}"]
+    overrides = [*DEFAULT_OVERRIDES, *args.overrides]
     try:
         merchants = merchant_files(overrides, args.nodes, work / "merchants")
+        overrides.append(f"federation.min_nodes={len(merchants)}")  # data=table: one node per merchant in it
         with LocalDeployment(work, secure=not args.insecure) as deployment:
             deployment.start_superlink()
             print(f"SuperLink on 127.0.0.1:{deployment.port} ({'insecure' if args.insecure else 'TLS, SuperNode auth'})",
@@ -289,12 +312,13 @@ def main(argv: list[str] | None = None) -> int:
             output_dir = work / "outputs"
             deployment.start_run(overrides, output_dir)
             finished, output = deployment.wait_run(output_dir)
-            print(output[-4000:], end="", flush=True)
+            print(without_tracebacks(output)[-4000:], end="", flush=True)
     except InputError as exc:
         print(f"deploy-local: error: {exc}", file=sys.stderr)
         return 2
     if not finished:
-        print(f"deploy-local: error: the run did not finish; logs in {work / 'logs'}", file=sys.stderr)
+        why = app_error(output) or "the run did not finish"
+        print(f"deploy-local: error: {why}; logs in {work / 'logs'}", file=sys.stderr)
         return 1
     print(f"deploy-local: finished; results in {output_dir} (metrics.json), logs in {work / 'logs'}")
     return 0
