@@ -19,6 +19,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -248,12 +249,15 @@ class LocalDeployment:
         return finished, self.run_output()
 
     def last_run_status(self) -> str | None:
+        """`flwr ls` status ("finished:completed", "finished:failed", ...) of the run started here."""
+        started = re.search(r"Successfully started run (\d+)", self.run_output())
         listed = self._flwr("ls", "--format", "json")
         try:
             runs = json.loads(listed.stdout).get("runs", [])
         except json.JSONDecodeError:
             return None
-        return str(runs[-1].get("status")) if runs else None
+        ours = [r for r in runs if started and str(r.get("run-id")) == started.group(1)] or runs[-1:]
+        return str(ours[0].get("status")) if ours else None
 
 
 def merchant_files(overrides: Sequence[str], n_nodes: int, folder: Path) -> list[Partition]:

@@ -80,8 +80,7 @@ def set_up_federation(grid: Grid, cfg: Mapping[str, Any], roster: Roster, failur
     if not roster.summaries:
         raise RoundFailed(f"setup: every one of {queried} nodes failed to set up; "
                           f"first error: {failures[0]['reason'] if failures else '?'}")
-    requested = cfg.get("tasks")
-    plan = plan_from_summaries(list(requested) if requested is not None else None, roster.summaries.values())
+    plan = plan_from_summaries(cfg.get("tasks"), roster.summaries.values())
     check_selectable(str(cfg["select_round"]), sum(s.rows["val"] for s in roster.summaries.values()))
     log(INFO, "setup: %d merchant(s), tasks %s", len(roster.summaries), ", ".join(plan.tasks))
     return experiment_for(cfg, plan)

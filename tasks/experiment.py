@@ -92,7 +92,5 @@ def open_experiment(cfg: Mapping[str, Any], prepare: bool = True) -> Experiment:
     """
     del prepare
     index = prepare_every_merchant(cfg["data"])
-    requested = cfg.get("tasks")
-    plan = plan_from_summaries(list(requested) if requested is not None else None,
-                               [m.summary for m in index.merchants])
+    plan = plan_from_summaries(cfg.get("tasks"), [m.summary for m in index.merchants])
     return experiment_for(cfg, plan, index)

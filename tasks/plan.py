@@ -33,6 +33,5 @@ def plan_from_summaries(requested: Sequence[str] | None, summaries: Iterable[Dat
     label statistics pooled over every node's train split."""
     summaries = list(summaries)
     stats = pooled_label_stats(summaries)
-    tasks = resolve_tasks(list(requested) if requested is not None else None, available_labels(summaries),
-                          label_stats=stats)
+    tasks = resolve_tasks(requested, available_labels(summaries), label_stats=stats)
     return RunPlan([t.name for t in tasks], stats)
