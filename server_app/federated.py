@@ -66,8 +66,9 @@ def _exchange(grid: Grid, messages, timeout: float, server_round: int, phase: st
 def oracle_of(roster: Roster, experiment: Experiment) -> dict[str, Metrics] | None:
     """The nodes' ground-truth scores (synthetic data only) over the run's tasks, merchants combined."""
     names = set(experiment.task_names)
-    per_merchant = {m: {t: v for t, v in metrics.items() if t in names} for m, (metrics, _) in roster.oracle.items()}
-    counts = {m: counts for m, (_, counts) in roster.oracle.items()}
+    scored = sorted(roster.oracle.items())  # merchant order, as the replies: the same float sums every run
+    per_merchant = {m: {t: v for t, v in metrics.items() if t in names} for m, (metrics, _) in scored}
+    counts = {m: counts for m, (_, counts) in scored}
     return combine_merchants(per_merchant, counts) or None
 
 
