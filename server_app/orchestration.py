@@ -17,7 +17,7 @@ from server_app.baselines import run_baseline
 from server_app.federated import run_federated
 from server_app.outputs import RunResult, write_outputs
 from tasks.registry import TASKS
-from tasks.selection import check_selectable
+from tasks.selection import check_rule
 
 MODES = ("federated", "centralized", "local")
 
@@ -28,7 +28,7 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None) 
         raise InputError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
     seed_everything(int(cfg["seed"]))
     resolve_device(str(cfg["device"]))  # a bad device setting fails here, before any training
-    check_selectable(str(cfg["select_round"]), validation_rows=1)  # the rule's name; its rows are checked later
+    check_rule(str(cfg["select_round"]))  # whether there are validation rows is known once data is prepared
     if mode == "federated":
         if grid is None:
             raise RuntimeError("mode=federated needs a Flower grid; run it through a ServerApp")

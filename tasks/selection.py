@@ -26,10 +26,14 @@ def validation_loss(metrics: Mapping[str, Metrics], tasks: Sequence[Task]) -> fl
     return sum(values) / len(values) if values else math.nan
 
 
-def check_selectable(rule: str, validation_rows: int) -> None:
-    """A run can keep its round by this rule: the rule exists, and best_val has rows to look at."""
+def check_rule(rule: str) -> None:
     if rule not in RULES:
         raise InputError(f"unknown select_round {rule!r} (known: {', '.join(RULES)})")
+
+
+def check_selectable(rule: str, validation_rows: int) -> None:
+    """A run can keep its round by this rule: the rule exists, and best_val has rows to look at."""
+    check_rule(rule)
     if rule == "best_val" and validation_rows <= 0:
         raise InputError("select_round=best_val needs validation rows: set data.val_fraction > 0, "
                          "or select_round=last")

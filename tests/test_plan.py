@@ -6,6 +6,7 @@ import pytest
 
 from core.errors import InputError
 from data.summary import DataSummary, LabelMoments, pooled_label_stats
+from server_app.federated import wait_for_nodes
 from server_app.roster import Roster
 from tasks.experiment import experiment_for
 from tasks.plan import RunPlan, plan_from_summaries
@@ -80,3 +81,19 @@ def test_roster_orders_the_first_merchants_and_replaces_a_restarted_node():
     assert roster.newcomers([10, 20, 40, 50]) == [40, 50]  # so it is asked again when it is back
     roster.admit([(50, summary("m1", click=[1]))])
     assert roster.participants([10, 20, 50]) == {10: 2, 20: 0, 50: 1}  # with its merchant's index
+
+
+class GridWithNodes:
+    """Only what waiting reads of a grid: the connected node ids."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return self.nodes
+
+
+def test_the_server_starts_at_min_nodes_and_times_out_with_a_clear_error():
+    assert wait_for_nodes(GridWithNodes([1, 2, 3]), 2, 0.1) == [1, 2, 3]
+    with pytest.raises(InputError, match=r"1 SuperNode\(s\) connected after 0 s, fewer than federation.min_nodes=2"):
+        wait_for_nodes(GridWithNodes([7]), 2, 0.1)
