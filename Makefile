@@ -8,7 +8,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: install run test test-fast bench bench-speed references sweep clean
+.PHONY: install run test test-fast deploy-local bench bench-speed references sweep clean
 
 # torch goes first and pinned: this takes the CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -28,6 +28,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# A real deployment on loopback: a TLS SuperLink with SuperNode auth, N SuperNodes (one merchant file
+# each), flwr run; everything under .deploy/, every process stopped on exit. INSECURE=1: no TLS/auth.
+N ?= 3
+deploy-local: $(STAMP)
+	$(PY) -m launch.deploy_local --nodes $(N) $(if $(INSECURE),--insecure) $(ARGS)
+
 bench: $(STAMP)
 	$(PY) -m benchmarks.quality $(ARGS)
 
@@ -45,4 +51,4 @@ sweep: $(STAMP)
 	$(VENV)/bin/merchant-fl -m $(SWEEP) $(ARGS)
 
 clean:
-	rm -rf outputs multirun .pytest_cache
+	rm -rf outputs multirun .pytest_cache .deploy

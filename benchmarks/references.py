@@ -508,12 +508,12 @@ def run_references(splits: Mapping[str, MerchantSplits], tasks: Sequence[Task], 
 
 def gather_splits(cfg: Mapping[str, Any]) -> tuple[dict[str, MerchantSplits], list[Task], list[str]]:
     """Each merchant's (train, val, test) shards exactly as the modes see them, the run's tasks and
-    features. The one place that knows how shards are read: adapt it when the data path changes."""
+    features. The one place that knows how shards are read."""
     from tasks.experiment import open_experiment
     experiment = open_experiment(cfg, prepare=True)
     splits = {m: MerchantSplits(*(experiment.shard(m, s) for s in ("train", "val", "test")))
               for m in experiment.index.merchant_ids}
-    return splits, experiment.tasks, list(experiment.index.features)
+    return splits, experiment.tasks, experiment.features
 
 
 def tuning_note(splits: Mapping[str, MerchantSplits]) -> str:

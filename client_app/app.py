@@ -1,31 +1,49 @@
-"""The ClientApp shell: `flwr run .` loads `app`; the Hydra door builds one with `make_client_app`."""
+"""The ClientApp shell: `flwr run .` and every SuperNode load `app`; the Hydra door builds one with
+`make_client_app`. Bad input becomes an error reply of one line, never a traceback."""
 
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
-from flwr.app import Context, Message
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
-from client_app.merchant import evaluate_reply, train_reply
+from client_app.merchant import evaluate_reply, setup_reply, train_reply
+from core import protocol
 from core.config import config_from_run_config
+from core.errors import InputError
 
 
-def make_client_app(config_of: Callable[[Context], dict]) -> ClientApp:
+def _manifest_from_run_config(context: Context) -> str | None:
+    return str(context.run_config.get(protocol.PARTITIONS, "") or "") or None
+
+
+def make_client_app(config_of: Callable[[Context], dict],
+                    manifest_of: Callable[[Context], str | None] = _manifest_from_run_config) -> ClientApp:
+    """`manifest_of` says where a simulated node finds its partition's file (None: partition here)."""
     app = ClientApp()
+
+    def answer(reply_fn, msg: Message, context: Context) -> Message:
+        cfg = config_of(context)
+        torch.set_num_threads(max(1, int(cfg["federation"]["client_cpus"])))
+        try:
+            return reply_fn(msg, context.node_config, manifest_of(context), cfg)
+        except InputError as exc:
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(exc)), reply_to=msg)
+
+    @app.query()
+    def setup(msg: Message, context: Context) -> Message:
+        return answer(setup_reply, msg, context)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        cfg = config_of(context)
-        torch.set_num_threads(max(1, int(cfg["federation"]["client_cpus"])))
-        return train_reply(msg, context.node_config, cfg)
+        return answer(train_reply, msg, context)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        cfg = config_of(context)
-        torch.set_num_threads(max(1, int(cfg["federation"]["client_cpus"])))
-        return evaluate_reply(msg, context.node_config, cfg)
+        return answer(evaluate_reply, msg, context)
 
     return app
 

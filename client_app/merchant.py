@@ -1,8 +1,10 @@
-"""What one merchant does with a server request: train or evaluate on its own shard, reply with
-arrays and per-task counts and metrics. Nothing else of the merchant's data leaves this module."""
+"""What one merchant's node does with a server request: report its data's aggregates (setup), train
+or evaluate on its own splits. It reads only the file its node config names; counts, sums, metrics
+and model updates are all that leave this module."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -10,29 +12,63 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 
 from core import protocol
 from core.errors import InputError
-from tasks.experiment import Experiment, open_experiment
+from data.partition import partition_for_node, partition_table
+from data.shards import PreparedMerchant, prepare_merchant
+from tasks.experiment import Experiment, experiment_for
 from tasks.metrics import flatten, with_counts
 from tasks.models import MultiTaskModel
+from tasks.plan import RunPlan
 from tasks.ranking import evaluate_merchant
+from tasks.registry import resolve_tasks
 from tasks.state import joint_state, load_joint_state
-from tasks.training import make_optimizer, shuffle_seed, trained_rows
+from tasks.training import make_optimizer, oracle_score, shuffle_seed, trained_rows
 from tasks.wide import averaged_by_rows, train_round
 from tasks.weighting import LossWeighting
 
 
-def merchant_of(node_config: Mapping[str, Any], experiment: Experiment) -> tuple[int, str]:
-    """(index, id) of this node's merchant: `merchant-id` in the node config, else the partition id."""
-    ids = experiment.index.merchant_ids
-    if protocol.MERCHANT_ID in node_config:
-        merchant = str(node_config[protocol.MERCHANT_ID])
-        if merchant not in ids:
-            raise InputError(f"node config merchant-id={merchant!r} is not a merchant of the data")
-        return ids.index(merchant), merchant
-    partitions = int(node_config["num-partitions"])
-    if partitions != len(ids):
-        raise InputError(f"{partitions} SuperNodes for {len(ids)} merchants; run one SuperNode per merchant")
-    partition = int(node_config["partition-id"])
-    return partition, ids[partition]
+def data_source(node_config: Mapping[str, Any], manifest: str | None, data_cfg: Mapping[str, Any]
+                ) -> tuple[Path, str | None]:
+    """(file, merchant id if known) of this node: `data-path` (+ optional `merchant-id`) when deployed;
+    in simulation the file of its partition id, from the manifest (partitioning the run's table here
+    when none was given, as `flwr run .` does)."""
+    if protocol.DATA_PATH in node_config:
+        merchant = node_config.get(protocol.MERCHANT_ID)
+        return Path(str(node_config[protocol.DATA_PATH])), None if merchant is None else str(merchant)
+    if protocol.PARTITION_ID in node_config:
+        partition = partition_for_node(manifest or partition_table(data_cfg), int(node_config[protocol.PARTITION_ID]),
+                                       int(node_config[protocol.NUM_PARTITIONS]))
+        return partition.path, partition.merchant_id
+    raise InputError("this SuperNode has no data: start it with --node-config 'data-path=\"/path/to/file.parquet\"'")
+
+
+def node_data(node_config: Mapping[str, Any], manifest: str | None, cfg: Mapping[str, Any]) -> PreparedMerchant:
+    """This node's prepared data (validated, split and cached on first use)."""
+    path, merchant = data_source(node_config, manifest, cfg["data"])
+    return prepare_merchant(path, cfg["data"], merchant)
+
+
+def setup_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | None,
+                cfg: Mapping[str, Any]) -> Message:
+    """The node's aggregates, or why it cannot take part (one line, with its merchant where known)."""
+    merchant = None
+    try:
+        path, merchant = data_source(node_config, manifest, cfg["data"])
+        data = prepare_merchant(path, cfg["data"], merchant)
+    except InputError as exc:
+        merchant = getattr(exc, "merchant", None) or merchant
+        refusal = {protocol.SETUP_ERROR: str(exc), protocol.MERCHANT_ID: merchant or ""}
+        return Message(RecordDict({protocol.SETUP: ConfigRecord(refusal)}), reply_to=msg)
+    content = RecordDict({protocol.SETUP: ConfigRecord(data.summary.to_flat())})
+    test = data.shard("test")
+    if test.oracle:  # synthetic data: what its ground truth scores, for the report
+        metrics, counts = oracle_score(test, resolve_tasks(None, data.summary.label_columns))
+        content[protocol.ORACLE] = MetricRecord(flatten(with_counts(metrics, counts)))
+    return Message(content, reply_to=msg)
+
+
+def _experiment(msg: Message, cfg: Mapping[str, Any]) -> Experiment:
+    """The model every node builds alike: from the plan the server fixed and sent."""
+    return experiment_for(cfg, RunPlan.from_json(str(msg.content.config_records[protocol.CONFIG][protocol.PLAN])))
 
 
 def _trainable_from(msg: Message, experiment: Experiment) -> tuple[MultiTaskModel, LossWeighting]:
@@ -42,20 +78,22 @@ def _trainable_from(msg: Message, experiment: Experiment) -> tuple[MultiTaskMode
     return model.to(experiment.device), weighting.to(experiment.device)
 
 
-def train_reply(msg: Message, node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> Message:
-    experiment = open_experiment(cfg)
-    k, merchant = merchant_of(node_config, experiment)
+def train_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | None, cfg: Mapping[str, Any]) -> Message:
+    experiment = _experiment(msg, cfg)
+    data = node_data(node_config, manifest, cfg)
     model, weighting = _trainable_from(msg, experiment)
     optimizer = make_optimizer(model, weighting, cfg["train"])
-    server_round = int(msg.content.config_records[protocol.CONFIG].get("server-round", 0))
-    shard = experiment.shard(merchant, "train")
-    report, wide = train_round(model, weighting, optimizer, shard, experiment.tasks, cfg["train"],
-                               shuffle_seed(int(cfg["seed"]), server_round, k), experiment.device, server_round)
+    config = msg.content.config_records[protocol.CONFIG]
+    server_round = int(config.get(protocol.SERVER_ROUND, 0))
+    seed = shuffle_seed(int(cfg["seed"]), server_round, int(config.get(protocol.MERCHANT_INDEX, 0)))
+    shard = data.shard("train")
+    report, wide = train_round(model, weighting, optimizer, shard, experiment.tasks, cfg["train"], seed,
+                               experiment.device, server_round)
     metrics = flatten(with_counts({t: {"loss": v} for t, v in report.losses.items()}, report.label_counts))
     metrics[protocol.NUM_EXAMPLES] = report.examples
     content = RecordDict({protocol.ARRAYS: ArrayRecord(joint_state(model, weighting)),
                           protocol.METRICS: MetricRecord(metrics),
-                          protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: merchant})})
+                          protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: data.merchant_id})})
     if wide:  # only sums per bias row: the server adds them and takes the Newton step
         content[protocol.WIDE_STATS] = ArrayRecord(
             {name: Array(np.stack([ids.astype(np.float64), g, h])) for name, (ids, g, h) in wide.items()})
@@ -67,14 +105,16 @@ def train_reply(msg: Message, node_config: Mapping[str, Any], cfg: Mapping[str, 
     return Message(content, reply_to=msg)
 
 
-def evaluate_reply(msg: Message, node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> Message:
-    experiment = open_experiment(cfg)
-    _, merchant = merchant_of(node_config, experiment)
+def evaluate_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | None,
+                   cfg: Mapping[str, Any]) -> Message:
+    experiment = _experiment(msg, cfg)
+    data = node_data(node_config, manifest, cfg)
     model, _ = _trainable_from(msg, experiment)
-    test, val = experiment.shard(merchant, "test"), experiment.shard(merchant, "val")
     with_ranking = bool(int(msg.content.config_records[protocol.CONFIG].get(protocol.RANKING, 0)))
-    scores = evaluate_merchant(model, experiment, merchant, test, val, with_ranking)
-    content = RecordDict({protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: merchant})})
+    train = data.shard("train") if with_ranking else None  # ranking alone needs the user's train items
+    test, val = data.shard("test"), data.shard("val")
+    scores = evaluate_merchant(model, experiment, train, test, val, with_ranking)
+    content = RecordDict({protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: data.merchant_id})})
     for key, (metrics_by_task, counts), split in zip((protocol.METRICS, protocol.VAL_METRICS), scores, (test, val)):
         metrics = flatten(with_counts(metrics_by_task, counts))
         metrics[protocol.NUM_EXAMPLES] = len(split)

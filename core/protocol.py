@@ -1,4 +1,5 @@
-"""Record names in the messages between ServerApp and ClientApp, in one place for both sides."""
+"""Names shared by ServerApp and ClientApp, in one place for both sides: message records, their keys,
+and the node-config and run-config keys a node reads."""
 
 ARRAYS = "arrays"              # ArrayRecord: the model's state_dict
 WIDE_STATS = "wide-stats"      # ArrayRecord of a train reply: bias table -> float64 [3, k] (row ids; gradient and curvature sums)
@@ -6,7 +7,19 @@ ROW_COUNTS = "row-counts"      # ArrayRecord of a train reply: id-indexed table 
 METRICS = "metrics"            # MetricRecord: "num-examples" plus flattened "task.metric" values
 VAL_METRICS = "val-metrics"    # MetricRecord of an evaluate reply: the same, on the validation split
 CONFIG = "config"              # ConfigRecord sent by the server ("server-round", ...)
+SERVER_ROUND = "server-round"  # key in CONFIG
 RANKING = "ranking"            # key in an evaluate CONFIG: 1 = also compute top-K ranking metrics
-MERCHANT = "merchant"          # ConfigRecord of every reply: which merchant answered
+PLAN = "plan"                  # key in CONFIG: the run plan (tasks, label stats) as JSON, the same for all
+MERCHANT_INDEX = "merchant-index"  # key in a train CONFIG: this node's merchant's place (its batch-order seed)
+MERCHANT = "merchant"          # ConfigRecord of every train/evaluate reply: which merchant answered
 MERCHANT_ID = "merchant-id"    # key in MERCHANT, and the node-config key naming a SuperNode's merchant
 NUM_EXAMPLES = "num-examples"  # FedAvg weight of shared parameters
+
+SETUP = "setup"                # ConfigRecord of a setup (query) reply: the node's data summary, flat
+SETUP_ERROR = "error"          # key in SETUP when the node cannot take part: one line saying why
+ORACLE = "oracle"              # MetricRecord of a setup reply: ground truth scored on its test split
+
+DATA_PATH = "data-path"        # node config: the merchant's interactions file on its own machine
+PARTITION_ID = "partition-id"  # node config in simulation (set by Flower) ...
+NUM_PARTITIONS = "num-partitions"
+PARTITIONS = "partitions"      # ... and the run-config key of the manifest mapping partition ids to files

@@ -1,17 +1,16 @@
-"""Merchant shards: the table validated, ids hashed, split per merchant and written once to a cache.
+"""One merchant's data, prepared on the merchant's own machine: its file validated, ids hashed, rows
+split into train/validation/test and written once to a local cache, plus the aggregates it may share.
 
-The server side prepares the shards; each client then reads only its own merchant's directory.
-Ids are hashed into fixed-size buckets per feature, so no merchant needs a shared vocabulary.
+Every node prepares only its own file, and the server never reads one. Ids are hashed into
+fixed-size buckets per feature with a fixed key, so every merchant maps an id to the same bucket
+without a shared vocabulary.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,45 +18,15 @@ import numpy as np
 import pandas as pd
 
 from core.errors import InputError
+from data.cache import written_atomically
 from data.loading import read_table
 from data.schema import LABEL_COLUMNS, MERCHANT, ORACLE_COLUMNS, TIMESTAMP, validate_interactions
 from data.splits import split_positions
-from data.synthetic import PlatformSpec, generate_platform
+from data.summary import SPLITS, DataSummary, LabelMoments
 
-INDEX_FILE = "index.json"
 HASH_KEY = "merchant-fl-0001"  # 16 bytes, fixed so every process hashes an id to the same bucket
-
-
-@dataclass(frozen=True)
-class MerchantEntry:
-    merchant_id: str
-    directory: str
-    n_train: int
-    n_test: int
-    train_labels: dict[str, int]  # label column -> labelled train rows
-    test_labels: dict[str, int]
-    n_val: int = 0                # validation rows, carved from the train part: they choose the kept round
-    val_labels: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ShardIndex:
-    root: Path
-    features: list[str]
-    buckets: list[int]
-    label_columns: list[str]  # label columns with at least one value anywhere
-    merchants: list[MerchantEntry]
-    label_stats: dict[str, dict[str, float]]  # real-valued label -> mean and std over train rows
-
-    @property
-    def merchant_ids(self) -> list[str]:
-        return [m.merchant_id for m in self.merchants]
-
-    def merchant(self, merchant_id: str) -> MerchantEntry:
-        for entry in self.merchants:
-            if entry.merchant_id == merchant_id:
-                return entry
-        raise InputError(f"unknown merchant {merchant_id!r} (known: {', '.join(self.merchant_ids[:10])}...)")
+SUMMARY_FILE = "summary.json"
+CACHE_FORMAT = 4
 
 
 @dataclass
@@ -84,42 +53,8 @@ def hash_ids(values: pd.Series, buckets: int) -> np.ndarray:
     return (hashed % np.uint64(buckets)).astype(np.int64)
 
 
-def _source_fingerprint(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    if data_cfg["source"] == "synthetic":
-        return {"synthetic": dict(data_cfg["synthetic"])}
-    path = Path(data_cfg["path"]).expanduser().resolve()
-    stat = path.stat() if path.is_file() else None
-    return {"path": str(path), "size": stat.st_size if stat else None, "mtime": stat.st_mtime_ns if stat else None}
-
-
-def cache_dir(data_cfg: Mapping[str, Any]) -> Path:
-    """Where the shards of this data config live; a different source or split gets its own folder."""
-    key = {
-        "source": _source_fingerprint(data_cfg),
-        "features": list(data_cfg["features"]),
-        "buckets": dict(data_cfg["hash_buckets"]),
-        "test_fraction": data_cfg["test_fraction"],
-        "split_seed": data_cfg["split_seed"],
-        "val_fraction": data_cfg["val_fraction"],
-        "min_rows_per_merchant": data_cfg["min_rows_per_merchant"],
-        "format": 4,
-    }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(data_cfg["cache_dir"]).expanduser().resolve() / digest
-
-
-def _load_source(data_cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, str]:
-    if data_cfg["source"] == "synthetic":
-        return generate_platform(PlatformSpec(**data_cfg["synthetic"])), "synthetic data"
-    if data_cfg["source"] != "table":
-        raise InputError(f"data.source must be 'synthetic' or 'table', got {data_cfg['source']!r}")
-    if not data_cfg.get("path"):
-        raise InputError("data=table needs data.path=/path/to/interactions.csv (or .parquet)")
-    path = Path(data_cfg["path"]).expanduser().resolve()
-    return read_table(path), str(path)
-
-
-def _buckets(data_cfg: Mapping[str, Any]) -> list[int]:
+def bucket_counts(data_cfg: Mapping[str, Any]) -> list[int]:
+    """Embedding rows per feature, from the run's data config: identical on every node and the server."""
     buckets = dict(data_cfg["hash_buckets"])
     out = []
     for feature in data_cfg["features"]:
@@ -130,6 +65,76 @@ def _buckets(data_cfg: Mapping[str, Any]) -> list[int]:
     return out
 
 
+def merchant_seed(merchant_id: str) -> int:
+    """A per-merchant offset for the random split, the same on any machine (no merchant list needed)."""
+    return int(hash_ids(pd.Series([merchant_id]), 2**31)[0])
+
+
+def check_merchant_rows(frame: pd.DataFrame, merchant: str, source: str, min_rows: int) -> bool:
+    """False when the user asked to drop merchants this small; errors for a merchant that cannot train."""
+    if len(frame) < max(2, min_rows):
+        if min_rows > 0:
+            return False
+        raise InputError(
+            f"{source}: merchant {merchant!r} has {len(frame)} row(s); it needs at least 2 "
+            "(one to train, one to test). Set data.min_rows_per_merchant=N to drop smaller merchants"
+        )
+    columns = [c for c in LABEL_COLUMNS if c in frame.columns]
+    if not frame[columns].notna().any().any():
+        raise InputError(f"{source}: merchant {merchant!r} has no label in any of {', '.join(columns)}")
+    return True
+
+
+class MerchantDataError(InputError):
+    """Bad data of a merchant whose id is known: its node reports the error with the merchant."""
+
+    def __init__(self, merchant: str, message: str) -> None:
+        super().__init__(message)
+        self.merchant = merchant
+
+
+@dataclass(frozen=True)
+class PreparedMerchant:
+    """A merchant's cached splits and their summary; reading a split touches this merchant's files only."""
+    root: Path
+    features: list[str]
+    summary: DataSummary
+
+    @property
+    def merchant_id(self) -> str:
+        return self.summary.merchant_id
+
+    @property
+    def n_train(self) -> int:
+        return self.summary.rows["train"]
+
+    @property
+    def n_val(self) -> int:
+        return self.summary.rows["val"]
+
+    def shard(self, split: str) -> Shard:
+        table = pd.read_parquet(self.root / f"{split}.parquet")
+        features = np.stack([table[f"f_{name}"].to_numpy(np.int64) for name in self.features], axis=1)
+        # np.array copies: Arrow-backed columns are read-only, which torch warns about.
+        labels = {c: np.array(table[c], np.float32) for c in LABEL_COLUMNS if c in table.columns}
+        oracle = {c: np.array(table[col], np.float32) for c, col in ORACLE_COLUMNS.items() if col in table.columns}
+        return Shard(features, labels, oracle)
+
+
+def merchant_cache_dir(path: Path, data_cfg: Mapping[str, Any], merchant_id: str | None) -> Path:
+    """Keyed by the file's fingerprint and every data setting that changes the splits or the hashing."""
+    stat = path.stat()
+    key = {
+        "path": str(path), "size": stat.st_size, "mtime": stat.st_mtime_ns, "merchant_id": merchant_id,
+        "features": list(data_cfg["features"]), "buckets": bucket_counts(data_cfg),
+        "test_fraction": data_cfg["test_fraction"], "val_fraction": data_cfg["val_fraction"],
+        "split_seed": data_cfg["split_seed"], "min_rows_per_merchant": data_cfg["min_rows_per_merchant"],
+        "format": CACHE_FORMAT,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(data_cfg["cache_dir"]).expanduser().resolve() / "merchants" / digest
+
+
 def _write_split(frame: pd.DataFrame, encoded: np.ndarray, features: list[str], path: Path) -> None:
     table = pd.DataFrame({f"f_{name}": encoded[:, j] for j, name in enumerate(features)})
     for column in list(LABEL_COLUMNS) + list(ORACLE_COLUMNS.values()):
@@ -138,89 +143,67 @@ def _write_split(frame: pd.DataFrame, encoded: np.ndarray, features: list[str], 
     table.to_parquet(path, index=False)
 
 
-def prepare_shards(data_cfg: Mapping[str, Any]) -> ShardIndex:
-    """Build the shard cache for this data config once; later calls just read its index."""
-    root = cache_dir(data_cfg)
-    if (root / INDEX_FILE).is_file():
-        return read_index(root)
-    raw, source = _load_source(data_cfg)
+def _merchant_of_rows(df: pd.DataFrame, source: str) -> str | None:
+    """The one merchant of a file's rows; None when the column is missing (validation names that)."""
+    if MERCHANT not in df.columns:
+        return None
+    merchants = df[MERCHANT].dropna().astype(str).str.strip().unique()
+    if len(merchants) != 1:
+        shown = ", ".join(repr(m) for m in sorted(merchants)[:5]) + (", ..." if len(merchants) > 5 else "")
+        raise InputError(f"{source}: column '{MERCHANT}' holds {len(merchants)} merchants ({shown}); a "
+                         "node's file must hold one merchant's rows, or set merchant-id in the node config")
+    return str(merchants[0])
+
+
+def _read_prepared(root: Path, features: list[str]) -> PreparedMerchant:
+    summary = DataSummary.from_flat(json.loads((root / SUMMARY_FILE).read_text()))
+    return PreparedMerchant(root, features, summary)
+
+
+def prepare_merchant(path: str | Path, data_cfg: Mapping[str, Any], merchant_id: str | None = None
+                     ) -> PreparedMerchant:
+    """Validate, hash, split and cache one merchant's file; later calls with the same file and data
+    settings just read the cache. Every row of the file is the merchant's: `merchant_id` (the node
+    config's) wins over the file's merchant_id column, which must otherwise hold a single value."""
+    path = Path(path).expanduser().resolve()
     features = list(data_cfg["features"])
-    buckets = _buckets(data_cfg)
-    df = validate_interactions(raw, source, features)
-    encoded = np.stack([hash_ids(df[f], n) for f, n in zip(features, buckets)], axis=1)
-
-    label_columns = [c for c in LABEL_COLUMNS if c in df.columns and df[c].notna().any()]
-    if not label_columns:
-        raise InputError(f"{source}: every label cell is empty; nothing to learn")
-    min_rows = int(data_cfg["min_rows_per_merchant"])
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root.parent))
-    try:
-        entries, train_rows = [], []
-        groups = df.groupby(MERCHANT, sort=True).indices
-        for k, (merchant, positions) in enumerate(groups.items()):
-            if len(positions) < max(2, min_rows):
-                if min_rows > 0:
-                    continue  # the user asked to drop merchants this small
-                raise InputError(
-                    f"{source}: merchant {merchant!r} has {len(positions)} row(s); it needs at least 2 "
-                    "(one to train, one to test). Set data.min_rows_per_merchant=N to drop smaller merchants"
-                )
-            frame = df.iloc[positions]
-            if not frame[label_columns].notna().any().any():
-                raise InputError(f"{source}: merchant {merchant!r} has no label in any of {', '.join(label_columns)}")
-            stamps = frame[TIMESTAMP].to_numpy() if TIMESTAMP in frame.columns else None
-            train, val, test = split_positions(len(frame), float(data_cfg["test_fraction"]),
-                                               float(data_cfg["val_fraction"]), int(data_cfg["split_seed"]) + k,
-                                               stamps)
-            train_rows.append(positions[train])
-            directory = f"merchant-{k:05d}"
-            (staging / directory).mkdir()
-            parts = {"train": train, "val": val, "test": test}
-            for name, part in parts.items():
-                _write_split(frame.iloc[part], encoded[positions[part]], features, staging / directory / f"{name}.parquet")
-            labelled = {name: {c: int(frame[c].iloc[part].notna().sum()) for c in label_columns}
-                        for name, part in parts.items()}
-            entries.append(MerchantEntry(
-                merchant_id=str(merchant), directory=directory, n_train=len(train), n_test=len(test),
-                train_labels=labelled["train"], test_labels=labelled["test"], n_val=len(val),
-                val_labels=labelled["val"],
-            ))
-        if not entries:
-            raise InputError(f"{source}: no merchant has at least data.min_rows_per_merchant={min_rows} rows")
-        trained = df.iloc[np.concatenate(train_rows)]
-        label_stats = {c: {"mean": float(trained[c].mean()), "std": float(trained[c].std(ddof=0)),
-                           "count": int(trained[c].notna().sum())}
-                       for c in label_columns if trained[c].notna().any()}
-        index = {"features": features, "buckets": buckets, "label_columns": label_columns,
-                 "label_stats": label_stats, "source": source, "merchants": [asdict(e) for e in entries]}
-        (staging / INDEX_FILE).write_text(json.dumps(index, indent=1))
-        try:
-            os.replace(staging, root)
-        except OSError:  # another process finished the same cache first; theirs is identical
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return read_index(root)
-
-
-def read_index(root: Path) -> ShardIndex:
-    path = Path(root) / INDEX_FILE
     if not path.is_file():
-        raise InputError(f"no prepared shards at {root}: the server prepares them before clients start")
-    raw = json.loads(path.read_text())
-    return ShardIndex(root=Path(root), features=raw["features"], buckets=raw["buckets"],
-                      label_columns=raw["label_columns"], label_stats=raw["label_stats"],
-                      merchants=[MerchantEntry(**m) for m in raw["merchants"]])
-
-
-def load_shard(index: ShardIndex, merchant_id: str, split: str) -> Shard:
-    """One merchant's split; reads that merchant's file and nothing else."""
-    entry = index.merchant(merchant_id)
-    table = pd.read_parquet(index.root / entry.directory / f"{split}.parquet")
-    features = np.stack([table[f"f_{name}"].to_numpy(np.int64) for name in index.features], axis=1)
-    # np.array copies: Arrow-backed columns are read-only, which torch warns about.
-    labels = {c: np.array(table[c], np.float32) for c in index.label_columns if c in table.columns}
-    oracle = {c: np.array(table[col], np.float32) for c, col in ORACLE_COLUMNS.items() if col in table.columns}
-    return Shard(features, labels, oracle)
+        raise InputError(f"data-path: no such file: {path}")
+    root = merchant_cache_dir(path, data_cfg, merchant_id)
+    if (root / SUMMARY_FILE).is_file():
+        return _read_prepared(root, features)
+    raw = read_table(path)
+    source = str(path)
+    if merchant_id is not None:
+        raw[MERCHANT] = merchant_id
+    merchant = _merchant_of_rows(raw, source)
+    try:
+        df = validate_interactions(raw, source, features)
+        min_rows = int(data_cfg["min_rows_per_merchant"])
+        if not check_merchant_rows(df, str(merchant), source, min_rows):
+            raise InputError(f"{source}: merchant {merchant!r} has {len(df)} row(s), fewer than "
+                             f"data.min_rows_per_merchant={min_rows}; it sits this run out")
+    except InputError as exc:
+        if merchant is None:
+            raise
+        raise MerchantDataError(merchant, str(exc)) from exc
+    merchant = str(merchant)
+    stamps = df[TIMESTAMP].to_numpy() if TIMESTAMP in df.columns else None
+    parts = dict(zip(SPLITS, split_positions(len(df), float(data_cfg["test_fraction"]),
+                                             float(data_cfg["val_fraction"]),
+                                             int(data_cfg["split_seed"]) + merchant_seed(merchant), stamps)))
+    encoded = np.stack([hash_ids(df[f], n) for f, n in zip(features, bucket_counts(data_cfg))], axis=1)
+    columns = [c for c in LABEL_COLUMNS if c in df.columns]
+    summary = DataSummary(
+        merchant_id=merchant,
+        label_columns=[c for c in columns if df[c].notna().any()],
+        rows={split: len(rows) for split, rows in parts.items()},
+        labels={split: {c: int(df[c].iloc[rows].notna().sum()) for c in columns} for split, rows in parts.items()},
+        train_moments={c: LabelMoments.of(df[c].iloc[parts["train"]].to_numpy()) for c in columns
+                       if df[c].iloc[parts["train"]].notna().any()},
+    )
+    with written_atomically(root) as staging:
+        for split, rows in parts.items():
+            _write_split(df.iloc[rows], encoded[rows], features, staging / f"{split}.parquet")
+        (staging / SUMMARY_FILE).write_text(json.dumps(summary.to_flat(), indent=1))
+    return _read_prepared(root, features)

@@ -23,6 +23,7 @@ import pandas as pd
 from core.errors import InputError
 from data.loading import read_table
 from data.schema import BINARY_LABELS, LABEL_COLUMNS, MERCHANT, TIMESTAMP, validate_interactions
+from data.shards import merchant_seed
 from data.splits import split_positions
 from data.synthetic import PlatformSpec, generate_platform
 
@@ -36,14 +37,15 @@ def split_parts(df: pd.DataFrame, test_fraction: float = 0.2, val_fraction: floa
     cut exactly as data/shards.py cuts the shards."""
     parts = np.full(len(df), DROPPED, dtype=object)
     groups = df.groupby(MERCHANT, sort=True).indices
-    for k, (merchant, positions) in enumerate(groups.items()):
+    for merchant, positions in groups.items():
         if len(positions) < max(2, min_rows_per_merchant):
             if min_rows_per_merchant > 0:
                 continue
             raise InputError(f"merchant {merchant!r} has {len(positions)} row(s); it needs at least 2 "
                              "(one to train, one to test). Set data.min_rows_per_merchant=N to drop smaller merchants")
         stamps = df[TIMESTAMP].to_numpy()[positions] if TIMESTAMP in df.columns else None
-        train, val, test = split_positions(len(positions), test_fraction, val_fraction, split_seed + k, stamps)
+        train, val, test = split_positions(len(positions), test_fraction, val_fraction,
+                                           split_seed + merchant_seed(str(merchant)), stamps)
         parts[positions[train]] = TRAIN
         parts[positions[val]] = VAL
         parts[positions[test]] = TEST

@@ -1,4 +1,8 @@
-"""A federated job in Flower's local simulation: one virtual SuperNode per merchant."""
+"""A federated job in Flower's local simulation: one virtual SuperNode per merchant.
+
+The table is first split into one file per merchant (`data.partition`), and simulated node k is
+handed file k of that manifest: from there on it runs exactly the code a deployed SuperNode runs.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,8 @@ import torch
 
 from client_app.app import make_client_app
 from server_app.app import make_server_app
+from data.partition import partition_table, read_manifest
 from server_app.outputs import RunResult
-from tasks.experiment import open_experiment
 
 FLOWER_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -39,12 +43,14 @@ def run_federated_simulation(cfg: Mapping[str, Any], output_dir: Path) -> RunRes
     from flwr.simulation import run_simulation  # after the environment is set
 
     logging.getLogger("flwr").propagate = False  # Flower prints its own lines; Hydra's root would repeat them
-    n_merchants = len(open_experiment(cfg, prepare=True).index.merchant_ids)
-    plain = dict(cfg)
+    manifest = str(partition_table(cfg["data"]))
+    n_merchants = len(read_manifest(manifest))
+    # Every simulated node exists from the start: the server waits for all of them.
+    plain = {**cfg, "federation": {**cfg["federation"], "min_nodes": n_merchants}}
     outcome: dict[str, Any] = {}
     run_simulation(
         server_app=make_server_app(lambda _: plain, lambda _: output_dir, outcome),
-        client_app=make_client_app(lambda _: plain),
+        client_app=make_client_app(lambda _: plain, lambda _: manifest),
         num_supernodes=n_merchants,
         backend_config=backend_config(cfg),
     )

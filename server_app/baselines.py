@@ -11,13 +11,13 @@ import torch
 
 from data.shards import Shard
 from server_app.outputs import RoundRecord, RunResult, log_round
-from tasks.experiment import Experiment
+from tasks.experiment import Experiment, open_experiment
 from tasks.metrics import Metrics, combine_merchants
 from tasks.models import MultiTaskModel
 from tasks.ranking import Scores, evaluate_merchant, wants_ranking
-from tasks.selection import RoundKeeper, validation_loss
+from tasks.selection import RoundKeeper, resolve_rule, validation_loss
 from tasks.state import load_joint_state, snapshot_state
-from tasks.training import make_optimizer, shuffle_seed
+from tasks.training import make_optimizer, oracle_score, shuffle_seed
 from tasks.wide import apply_newton, train_round
 
 Scored = tuple[dict[str, Metrics], dict[str, dict[str, Metrics]]]  # (merchants combined, per merchant)
@@ -28,24 +28,43 @@ def _combine(scores: Mapping[str, Scores]) -> Scored:
     return combine_merchants(per_merchant, {m: counts for m, (_, counts) in scores.items()}), per_merchant
 
 
-def evaluate_merchants(models: Mapping[str, MultiTaskModel], splits: Mapping[str, tuple[Shard, Shard]],
+def evaluate_merchants(models: Mapping[str, MultiTaskModel], splits: Mapping[str, tuple[Shard, Shard, Shard]],
                        experiment: Experiment, final: bool = False) -> tuple[Scored, Scored]:
     """(test, validation): every merchant scored on its own splits, exactly as a federated client scores itself."""
     with_ranking = wants_ranking(experiment.cfg, final)
-    scores = {m: evaluate_merchant(models[m], experiment, m, test, val, with_ranking)
-              for m, (test, val) in splits.items()}
+    scores = {m: evaluate_merchant(models[m], experiment, train, test, val, with_ranking)
+              for m, (train, test, val) in splits.items()}
     return _combine({m: s[0] for m, s in scores.items()}), _combine({m: s[1] for m, s in scores.items()})
 
 
-def _held_out(experiment: Experiment) -> dict[str, tuple[Shard, Shard]]:
-    return {m: (experiment.shard(m, "test"), experiment.shard(m, "val")) for m in experiment.index.merchant_ids}
+def _splits(experiment: Experiment) -> dict[str, tuple[Shard, Shard, Shard]]:
+    """(train, test, validation) of every merchant."""
+    return {m: tuple(experiment.shard(m, split) for split in ("train", "test", "val"))  # type: ignore[misc]
+            for m in experiment.index.merchant_ids}
 
 
-def run_centralized(experiment: Experiment) -> RunResult:
+def oracle_metrics(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, Shard]]
+                   ) -> dict[str, Metrics] | None:
+    """The generator's ground truth scored like a model; None for real data, which has none."""
+    scored = {m: oracle_score(test, experiment.tasks) for m, (_, test, _) in splits.items()}
+    return combine_merchants({m: s[0] for m, s in scored.items()}, {m: s[1] for m, s in scored.items()}) or None
+
+
+def run_baseline(cfg: Mapping[str, Any]) -> RunResult:
+    """mode=centralized or local, in this process, over every merchant's prepared data."""
+    experiment = open_experiment(cfg)
+    experiment.cfg = {**cfg, "select_round": resolve_rule(str(cfg["select_round"]),
+                                                          sum(m.n_val for m in experiment.index.merchants))}
+    splits = _splits(experiment)
+    result = run_centralized(experiment, splits) if cfg["mode"] == "centralized" else run_local(experiment, splits)
+    result.oracle = oracle_metrics(experiment, splits)
+    return result
+
+
+def run_centralized(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, Shard]]) -> RunResult:
     cfg, train_cfg = experiment.cfg, experiment.cfg["train"]
-    merchants = experiment.index.merchant_ids
-    pooled = Shard.concat([experiment.shard(m, "train") for m in merchants])
-    splits = _held_out(experiment)
+    merchants = list(splits)
+    pooled = Shard.concat([splits[m][0] for m in merchants])
     model = experiment.new_model().to(experiment.device)
     weighting = experiment.new_weighting().to(experiment.device)
     optimizer = make_optimizer(model, weighting, train_cfg)
@@ -73,12 +92,11 @@ def run_centralized(experiment: Experiment) -> RunResult:
                      dict(cfg))
 
 
-def run_local(experiment: Experiment) -> RunResult:
+def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, Shard]]) -> RunResult:
     """Each merchant alone, and each keeps its own best round by its own validation split."""
     cfg, train_cfg = experiment.cfg, experiment.cfg["train"]
-    merchants = experiment.index.merchant_ids
-    trains = {m: experiment.shard(m, "train") for m in merchants}
-    splits = _held_out(experiment)
+    merchants = list(splits)
+    trains = {m: splits[m][0] for m in merchants}
     models = {m: experiment.new_model().to(experiment.device) for m in merchants}
     weightings = {m: experiment.new_weighting().to(experiment.device) for m in merchants}
     optimizers = {m: make_optimizer(models[m], weightings[m], train_cfg) for m in merchants}

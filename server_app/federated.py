@@ -1,79 +1,128 @@
-"""The federated run: one Flower client per merchant, multi-task FedAvg, evaluation after every round."""
+"""The federated run: one Flower node per merchant, multi-task FedAvg, evaluation after every round.
+
+The server learns the federation from the nodes, never from files: it waits for `federation.min_nodes`,
+asks each node for its data's aggregates (setup), fixes the run plan from them, and sends the plan with
+every message. Each round goes to the set-up nodes connected at that moment; a node that joins later
+is set up first and trains from the next round, one that leaves is simply no longer addressed.
+"""
 
 from __future__ import annotations
 
 import time
+from logging import INFO, WARNING
+from typing import Any, Mapping
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from core import protocol
 from core.errors import InputError
 from server_app.outputs import RoundRecord, RunResult, log_round
+from server_app.roster import Roster
+from server_app.setup import addressees, failure, node_of, set_up_newcomers
 from server_app.strategy import Evaluation, MultiTaskFedAvg, RoundFailed, arrays_to_numpy
-from tasks.experiment import Experiment
-from tasks.metrics import unflatten
+from tasks.experiment import Experiment, experiment_for
+from tasks.metrics import Metrics, combine_merchants, unflatten
+from tasks.plan import plan_from_summaries
 from tasks.ranking import wants_ranking
-from tasks.selection import RoundKeeper, validation_loss
+from tasks.selection import RoundKeeper, resolve_rule, validation_loss
 from tasks.state import joint_owners, joint_state
 from tasks.wide import averaged_by_rows, newton_fit
 
 
-def wait_for_merchants(grid: Grid, n_merchants: int, timeout_s: float) -> list[int]:
-    """Every merchant is one SuperNode; a federation of another size is a setup error, said plainly."""
+def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float) -> list[int]:
+    """Start once at least `min_nodes` SuperNodes are connected; more may join later."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        nodes = list(grid.get_node_ids())
-        if len(nodes) == n_merchants:
-            return nodes
-        if len(nodes) > n_merchants or time.monotonic() > deadline:
+    while len(nodes := list(grid.get_node_ids())) < min_nodes:
+        if time.monotonic() > deadline:
             raise InputError(
-                f"the federation has {len(nodes)} SuperNode(s) but the data has {n_merchants} merchants; "
-                f"run one SuperNode per merchant (simulation: --federation-config 'num-supernodes={n_merchants}')"
+                f"{len(nodes)} SuperNode(s) connected after {timeout_s:.0f} s, fewer than federation.min_nodes="
+                f"{min_nodes}; start more SuperNodes, lower federation.min_nodes or raise federation.wait_for_nodes_s"
             )
         time.sleep(0.5)
+    return nodes
 
 
-def _exchange(grid: Grid, messages, timeout: float, server_round: int, phase: str):
+def _exchange(grid: Grid, messages, timeout: float, server_round: int, phase: str, roster: Roster,
+              failures: list[dict[str, Any]]) -> list:
+    """Send and wait at most `timeout`; a node that has not answered by then is a failure of this round
+    (a SuperNode that died is only marked offline by Flower after two missed 30 s heartbeats)."""
     messages = list(messages)
+    if not messages:
+        raise RoundFailed(f"round {server_round}: no set-up SuperNode is connected to {phase}")
     replies = list(grid.send_and_receive(messages, timeout=timeout))
-    if messages and not replies:
+    sent_to = addressees(messages)
+    answered = {node_of(reply, sent_to) for reply in replies}
+    for node in sorted({m.metadata.dst_node_id for m in messages} - answered):
+        failures.append(failure(server_round, node, roster.merchant(node), f"no {phase} reply within {timeout:.0f} s"))
+        log(WARNING, "round %d %s: node %d (merchant %s) did not answer within %.0f s", server_round, phase, node,
+            roster.merchant(node) or "?", timeout)
+    if not replies:
         raise RoundFailed(f"round {server_round}: no client answered the {phase} request within {timeout:.0f} s")
     return replies
 
 
-def run_federated(grid: Grid, experiment: Experiment) -> RunResult:
-    cfg = experiment.cfg
+def oracle_of(roster: Roster, experiment: Experiment) -> dict[str, Metrics] | None:
+    """The nodes' ground-truth scores (synthetic data only) over the run's tasks, merchants combined."""
+    names = set(experiment.task_names)
+    scored = sorted(roster.oracle.items())  # merchant order, as the replies: the same float sums every run
+    per_merchant = {m: {t: v for t, v in metrics.items() if t in names} for m, (metrics, _) in scored}
+    counts = {m: counts for m, (_, counts) in scored}
+    return combine_merchants(per_merchant, counts) or None
+
+
+def set_up_federation(grid: Grid, cfg: Mapping[str, Any], roster: Roster, failures: list[dict[str, Any]]
+                      ) -> Experiment:
+    """Wait for the first nodes, learn their merchants, and fix the plan every node will build from."""
     fed = cfg["federation"]
-    merchants = experiment.index.merchant_ids
-    wait_for_merchants(grid, len(merchants), float(fed["wait_for_nodes_s"]))
+    wait_for_nodes(grid, int(fed["min_nodes"]), float(fed["wait_for_nodes_s"]))
+    queried = set_up_newcomers(grid, roster, failures, 0, float(fed["round_timeout_s"]))
+    if not roster.summaries:
+        raise RoundFailed(f"setup: every one of {queried} nodes failed to set up; "
+                          f"first error: {failures[0]['reason'] if failures else '?'}")
+    plan = plan_from_summaries(cfg.get("tasks"), roster.summaries.values())
+    rule = resolve_rule(str(cfg["select_round"]), sum(s.rows["val"] for s in roster.summaries.values()))
+    log(INFO, "setup: %d merchant(s), tasks %s", len(roster.summaries), ", ".join(plan.tasks))
+    return experiment_for({**cfg, "select_round": rule}, plan)
+
+
+def run_federated(grid: Grid, cfg: Mapping[str, Any]) -> RunResult:
+    fed = cfg["federation"]
+    timeout = float(fed["round_timeout_s"])
+    roster, failures = Roster(), []
+    experiment = set_up_federation(grid, cfg, roster, failures)
+    cfg = experiment.cfg  # select_round resolved now that the validation rows are known
+    plan = ConfigRecord({protocol.PLAN: experiment.plan.to_json()})
     model, weighting = experiment.new_model(), experiment.new_weighting()
     row_tables = averaged_by_rows(model, cfg)
     strategy = MultiTaskFedAvg(
-        joint_owners(model, weighting), row_tables,
+        joint_owners(model, weighting), roster.merchant, failures, row_tables,
         (float(cfg["train"]["bias_l2"]), float(cfg["train"]["newton_damping"])) if newton_fit(cfg["train"]) else None,
         fraction_train=float(fed["fraction_train"]), fraction_evaluate=float(fed["fraction_evaluate"]),
         min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1,
     )
     arrays = ArrayRecord(joint_state(model, weighting))
-    timeout = float(fed["round_timeout_s"])
     rounds: list[RoundRecord] = []
     keeper: RoundKeeper[ArrayRecord] = RoundKeeper.from_config(cfg)
     n_rounds = int(fed["rounds"])
 
     def evaluate(server_round: int, state: ArrayRecord, final: bool = False) -> Evaluation:
-        config = ConfigRecord({protocol.RANKING: int(wants_ranking(cfg, final))})
+        strategy.participants = roster.participants(grid.get_node_ids())
+        config = ConfigRecord({**plan, protocol.RANKING: int(wants_ranking(cfg, final))})
         replies = _exchange(grid, strategy.configure_evaluate(server_round, state, config, grid),
-                            timeout, server_round, "evaluate")
+                            timeout, server_round, "evaluate", roster, failures)
         strategy.aggregate_evaluate(server_round, replies)
         return strategy.evaluations[server_round]
 
     losses: dict[str, float] = {}
     for server_round in range(n_rounds + 1):
         if server_round:
-            replies = _exchange(grid, strategy.configure_train(server_round, arrays, ConfigRecord(), grid),
-                                timeout, server_round, "train")
+            set_up_newcomers(grid, roster, failures, server_round, timeout)
+            strategy.participants = roster.participants(grid.get_node_ids())
+            replies = _exchange(grid, strategy.configure_train(server_round, arrays, plan, grid),
+                                timeout, server_round, "train", roster, failures)
             new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
             if new_arrays is not None:
                 arrays = new_arrays
@@ -93,5 +142,5 @@ def run_federated(grid: Grid, experiment: Experiment) -> RunResult:
     return RunResult(
         mode="federated", tasks=experiment.task_names, rounds=rounds, final=kept.overall,
         per_merchant=kept.per_merchant, selected_round=keeper.round, model_state=state, config=dict(cfg),
-        failures=[{"round": r, "node": n, "reason": why} for r, n, why in strategy.failures],
+        oracle=oracle_of(roster, experiment), failures=failures,
     )

@@ -1,4 +1,8 @@
-"""One job from config to outputs, for every mode: the ServerApp's main and the Hydra door both call it."""
+"""One job from config to outputs, for every mode: the ServerApp's main and the Hydra door both call it.
+
+Federated, the server touches no data file: everything it knows comes from the nodes. The baselines
+(mode=centralized|local) run in this process over every merchant's prepared data, as references.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +12,14 @@ from typing import Any, Mapping
 from flwr.serverapp import Grid
 
 from core.errors import InputError
-from core.runtime import seed_everything
-from server_app.baselines import run_centralized, run_local
+from core.runtime import resolve_device, seed_everything
+from server_app.baselines import run_baseline
 from server_app.federated import run_federated
 from server_app.outputs import RunResult, write_outputs
-from tasks.experiment import Experiment, open_experiment
-from tasks.metrics import Metrics, combine_merchants
-from tasks.selection import resolve_rule
-from tasks.training import oracle_score
+from tasks.registry import TASKS
+from tasks.selection import check_rule
 
 MODES = ("federated", "centralized", "local")
-
-
-def oracle_metrics(experiment: Experiment) -> dict[str, Metrics] | None:
-    """The generator's ground truth scored like a model; None for real data, which has none."""
-    per_merchant, counts = {}, {}
-    for merchant in experiment.index.merchant_ids:
-        per_merchant[merchant], counts[merchant] = oracle_score(experiment.shard(merchant, "test"), experiment.tasks)
-    combined = combine_merchants(per_merchant, counts)
-    return combined or None
 
 
 def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None) -> RunResult:
@@ -34,21 +27,15 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None) 
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
     seed_everything(int(cfg["seed"]))
-    experiment = open_experiment(cfg, prepare=True)
-    experiment.device  # a bad device setting fails here, before any training
-    cfg = {**cfg, "select_round": resolve_rule(str(cfg["select_round"]),
-                                               any(m.n_val for m in experiment.index.merchants))}
+    resolve_device(str(cfg["device"]))  # a bad device setting fails here, before any training
+    check_rule(str(cfg["select_round"]))  # whether there are validation rows is known once data is prepared
     if int(cfg["patience"]) < 0:
         raise InputError(f"patience must be >= 0 (0 = never stop early), got {cfg['patience']}")
-    experiment.cfg = cfg
     if mode == "federated":
         if grid is None:
             raise RuntimeError("mode=federated needs a Flower grid; run it through a ServerApp")
-        result = run_federated(grid, experiment)
-    elif mode == "centralized":
-        result = run_centralized(experiment)
+        result = run_federated(grid, cfg)
     else:
-        result = run_local(experiment)
-    result.oracle = oracle_metrics(experiment)
-    write_outputs(result, output_dir, experiment.metric_names)
+        result = run_baseline(cfg)
+    write_outputs(result, output_dir, {t: TASKS[t].metric_names for t in result.tasks})
     return result

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from logging import WARNING
-from typing import Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from core import protocol
 from server_app.aggregation import ClientUpdate, RowCounts, aggregate
+from server_app.setup import addressees, failure, node_of
 from tasks.metrics import Metrics, combine_merchants, flatten, split_counts, unflatten
 from tasks.wide import WideStats, newton_update, sum_statistics
 
@@ -38,12 +40,6 @@ def numpy_to_arrays(arrays: Mapping) -> ArrayRecord:
     return ArrayRecord({name: Array(value) for name, value in arrays.items()})
 
 
-def _merchant_of(reply: Message) -> str:
-    if reply.has_error() or protocol.MERCHANT not in reply.content.config_records:
-        return f"~node-{reply.metadata.src_node_id}"
-    return str(reply.content.config_records[protocol.MERCHANT][protocol.MERCHANT_ID])
-
-
 def _row_counts(reply: Message) -> dict[str, RowCounts]:
     if protocol.ROW_COUNTS not in reply.content.array_records:
         return {}
@@ -58,36 +54,73 @@ def _wide_stats(reply: Message) -> WideStats:
 
 
 class MultiTaskFedAvg(FedAvg):
-    def __init__(self, parameter_tasks: Mapping[str, str | None], row_tables: Iterable[str] = (),
+    """FedAvg's aggregation hooks with task-aware math, addressed to the nodes the federated loop names.
+
+    The loop sets `participants` (node id -> merchant index) before each phase: only set-up nodes that
+    are connected now get a message, so a departed node is not waited for and a newcomer is used.
+    Id-indexed tables in `row_tables` are averaged row by row (aggregation.aggregate_rows); with
+    `newton` = (prior rows, damping) the first-order biases take a Newton step on the replies' summed
+    statistics (tasks/wide.py).
+    """
+
+    def __init__(self, parameter_tasks: Mapping[str, str | None], merchant_of: Callable[[int], str | None],
+                 failures: list[dict[str, Any]], row_tables: Iterable[str] = (),
                  newton: tuple[float, float] | None = None, **fedavg_options) -> None:
         super().__init__(**fedavg_options)
         self.parameter_tasks = dict(parameter_tasks)
-        self.newton = newton  # (prior rows, damping) of the wide part's Newton step (tasks/wide.py), or None
-        self.row_tables = list(row_tables)  # id-indexed tables averaged row by row (aggregation.aggregate_rows)
-        self.failures: list[tuple[int, int, str]] = []  # (round, node id, reason)
+        self.merchant_of = merchant_of
+        self.failures = failures
+        self.row_tables = list(row_tables)
+        self.newton = newton
+        self.participants: dict[int, int] = {}
+        self.sent: list[Message] = []  # the latest phase's messages, to tell which node a reply answers for
         self.evaluations: dict[int, Evaluation] = {}
         self._global: ArrayRecord | None = None
+
+    def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, fraction: float,
+                  message_type: str) -> list[Message]:
+        nodes = sorted(self.participants)
+        if fraction < 1.0 and nodes:
+            nodes = sorted(random.sample(nodes, max(1, int(len(nodes) * fraction))))
+        self.sent = [Message(RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: ConfigRecord(
+                         {**config, protocol.SERVER_ROUND: server_round, protocol.MERCHANT_INDEX: self.participants[node]})}),
+                             dst_node_id=node, message_type=message_type) for node in nodes]
+        return self.sent
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._global = arrays  # kept for parameters no client trains this round
-        return super().configure_train(server_round, arrays, config, grid)
+        return self._messages(server_round, arrays, config, self.fraction_train, MessageType.TRAIN)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self._messages(server_round, arrays, config, self.fraction_evaluate, MessageType.EVALUATE)
+
+    def node_of(self, reply: Message) -> int:
+        return node_of(reply, addressees(self.sent))
+
+    def _merchant_of_reply(self, reply: Message) -> str:
+        if not reply.has_error() and protocol.MERCHANT in reply.content.config_records:
+            return str(reply.content.config_records[protocol.MERCHANT][protocol.MERCHANT_ID])
+        node = self.node_of(reply)
+        return self.merchant_of(node) or f"~node-{node}"
 
     def _successful(self, server_round: int, replies: Iterable[Message], phase: str) -> list[Message]:
-        """Replies without errors; errors are counted and logged; a round with no success fails."""
+        """Replies without errors; errors are recorded with their merchant and logged; a round with no
+        success fails."""
         # Replies arrive in any order and node ids are random; ordering by merchant makes the float
         # sums, and so runs, reproducible.
-        replies = sorted(replies, key=_merchant_of)
+        replies = sorted(replies, key=self._merchant_of_reply)
         ok = [m for m in replies if not m.has_error()]
         for m in replies:
             if m.has_error():
-                self.failures.append((server_round, m.metadata.src_node_id, m.error.reason))
-                log(WARNING, "round %d %s: node %d failed: %s", server_round, phase,
-                    m.metadata.src_node_id, m.error.reason)
+                node = self.node_of(m)
+                self.failures.append(failure(server_round, node, self.merchant_of(node), m.error.reason))
+                log(WARNING, "round %d %s: node %d (merchant %s) failed: %s", server_round, phase, node,
+                    self.merchant_of(node) or "?", self.failures[-1]["reason"])
         if replies and not ok:
-            reason = replies[0].error.reason.strip().splitlines()[-1] if replies[0].error.reason else "?"
             raise RoundFailed(f"round {server_round}: every one of {len(replies)} clients failed to {phase}; "
-                              f"first error: {reason}")
+                              f"first error: {failure(0, 0, None, replies[0].error.reason)['reason']}")
         return ok
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -117,7 +150,7 @@ class MultiTaskFedAvg(FedAvg):
             return None
         per_merchant, counts, val, val_counts = {}, {}, {}, {}
         for msg in ok:
-            merchant = _merchant_of(msg)
+            merchant = self._merchant_of_reply(msg)
             records = msg.content.metric_records
             per_merchant[merchant], counts[merchant] = split_counts(unflatten(records[protocol.METRICS]))
             if protocol.VAL_METRICS in records:

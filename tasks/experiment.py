@@ -1,4 +1,9 @@
-"""One run's resolved setup (shards, tasks, builders), the same on the server and on every client."""
+"""One run's resolved setup (plan, tasks, model builders), identical on the server and on every node.
+
+Federated, nothing here holds data: the server builds it from the plan it fixed, each node from the
+plan the server sent. The centralized and local baselines also get `index`, every merchant's prepared
+data, since they are the references that may pool what federation may not.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,33 @@ from typing import Any, Mapping
 import torch
 
 from core.runtime import resolve_device
-from data.shards import Shard, ShardIndex, cache_dir, load_shard, prepare_shards, read_index
+from data.partition import read_manifest, partition_table
+from data.shards import PreparedMerchant, Shard, bucket_counts, prepare_merchant
 from tasks.models import MultiTaskModel, build_model
-from tasks.registry import Task, resolve_tasks
+from tasks.plan import RunPlan, plan_from_summaries
+from tasks.registry import TASKS, Task, resolve_tasks
 from tasks.weighting import LossWeighting, build_weighting
+
+
+@dataclass(frozen=True)
+class MerchantIndex:
+    """Every merchant's prepared data, in merchant order: what the in-process baselines train on."""
+    merchants: list[PreparedMerchant]
+
+    @property
+    def merchant_ids(self) -> list[str]:
+        return [m.merchant_id for m in self.merchants]
+
+    def merchant(self, merchant_id: str) -> PreparedMerchant:
+        return self.merchants[self.merchant_ids.index(merchant_id)]
 
 
 @dataclass
 class Experiment:
     cfg: Mapping[str, Any]
-    index: ShardIndex
+    plan: RunPlan
     tasks: list[Task]
+    index: MerchantIndex | None = None  # baselines only
 
     @property
     def task_names(self) -> list[str]:
@@ -29,13 +50,17 @@ class Experiment:
         return {t.name: t.metric_names for t in self.tasks}
 
     @property
+    def features(self) -> list[str]:
+        return list(self.cfg["data"]["features"])
+
+    @property
     def device(self) -> torch.device:
         return resolve_device(str(self.cfg["device"]))
 
     def new_model(self) -> MultiTaskModel:
         """The initial model; seeded, so every mode starts from the same weights."""
         torch.manual_seed(int(self.cfg["seed"]))
-        model = build_model(self.cfg["model"], self.index.buckets, self.task_names)
+        model = build_model(self.cfg["model"], bucket_counts(self.cfg["data"]), self.task_names)
         model.init_priors({t.name: t.base_rate for t in self.tasks if t.base_rate is not None})
         return model
 
@@ -43,17 +68,31 @@ class Experiment:
         return build_weighting(self.cfg["loss"], self.task_names)
 
     def shard(self, merchant_id: str, split: str) -> Shard:
-        return load_shard(self.index, merchant_id, split)
+        if self.index is None:
+            raise RuntimeError("this experiment holds no data: only the baselines read every merchant's")
+        return self.index.merchant(merchant_id).shard(split)
 
 
-def open_experiment(cfg: Mapping[str, Any], prepare: bool = False) -> Experiment:
-    """prepare=True (server side) builds the shard cache; clients only read it.
+def experiment_for(cfg: Mapping[str, Any], plan: RunPlan, index: MerchantIndex | None = None) -> Experiment:
+    """The experiment of a fixed plan: the same tasks, scales and model on every side."""
+    labels = [TASKS[name].label for name in plan.tasks if name in TASKS]
+    tasks = resolve_tasks(plan.tasks, labels, label_stats=plan.label_stats)
+    return Experiment(cfg=cfg, plan=plan, tasks=tasks, index=index)
 
-    A merchant without labels for any task of the run still takes part: it trains nothing and its
-    update carries zero weight.
+
+def prepare_every_merchant(data_cfg: Mapping[str, Any]) -> MerchantIndex:
+    """The pooled table split per merchant, and each merchant's file prepared as its own node would."""
+    partitions = read_manifest(partition_table(data_cfg))
+    return MerchantIndex([prepare_merchant(p.path, data_cfg, p.merchant_id) for p in partitions])
+
+
+def open_experiment(cfg: Mapping[str, Any], prepare: bool = True) -> Experiment:
+    """Every merchant's data and the plan a federation of all of them would fix (baselines, benchmarks).
+
+    `prepare` is kept for callers: preparing is cached per merchant file, so it always happens.
+    A merchant without labels for any task of the run still takes part: it trains nothing.
     """
-    index = prepare_shards(cfg["data"]) if prepare else read_index(cache_dir(cfg["data"]))
-    requested = cfg.get("tasks")
-    tasks = resolve_tasks(list(requested) if requested is not None else None, index.label_columns,
-                          label_stats=index.label_stats)
-    return Experiment(cfg=cfg, index=index, tasks=tasks)
+    del prepare
+    index = prepare_every_merchant(cfg["data"])
+    plan = plan_from_summaries(cfg.get("tasks"), [m.summary for m in index.merchants])
+    return experiment_for(cfg, plan, index)

@@ -227,14 +227,16 @@ def rank_merchant(model: MultiTaskModel, train: Shard, test: Shard, tasks: list[
 Scores = tuple[dict[str, dict[str, float]], dict[str, int]]  # per-task metrics, per-task label counts
 
 
-def evaluate_merchant(model: MultiTaskModel, experiment: "Experiment", merchant: str, test: Shard, val: Shard,
+def evaluate_merchant(model: MultiTaskModel, experiment: "Experiment", train: Shard | None, test: Shard, val: Shard,
                       with_ranking: bool) -> tuple[Scores, Scores]:
     """One merchant's (test, validation) scores, the test ones with the ranking pseudo-task when asked:
     the one scoring that federated clients and the centralized/local baselines both use."""
     metrics, counts = evaluate(model, test, experiment.tasks, experiment.device)
     if with_ranking:
-        ranking, n = rank_merchant(model, experiment.shard(merchant, "train"), test, experiment.tasks,
-                                   experiment.index.features, experiment.cfg["ranking"], experiment.device)
+        if train is None:
+            raise ValueError("ranking filters the user's training items: pass the merchant's train split")
+        ranking, n = rank_merchant(model, train, test, experiment.tasks, experiment.features,
+                                   experiment.cfg["ranking"], experiment.device)
         if n:
             metrics[RANKING], counts[RANKING] = ranking, n
     validation = evaluate(model, val, experiment.tasks, experiment.device) if len(val) else ({}, {})

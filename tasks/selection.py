@@ -41,15 +41,20 @@ def validation_loss(metrics: Mapping[str, Metrics], tasks: Sequence[Task],
     return sum(values) / len(values) if values else math.nan
 
 
-def resolve_rule(rule: str, has_validation: bool) -> str:
-    """`auto` keeps the best validation round where there is a validation split, else the last."""
+def check_rule(rule: str) -> None:
     if rule not in RULES:
         raise InputError(f"unknown select_round {rule!r} (known: {', '.join(RULES)})")
-    if rule == "best_val" and not has_validation:
+
+
+def resolve_rule(rule: str, validation_rows: int) -> str:
+    """The rule a run keeps its round by: `auto` is best_val where there is a validation split, else
+    last; best_val without validation rows is a user error."""
+    check_rule(rule)
+    if rule == "best_val" and validation_rows <= 0:
         raise InputError("select_round=best_val needs validation rows: set data.val_fraction > 0, "
                          "or select_round=last")
     if rule == "auto":
-        return "best_val" if has_validation else "last"
+        return "best_val" if validation_rows > 0 else "last"
     return rule
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from benchmarks.speed import aggregation_cost, model_figures
-from data.shards import prepare_shards
 from tasks.experiment import open_experiment
 from tests.conftest import TINY
 
@@ -16,7 +15,7 @@ def test_aggregation_is_timed_over_one_update_per_merchant(tiny_cfg):
 
 def test_model_figures_count_what_a_client_sends(tiny_cfg):
     cfg = tiny_cfg("model=mmoe")
-    prepare_shards(cfg["data"])
+    open_experiment(cfg)  # prepares every merchant's data, as the benchmark's parent process would
     figures = model_figures(TINY, "mmoe")
     model = open_experiment(cfg).new_model()
     parameters = sum(p.numel() for p in model.parameters())

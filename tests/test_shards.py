@@ -1,11 +1,13 @@
-import json
+"""Splits, and a node preparing its own merchant file: validation, hashing, splitting, caching, summary;
+and the simulation's partition step that hands each simulated node its own file."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from core.errors import InputError
-from data.shards import cache_dir, load_shard, prepare_shards
+from data.partition import partition_for_node, partition_table, read_manifest
+from data.shards import SUMMARY_FILE, merchant_cache_dir, prepare_merchant
 from data.splits import split_positions
 
 
@@ -32,56 +34,90 @@ def test_no_validation_rows_when_train_is_one_row_or_none_asked(n_rows, val_frac
     assert len(val) == 0 and len(train) + len(test) == n_rows
 
 
-def write_table(path, **columns):
-    frame = pd.DataFrame({"merchant_id": ["a"] * 6 + ["b"] * 4, "user_id": list(range(10)),
-                          "item_id": [f"i{k % 3}" for k in range(10)],
-                          "click": [1, 0, 1, 0, 1, 0, 1, 0, 1, 0], **columns})
+def write_table(path, merchants=("a",) * 6 + ("b",) * 4, **columns):
+    n = len(merchants)
+    frame = pd.DataFrame({"merchant_id": list(merchants), "user_id": list(range(n)),
+                          "item_id": [f"i{k % 3}" for k in range(n)], "click": [1, 0] * (n // 2) + [1] * (n % 2),
+                          **columns})
     frame.to_csv(path, index=False)
     return path
 
 
-def table_cfg(tiny_cfg, path, *extra):
-    return tiny_cfg("data=table", f"data.path={path}", *extra)["data"]
+def data_cfg(tiny_cfg, *extra):
+    return tiny_cfg(*extra)["data"]
 
 
-def test_shards_are_written_once_and_read_per_merchant(tmp_path, tiny_cfg):
-    cfg = table_cfg(tiny_cfg, write_table(tmp_path / "t.csv", rating=[5, None, 4, 3, None, 1, 2, 2, None, 5]),
-                    "data.val_fraction=0.25")
-    index = prepare_shards(cfg)
-    assert index.merchant_ids == ["a", "b"] and index.label_columns == ["rating", "click"]
-    stamp = (index.root / "index.json").stat().st_mtime_ns
-    assert prepare_shards(cfg).root == index.root and (index.root / "index.json").stat().st_mtime_ns == stamp
-    a_train, a_val, a_test = (load_shard(index, "a", split) for split in ("train", "val", "test"))
-    assert (len(a_train), len(a_val), len(a_test)) == (3, 1, 2) and len(load_shard(index, "b", "test")) == 1
-    assert index.merchant("a").n_val == 1 and index.merchant("a").val_labels["click"] == 1
-    assert index.merchant("a").train_labels["rating"] == int(np.isfinite(a_train.labels["rating"]).sum())
-    assert set(json.loads((index.root / "index.json").read_text())["label_stats"]) == {"rating", "click"}
+def test_a_node_prepares_its_file_once_and_reports_only_aggregates(tmp_path, tiny_cfg):
+    ratings = [5, None, 4, 3, None, 1]
+    path = write_table(tmp_path / "a.csv", merchants=("a",) * 6, rating=ratings)
+    cfg = data_cfg(tiny_cfg, "data.val_fraction=0.25")
+    prepared = prepare_merchant(path, cfg)
+    summary = prepared.summary
+    assert summary.merchant_id == "a" and summary.label_columns == ["rating", "click"]
+    assert summary.rows == {"train": 3, "val": 1, "test": 2}
+    train, val, test = (prepared.shard(split) for split in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (3, 1, 2)
+    assert summary.labels["train"]["rating"] == int(np.isfinite(train.labels["rating"]).sum())
+    known = train.labels["rating"][np.isfinite(train.labels["rating"])].astype(np.float64)
+    moments = summary.train_moments["rating"]
+    assert (moments.count, moments.total, moments.total_sq) == (len(known), known.sum(), (known ** 2).sum())
+    assert summary.train_moments["click"].count == 3  # binary labels too: their mean is the base rate
     # Ids are hashed into their buckets, identically for every process.
-    assert a_train.features.max() < max(index.buckets)
+    assert train.features.max() < 16384
+    # A second preparation reads the cache: nothing is rewritten.
+    stamp = (prepared.root / SUMMARY_FILE).stat().st_mtime_ns
+    again = prepare_merchant(path, cfg)
+    assert again.root == prepared.root and (again.root / SUMMARY_FILE).stat().st_mtime_ns == stamp
+    assert not any(p.name.startswith(".staging") for p in prepared.root.parent.iterdir())
 
 
-def test_cache_follows_the_file(tmp_path, tiny_cfg):
-    path = write_table(tmp_path / "t.csv")
-    first = cache_dir(table_cfg(tiny_cfg, path))
-    write_table(path, purchase=[0] * 10)
-    assert cache_dir(table_cfg(tiny_cfg, path)) != first
+def test_cache_follows_the_file_and_the_data_settings(tmp_path, tiny_cfg):
+    path = write_table(tmp_path / "a.csv", merchants=("a",) * 6)
+    first = merchant_cache_dir(path, data_cfg(tiny_cfg), None)
+    assert merchant_cache_dir(path, data_cfg(tiny_cfg, "data.test_fraction=0.3"), None) != first
+    write_table(path, merchants=("a",) * 6, purchase=[0] * 6)
+    assert merchant_cache_dir(path, data_cfg(tiny_cfg), None) != first
 
 
-def test_a_merchant_too_small_to_split_is_named(tmp_path, tiny_cfg):
-    path = tmp_path / "t.csv"
-    pd.DataFrame({"merchant_id": ["a", "a", "tiny"], "user_id": [1, 2, 3], "item_id": [1, 2, 3],
-                  "click": [1, 0, 1]}).to_csv(path, index=False)
+def test_merchant_id_comes_from_the_node_config_or_a_single_valued_column(tmp_path, tiny_cfg):
+    path = write_table(tmp_path / "ab.csv")
+    with pytest.raises(InputError, match=r"ab.csv: column 'merchant_id' holds 2 merchants \('a', 'b'\)"):
+        prepare_merchant(path, data_cfg(tiny_cfg))
+    assert prepare_merchant(path, data_cfg(tiny_cfg), merchant_id="m42").summary.rows == {"train": 8, "val": 0,
+                                                                                         "test": 2}
+
+
+def test_a_bad_file_is_one_line_naming_file_column_and_row(tmp_path, tiny_cfg):
+    path = write_table(tmp_path / "a.csv", merchants=("a",) * 4, purchase=[0, 1, 7, 0])
+    with pytest.raises(InputError) as error:
+        prepare_merchant(path, data_cfg(tiny_cfg))
+    assert str(error.value) == f"{path}: column 'purchase' must be 0 or 1 (or empty); found 7 at row 3 (1 bad value(s))"
+    with pytest.raises(InputError, match="data-path: no such file: .*missing.csv"):
+        prepare_merchant(tmp_path / "missing.csv", data_cfg(tiny_cfg))
+
+
+def test_a_merchant_too_small_or_without_labels_is_named(tmp_path, tiny_cfg):
+    tiny = write_table(tmp_path / "tiny.csv", merchants=("tiny",))
     with pytest.raises(InputError, match="merchant 'tiny' has 1 row"):
-        prepare_shards(table_cfg(tiny_cfg, path))
-    kept = prepare_shards(table_cfg(tiny_cfg, path, "data.min_rows_per_merchant=2"))
-    assert kept.merchant_ids == ["a"]
-    assert not any(p.name.startswith(".staging") for p in kept.root.parent.iterdir())
+        prepare_merchant(tiny, data_cfg(tiny_cfg))
+    with pytest.raises(InputError, match="fewer than data.min_rows_per_merchant=2; it sits this run out"):
+        prepare_merchant(tiny, data_cfg(tiny_cfg, "data.min_rows_per_merchant=2"))
+    unlabelled = write_table(tmp_path / "b.csv", merchants=("b",) * 2, click=[None, None])
+    with pytest.raises(InputError, match="merchant 'b' has no label in any of click"):
+        prepare_merchant(unlabelled, data_cfg(tiny_cfg))
 
 
-def test_a_merchant_without_any_label_is_named(tmp_path, tiny_cfg):
-    path = tmp_path / "t.csv"
-    pd.DataFrame({"merchant_id": ["a", "a", "b", "b"], "user_id": [1, 2, 3, 4], "item_id": [1, 2, 3, 4],
-                  "click": [1, 0, None, None]}).to_csv(path, index=False)
-    with pytest.raises(InputError, match="merchant 'b' has no label"):
-        prepare_shards(table_cfg(tiny_cfg, path))
-    assert not cache_dir(table_cfg(tiny_cfg, path)).exists()
+def test_partition_writes_one_file_per_merchant_and_maps_partition_ids(tmp_path, tiny_cfg):
+    path = write_table(tmp_path / "t.csv", merchants=("b",) * 4 + ("a",) * 5 + ("tiny",))
+    with pytest.raises(InputError, match="merchant 'tiny' has 1 row"):
+        partition_table(data_cfg(tiny_cfg, "data=table", f"data.path={path}"))
+    cfg = data_cfg(tiny_cfg, "data=table", f"data.path={path}", "data.min_rows_per_merchant=2", "data.val_fraction=0")
+    manifest = partition_table(cfg)
+    partitions = read_manifest(manifest)
+    assert [p.merchant_id for p in partitions] == ["a", "b"]  # merchant order; 'tiny' dropped as asked
+    assert pd.read_parquet(partitions[1].path)["merchant_id"].tolist() == ["b"] * 4
+    assert partition_for_node(manifest, 1, 2) == partitions[1]
+    with pytest.raises(InputError, match="3 SuperNodes for 2 merchants.*num-supernodes=2"):
+        partition_for_node(manifest, 0, 3)
+    # A simulated node prepares its partition's file exactly as a deployed node prepares its own.
+    assert prepare_merchant(partitions[0].path, cfg, partitions[0].merchant_id).summary.rows["train"] == 4

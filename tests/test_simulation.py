@@ -9,7 +9,6 @@ import sys
 import pytest
 
 from core.config import compose_config, to_plain
-from data.shards import prepare_shards
 from tasks.experiment import open_experiment
 from tasks.selection import validation_loss
 from tests.conftest import DENSE, TINY, cli_env
@@ -58,14 +57,15 @@ def test_best_val_keeps_the_round_with_the_lowest_validation_loss(tmp_path):
 
 
 def test_a_round_where_every_client_fails_fails_the_run(tmp_path):
-    index = prepare_shards(to_plain(compose_config(TINY))["data"])
-    for entry in index.merchants:  # every merchant's training data is gone: each client errors
-        (index.root / entry.directory / "train.parquet").unlink()
+    index = open_experiment(to_plain(compose_config(TINY))).index
+    for merchant in index.merchants:  # every node's prepared training split is gone: each client errors
+        (merchant.root / "train.parquet").unlink()
     out = tmp_path / "run"
     try:
         run = merchant_fl(f"hydra.run.dir={out}", cwd=tmp_path)
     finally:
-        shutil.rmtree(index.root)
+        for merchant in index.merchants:
+            shutil.rmtree(merchant.root)
     assert run.returncode == 2
     assert "merchant-fl: error: round 1: every one of 4 clients failed to train" in run.stderr
     assert "Traceback" not in run.stderr.splitlines()[-1]

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from core.errors import InputError
-from data.shards import prepare_shards
 from data.stats import describe, label_stats, main, one_class_merchants, split_parts, split_stats, table_stats
 from data.synthetic import PlatformSpec, generate_platform
+from tasks.experiment import prepare_every_merchant
 
 NAN = float("nan")
 
@@ -82,13 +82,13 @@ def test_split_without_timestamps_and_dropped_merchants():
 def test_split_matches_the_shards(tiny_cfg):
     """The tool cuts exactly the split the shards are written with (val carved from train too)."""
     data_cfg = tiny_cfg("data.val_fraction=0.1")["data"]
-    index = prepare_shards(data_cfg)
+    index = prepare_every_merchant(data_cfg)
     df = generate_platform(PlatformSpec(**data_cfg["synthetic"]))
     parts = split_parts(df, data_cfg["test_fraction"], data_cfg["val_fraction"], data_cfg["split_seed"])
     for entry in index.merchants:
         mine = parts[(df["merchant_id"] == entry.merchant_id).to_numpy()]
         assert ((mine == "train").sum(), (mine == "val").sum(), (mine == "test").sum()) == \
-            (entry.n_train, entry.n_val, entry.n_test)
+            (entry.summary.rows["train"], entry.summary.rows["val"], entry.summary.rows["test"])
 
 
 def test_main_on_a_table_and_on_a_preset(tmp_path, capsys):
