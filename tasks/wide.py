@@ -2,14 +2,14 @@
 
 Per-id biases are what sparse logs mostly teach (a user's propensity, an item's popularity), and
 they converge slowly under SGD while the deep part overfits within a few passes. Here the deep part
-never trains the biases: every round, each trainer sums, per bias row, the loss gradient and
-curvature of its labelled rows at the current model (g = y - p, h = p (1 - p) for a logit; g = the
-standardised residual, h = 1 for a rating), and the biases take one damped Newton step on the summed
-statistics with an L2 prior of `bias_l2` rows: b += damping (G - lam b) / (lam + H). Sums are all a
-merchant sends for this part, so the server can add them like any other count, and one Newton step
-is the same whether the rows are pooled or spread over merchants: federated, centralized and local
-training fit the wide part identically. The first `wide_rounds` rounds fit only the biases, so the
-deep part starts from the bias model and learns what is left (user x item affinity).
+never trains the biases: every round, after its epochs of the deep part, each trainer sums per bias
+row the loss gradient and curvature of its labelled rows at its model (g = y - p, h = p (1 - p) for
+a logit; g = the standardised residual, h = 1 for a rating), and the biases take one damped Newton
+step on the summed statistics with an L2 prior of `bias_l2` rows: b += damping (G - lam b) / (lam + H).
+Sums are all a merchant sends for this part, so the server adds them like any other count. While
+only the biases train (the first `wide_rounds` rounds) a step is exactly the same pooled or spread
+over merchants, so federated, centralized and local fit the wide part identically and the deep part
+starts from the bias model, to learn what is left (user x item affinity).
 `train_round` is one trainer's round in either fit, for the clients and the baselines alike.
 """
 
@@ -116,17 +116,20 @@ def train_round(model: MultiTaskModel, weighting: LossWeighting, optimizer: torc
                 device: torch.device, server_round: int) -> tuple[TrainReport, WideStats]:
     """One trainer's round, the same for a federated client and the centralized/local baselines.
 
-    Under first_order_fit=newton: the wide statistics at the round's starting point, then the deep
-    part's epochs (none during the first `wide_rounds`); whoever aggregates applies the Newton step.
+    Under first_order_fit=newton: the deep part's epochs (none during the first `wide_rounds`), then
+    the wide statistics at the model they leave; whoever aggregates applies the Newton step.
     Under sgd: the epochs train every parameter and there are no statistics.
     """
     if not newton_fit(train_cfg):
         return train_epochs(model, weighting, optimizer, shard, tasks, train_cfg, seed, device), {}
-    stats = wide_statistics(model, shard, tasks, device)
-    if server_round > int(train_cfg.get("wide_rounds", 0)):
-        return train_epochs(model, weighting, optimizer, shard, tasks, train_cfg, seed, device), stats
-    return TrainReport(examples=int(labelled_rows(shard, tasks).sum()), label_counts=label_counts(shard, tasks),
-                       losses={}), stats
+    if server_round <= int(train_cfg.get("wide_rounds", 0)):
+        report = TrainReport(examples=int(labelled_rows(shard, tasks).sum()), label_counts=label_counts(shard, tasks),
+                             losses={})
+    else:
+        report = train_epochs(model, weighting, optimizer, shard, tasks, train_cfg, seed, device)
+    # After the deep part's epochs: the biases then correct only the residual the deep part left. Taken
+    # before them, both parts would chase the same residual and overshoot, round after round.
+    return report, wide_statistics(model, shard, tasks, device)
 
 
 def averaged_by_rows(model: MultiTaskModel, cfg: Mapping[str, Any]) -> list[str]:
