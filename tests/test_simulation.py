@@ -82,3 +82,14 @@ def test_every_architecture_trains_federated(tmp_path, model):
     untrained, trained = doc["rounds"][0]["tasks"], doc["rounds"][-1]["tasks"]
     for task in ("purchase", "click"):
         assert trained[task]["logloss"] < untrained[task]["logloss"], task
+
+
+def test_early_stopping_ends_federated_training_patience_rounds_after_the_best(tmp_path):
+    out = tmp_path / "run"
+    run = merchant_fl("data.val_fraction=0.2", "federation.rounds=12", "patience=1", "train.lr=0.3",
+                      "ranking.enabled=false", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    doc = json.loads((out / "metrics.json").read_text())
+    played = doc["rounds"][-1]["round"]
+    assert doc["config"]["select_round"] == "best_val"  # auto, with a validation split
+    assert played < 12 and played == doc["selected_round"] + 1
