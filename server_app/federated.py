@@ -29,7 +29,8 @@ from tasks.plan import plan_from_summaries
 from tasks.ranking import wants_ranking
 from tasks.selection import RoundKeeper, resolve_rule, validation_loss
 from tasks.state import joint_owners, joint_state
-from tasks.wide import averaged_by_rows, newton_fit
+from tasks.training import newton_fit
+from tasks.wide import averaged_by_rows
 
 
 def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float) -> list[int]:

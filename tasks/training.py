@@ -84,16 +84,30 @@ def masked_task_losses(outputs: Mapping[str, torch.Tensor], labels: Mapping[str,
     return losses
 
 
+def newton_fit(train_cfg: Mapping[str, Any]) -> bool:
+    """Whether the first-order biases are fitted by Newton steps (tasks/wide.py) rather than by SGD."""
+    fit = str(train_cfg.get("first_order_fit", "sgd"))
+    if fit not in ("sgd", "newton"):
+        raise InputError(f"train.first_order_fit must be sgd or newton, got {fit!r}")
+    return fit == "newton"
+
+
+def sgd_bias_tasks(model: MultiTaskModel, train_cfg: Mapping[str, Any]) -> list[str]:
+    """Tasks whose first-order biases this loop trains: all of them under sgd; under newton only those
+    a Newton step cannot fit (ESMM's factorised purchase head)."""
+    if model.first_order is None:
+        return []
+    newton = set(model.additive_tasks()) if newton_fit(train_cfg) else set()
+    return [t for t in model.task_names if t not in newton]
+
+
 def make_optimizer(model: MultiTaskModel, weighting: LossWeighting, train_cfg: Mapping[str, Any]
                    ) -> torch.optim.Optimizer:
     """One optimizer; the first-order (wide) part gets its own learning rate, `train.first_order_lr`:
     per-id biases need many passes to converge while the deep part overfits within a few."""
-    wide = list(model.first_order.parameters()) if model.first_order is not None else []
-    wide_ids = {id(p) for p in wide}
-    deep = [p for p in model.parameters() if id(p) not in wide_ids] + list(weighting.parameters())
-    if str(train_cfg.get("first_order_fit", "sgd")) == "newton":  # those are fitted by tasks/wide.py instead
-        newton_ids = {id(p) for t in model.additive_tasks() for p in model.first_order_parameters(t)}
-        wide = [p for p in wide if id(p) not in newton_ids]
+    first_order = {id(p) for p in model.first_order.parameters()} if model.first_order is not None else set()
+    deep = [p for p in model.parameters() if id(p) not in first_order] + list(weighting.parameters())
+    wide = [p for t in sgd_bias_tasks(model, train_cfg) for p in model.first_order_parameters(t)]
     first_order_lr = train_cfg.get("first_order_lr")
     params = [{"params": deep}] + ([{"params": wide, "lr": float(first_order_lr or train_cfg["lr"])}] if wide else [])
     for key in ("lr", "first_order_lr"):
@@ -131,6 +145,7 @@ def train_epochs(model: MultiTaskModel, weighting: LossWeighting, optimizer: tor
     labels = {k: torch.as_tensor(v, device=device) for k, v in task_labels(shard, tasks).items()}
     generator = torch.Generator().manual_seed(seed)
     row_weights = inverse_row_counts(shard, tasks, [t.num_embeddings for t in model.embedding.tables], device)
+    bias_tasks = sgd_bias_tasks(model, train_cfg)  # Newton-fitted biases take their prior in tasks/wide.py
     shared = model.shared_parameters()
     n = len(shard)
     sums: dict[str, float] = {}
@@ -145,8 +160,8 @@ def train_epochs(model: MultiTaskModel, weighting: LossWeighting, optimizer: tor
                 continue
             optimizer.zero_grad(set_to_none=True)
             weighting.backward(losses, shared)
-            if embedding_l2 > 0 or bias_l2 > 0:
-                embedding_penalty, bias_penalty = model.lookup_l2(features[idx], row_weights)
+            if embedding_l2 > 0 or (bias_l2 > 0 and bias_tasks):
+                embedding_penalty, bias_penalty = model.lookup_l2(features[idx], row_weights, bias_tasks)
                 (embedding_l2 * embedding_penalty + bias_l2 * bias_penalty).backward()
             optimizer.step()
             for name, loss in losses.items():

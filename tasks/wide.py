@@ -24,7 +24,8 @@ from core.errors import InputError
 from data.shards import Shard
 from tasks.models import MultiTaskModel
 from tasks.registry import Task
-from tasks.training import TrainReport, label_counts, labelled_rows, task_labels, train_epochs
+from tasks.training import (TrainReport, label_counts, labelled_rows, newton_fit, sgd_bias_tasks, task_labels,
+                            train_epochs)
 from tasks.weighting import LossWeighting
 
 # parameter name -> (row ids [k], gradient sums [k], curvature sums [k]); a task's global bias has one row, id 0
@@ -104,13 +105,6 @@ def apply_newton(model: MultiTaskModel, stats: WideStats, train_cfg: Mapping[str
         state[name].copy_(torch.as_tensor(value))
 
 
-def newton_fit(train_cfg: Mapping[str, object]) -> bool:
-    fit = str(train_cfg.get("first_order_fit", "sgd"))
-    if fit not in ("sgd", "newton"):
-        raise InputError(f"train.first_order_fit must be sgd or newton, got {fit!r}")
-    return fit == "newton"
-
-
 def train_round(model: MultiTaskModel, weighting: LossWeighting, optimizer: torch.optim.Optimizer | None,
                 shard: Shard, tasks: Sequence[Task], train_cfg: Mapping[str, object], seed: int,
                 device: torch.device, server_round: int) -> tuple[TrainReport, WideStats]:
@@ -139,5 +133,5 @@ def averaged_by_rows(model: MultiTaskModel, cfg: Mapping[str, Any]) -> list[str]
         raise InputError(f"federation.table_aggregation must be rows or dense, got {cfg['federation']['table_aggregation']!r}")
     if cfg["federation"]["table_aggregation"] == "dense":
         return []
-    newton = set(model.additive_tasks()) if newton_fit(cfg["train"]) else set()
-    return [name for name, (_, task) in model.id_tables().items() if task not in newton]
+    trained_by_sgd = set(sgd_bias_tasks(model, cfg["train"]))
+    return [name for name, (_, task) in model.id_tables().items() if task is None or task in trained_by_sgd]

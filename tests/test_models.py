@@ -177,11 +177,13 @@ def test_default_config_learns_a_tiny_problem(name):
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_a_cold_id_changes_no_prediction_relative_to_the_id_free_prediction(name):
+@pytest.mark.parametrize("fit", ["newton", "sgd"])
+def test_a_cold_id_changes_no_prediction_relative_to_the_id_free_prediction(name, fit):
     """Rows no training example looks up stay exactly zero through real training with L2, so an id
     never seen in training predicts exactly what a model without that id's feature predicts."""
     from data.shards import Shard
-    from tasks.training import make_optimizer, train_epochs
+    from tasks.training import make_optimizer
+    from tasks.wide import apply_newton, train_round
 
     torch.manual_seed(0)
     cfg = to_plain(compose_config([f"model={name}"]))
@@ -195,9 +197,12 @@ def test_a_cold_id_changes_no_prediction_relative_to_the_id_free_prediction(name
     labels = {"click": (torch.rand(300, generator=generator) < 0.3).float().numpy(),
               "purchase": (torch.rand(300, generator=generator) < 0.1).float().numpy(),
               "rating": torch.randint(1, 6, (300,), generator=generator).float().numpy()}
-    train_cfg = {**cfg["train"], "embedding_l2": 0.01, "bias_l2": 0.01}
-    train_epochs(model, weighting, make_optimizer(model, weighting, train_cfg), Shard(x.numpy(), labels, {}), tasks,
-                 train_cfg, seed=0, device=torch.device("cpu"))
+    train_cfg = {**cfg["train"], "embedding_l2": 0.01, "bias_l2": 0.01, "first_order_fit": fit, "wide_rounds": 0}
+    report, wide = train_round(model, weighting, make_optimizer(model, weighting, train_cfg),
+                               Shard(x.numpy(), labels, {}), tasks, train_cfg, seed=0, device=torch.device("cpu"),
+                               server_round=1)
+    apply_newton(model, wide, train_cfg)
+    assert report.losses and (bool(wide) == (fit == "newton"))
 
     cold = batch(40, seed=4)
     cold[:, 0] = 5 + cold[:, 0] % 5

@@ -128,10 +128,11 @@ class MultiTaskModel(nn.Module):
         """The bias of the last layer of the task's tower (where a model without first order holds its prior)."""
         return self.towers[task][-1].bias  # type: ignore[index]
 
-    def lookup_l2(self, features: torch.Tensor, row_weights: Sequence[torch.Tensor]
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    def lookup_l2(self, features: torch.Tensor, row_weights: Sequence[torch.Tensor],
+                  bias_tasks: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor]:
         """(embedding, first-order) L2 of the rows this batch looks up: the batch mean of each row's
-        squared norm times its weight in `row_weights[j]` (per feature j, indexed by row id).
+        squared norm times its weight in `row_weights[j]` (per feature j, indexed by row id); the
+        first-order term covers the biases of `bias_tasks`.
 
         Only looked-up rows get a gradient, so every other row stays untouched (and a cold row zero).
         With weights 1 / (the row's count in the training data) the batches add up, over an epoch, to
@@ -141,9 +142,9 @@ class MultiTaskModel(nn.Module):
         weights = [w[features[:, j]] for j, w in enumerate(row_weights)]
         embedding = sum((w * v.pow(2).sum(1)).mean() for w, v in zip(weights, self.embedding.lookups(features)))
         bias = torch.zeros((), device=features.device)
-        if self.first_order is not None:
-            bias = sum((weights[j] * table(features[:, j]).squeeze(-1).pow(2)).mean()
-                       for tables in self.first_order.tables.values() for j, table in enumerate(tables))
+        for task in bias_tasks:
+            bias = bias + sum((weights[j] * table(features[:, j]).squeeze(-1).pow(2)).mean()
+                              for j, table in enumerate(self.first_order.tables[task]))
         return embedding, bias
 
     def additive_tasks(self) -> list[str]:
