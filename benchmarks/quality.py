@@ -109,7 +109,7 @@ def reference_sections(results: dict[str, RunResult], references: Mapping[str, R
                      "yes" if beats else "NO"])
     verdict = markdown(["task", "federated", "best reference", "federated logloss", "base-rate logloss",
                         "federated beats every reference"], rows)
-    return (f"Best per task (mean over seeds for the modes):\n\n" + "\n".join(lines) + "\n\n"
+    return ("Best per task (mean over seeds for the modes):\n\n" + "\n".join(lines) + "\n\n"
             f"Federated against every reference (higher AUC, lower RMSE, and for binary tasks a log-loss "
             f"below the base rate's):\n\n{verdict}")
 

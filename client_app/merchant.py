@@ -99,7 +99,8 @@ def train_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | No
             {name: Array(np.stack([ids.astype(np.float64), g, h])) for name, (ids, g, h) in wide.items()})
     tables = averaged_by_rows(model, cfg)
     if tables:
-        rows = trained_rows(shard, experiment.tasks, {name: model.id_tables()[name] for name in tables})
+        id_tables = model.id_tables()
+        rows = trained_rows(shard, experiment.tasks, {name: id_tables[name] for name in tables})
         content[protocol.ROW_COUNTS] = ArrayRecord(
             {name: Array(np.stack([ids, counts]).astype(np.int64)) for name, (ids, counts) in rows.items()})
     return Message(content, reply_to=msg)

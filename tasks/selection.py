@@ -16,6 +16,7 @@ from tasks.metrics import Metrics
 from tasks.registry import Task
 
 RULES = ("auto", "best_val", "last")
+RESOLVED_RULES = ("best_val", "last")  # what `auto` becomes once the validation rows are known
 State = TypeVar("State")
 
 
@@ -69,8 +70,8 @@ class RoundKeeper(Generic[State]):
     """
 
     def __init__(self, rule: str, patience: int = 0) -> None:
-        if rule not in RULES[1:]:
-            raise ValueError(f"RoundKeeper needs a resolved rule ({', '.join(RULES[1:])}), got {rule!r}")
+        if rule not in RESOLVED_RULES:
+            raise ValueError(f"RoundKeeper needs a resolved rule ({', '.join(RESOLVED_RULES)}), got {rule!r}")
         if patience < 0:
             raise ValueError(f"patience must be >= 0, got {patience}")
         self.rule = rule

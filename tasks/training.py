@@ -9,7 +9,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from core.errors import InputError, TrainingDiverged
 from data.shards import Shard
