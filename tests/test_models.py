@@ -36,7 +36,7 @@ def batch(n, seed=0):
 
 def expected_owner(name):
     parts = name.split(".")
-    if parts[0] == "first_order":  # first_order.tables.<task>.<j>.weight, first_order.bias.<task>
+    if parts[0] in ("first_order", "interactions"):  # first_order.tables.<task>.<j>.weight, *.bias.<task>, interactions.weights.<task>
         return parts[2]
     for container in TASK_CONTAINERS:
         if container in parts:
@@ -218,6 +218,24 @@ def test_a_cold_id_changes_no_prediction_relative_to_the_id_free_prediction(name
         warm = cold.clone()
         warm[:, 0] = 1
         assert not torch.equal(model(warm)["click"], model(cold)["click"])  # seen users do matter
+
+
+def test_interactions_are_each_tasks_weighted_sum_of_pairwise_dot_products():
+    from tasks.models.base import Interactions
+
+    torch.manual_seed(0)
+    vectors = torch.randn(5, 3, 4)
+    interactions = Interactions(4, ["rating", "click"])
+    with torch.no_grad():
+        interactions.weights["click"].copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
+    out = interactions(vectors)
+    for task, w in interactions.weights.items():
+        explicit = sum(((vectors[:, a] * w) * vectors[:, b]).sum(1) for a in range(3) for b in range(a + 1, 3))
+        torch.testing.assert_close(out[task], explicit)
+    assert not torch.equal(out["rating"], out["click"])
+    model = small("shared_bottom", ["rating", "click"])
+    assert parameter_tasks(model)["interactions.weights.click"] == "click"
+    assert small("shared_bottom", ["rating"], interactions=False).interactions is None
 
 
 @pytest.mark.parametrize("name", list(MODELS))
