@@ -36,11 +36,12 @@ def ctcvr_logit(ctr_logit: torch.Tensor, cvr_logit: torch.Tensor) -> torch.Tenso
 class ESMM(MultiTaskModel):
     def __init__(self, buckets: Sequence[int], tasks: Sequence[str], embedding_dim: int = 16,
                  expert_dims: Sequence[int] = (128, 64), tower_dims: Sequence[int] = (32,),
-                 dropout: float = 0.0, first_order: bool = True, embedding_init_std: float = 0.0) -> None:
+                 dropout: float = 0.0, first_order: bool = True, embedding_init_std: float = 0.0,
+                 interactions: bool = True) -> None:
         if not {"click", "purchase"} <= set(tasks):
             raise InputError(f"model=esmm needs tasks click and purchase; got {', '.join(tasks) or 'none'}")
         super().__init__(buckets, tasks, embedding_dim, expert_dims, tower_dims, dropout, first_order,
-                         embedding_init_std)
+                         embedding_init_std, interactions)
         self.bottom = mlp(self.embedding.output_dim, expert_dims, dropout)
         width = expert_width(self.embedding.output_dim, expert_dims)
         # towers["click"] is the CTR tower, towers["purchase"] the CVR tower (its output is not a head).
@@ -68,7 +69,4 @@ class ESMM(MultiTaskModel):
 
     def cvr_probability(self, features: torch.Tensor) -> torch.Tensor:
         """p(purchase | click, x): the latent the purchase head factorises through, for analysis."""
-        raw = self.deep(features)
-        if self.first_order is not None:
-            raw["purchase"] = raw["purchase"] + self.first_order(features)["purchase"]
-        return torch.sigmoid(raw["purchase"])
+        return torch.sigmoid(self.raw(features)["purchase"])

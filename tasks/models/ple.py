@@ -50,10 +50,11 @@ class PLE(MultiTaskModel):
     def __init__(self, buckets: Sequence[int], tasks: Sequence[str], embedding_dim: int = 16,
                  expert_dims: Sequence[int] = (128, 64), tower_dims: Sequence[int] = (32,),
                  dropout: float = 0.0, first_order: bool = True, embedding_init_std: float = 0.0,
+                 interactions: bool = True,
                  num_levels: int = 2, num_shared_experts: int = 2,
                  num_task_experts: int = 1) -> None:
         super().__init__(buckets, tasks, embedding_dim, expert_dims, tower_dims, dropout, first_order,
-                         embedding_init_std)
+                         embedding_init_std, interactions)
         check_count("ple", "num_levels", num_levels, 1)
         check_count("ple", "num_shared_experts", num_shared_experts, 0)
         check_count("ple", "num_task_experts", num_task_experts, 0)

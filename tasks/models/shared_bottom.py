@@ -12,9 +12,10 @@ from tasks.models.base import MultiTaskModel, PerTask, mlp, tower
 class SharedBottom(MultiTaskModel):
     def __init__(self, buckets: Sequence[int], tasks: Sequence[str], embedding_dim: int = 16,
                  expert_dims: Sequence[int] = (128, 64), tower_dims: Sequence[int] = (32,),
-                 dropout: float = 0.0, first_order: bool = True, embedding_init_std: float = 0.0) -> None:
+                 dropout: float = 0.0, first_order: bool = True, embedding_init_std: float = 0.0,
+                 interactions: bool = True) -> None:
         super().__init__(buckets, tasks, embedding_dim, expert_dims, tower_dims, dropout, first_order,
-                         embedding_init_std)
+                         embedding_init_std, interactions)
         self.bottom = mlp(self.embedding.output_dim, expert_dims, dropout)
         bottom_dim = expert_dims[-1] if expert_dims else self.embedding.output_dim
         self.towers = PerTask({t: tower(bottom_dim, tower_dims, dropout) for t in self.task_names})
