@@ -8,6 +8,8 @@ import argparse
 import sys
 import time
 
+import torch
+
 from core.errors import InputError
 from data.batches import BatchWriter, read_batches
 from launch.commands import run_command
@@ -37,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", metavar="IN", help="rows to score: .csv, .tsv or .parquet")
     parser.add_argument("target", metavar="OUT", help="where to write them with their scores: .csv, .tsv or .parquet")
     parser.add_argument("--batch-rows", type=int, default=262_144, help="rows per batch (default 262144)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for the model (default 1: reading and writing take another core; "
+                             "more threads lose to their own synchronisation when other jobs share the cores)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
 
     def body() -> None:
         start = time.perf_counter()
