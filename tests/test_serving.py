@@ -4,6 +4,8 @@ local: one per merchant), scores rows exactly as the run's own evaluation did, a
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -13,7 +15,7 @@ from core.errors import InputError
 from data.shards import merchant_seed
 from data.splits import split_positions
 from serving import load, prediction_column
-from tests.conftest import merchant_files
+from tests.conftest import ROOT, TINY, cli_env, merchant_files
 
 
 @pytest.fixture
@@ -33,7 +35,22 @@ def test_run_dir_holds_what_rebuilds_the_model(runs):
 def test_scores_reproduce_the_runs_own_test_metrics(runs, mode):
     """Each merchant's test rows, scored from their raw ids by the loaded model (local: the merchant's own),
     give the per-merchant test metrics the run reported."""
-    run_dir = runs[mode]
+    assert_scores_reproduce_test_metrics(runs[mode], mode)
+
+
+@pytest.mark.slow
+def test_a_federated_run_is_served_and_logged_per_merchant(tmp_path):
+    out = tmp_path / "run"
+    run = subprocess.run([sys.executable, "-m", "launch.cli", *TINY, "logger=tensorboard", "ranking.enabled=false",
+                          f"hydra.run.dir={out}"], cwd=ROOT, capture_output=True, text=True, env=cli_env(), timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_scores_reproduce_test_metrics(out, "federated")
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and b"merchant/m03/click/auc" in events[0].read_bytes()
+    assert (out / "merchants.png").exists()
+
+
+def assert_scores_reproduce_test_metrics(run_dir, mode):
     doc = json.loads((run_dir / "metrics.json").read_text())
     data = doc["config"]["data"]
     model = load(run_dir)
