@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Column
 
 from core.errors import InputError
 from server_app.outputs import RoundRecord, log_round, round_table_header, round_table_row
@@ -22,13 +23,13 @@ MetricNames = Mapping[str, tuple[str, ...]]
 
 
 def latest_metrics(record: RoundRecord, metric_names: MetricNames) -> str:
-    """'purchase auc 0.7712  click auc 0.7301 ...': the round's test metrics, merchants combined."""
+    """'rating rmse 1.0123  purchase auc 0.7712  click auc 0.7301': each task's headline metric this
+    round, merchants combined (the table above the bar has them all); short enough for 80 columns."""
     cells = []
     for task, names in metric_names.items():
-        for name in names:
-            value = record.tasks.get(task, {}).get(name)
-            if value is not None and math.isfinite(value):
-                cells.append(f"{task} {name} {value:.4f}")
+        value = record.tasks.get(task, {}).get(names[0]) if names else None
+        if value is not None and math.isfinite(value):
+            cells.append(f"{task} {names[0]} {value:.4f}")
     return "  ".join(cells)
 
 
@@ -38,9 +39,11 @@ class BarDisplay:
 
     def __init__(self, console: Console, description: str, total_steps: int, steps_per_round: int) -> None:
         self.steps_per_round = steps_per_round
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
-                                 console=console)
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(),
+                                 TimeElapsedColumn(),
+                                 TextColumn("{task.fields[metrics]}",  # takes what is left of the line
+                                            table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+                                 console=console, expand=True)
         self.task = self.progress.add_task(description, total=total_steps, metrics="")
         self.progress.start()
 

@@ -132,3 +132,10 @@ def test_an_item_attribute_column_follows_the_candidate_item():
                                       "t", include_seen=True)
     assert candidates["category"].tolist() == ["x", "y", "z"] and candidates["device"].tolist() == ["web"] * 3
     assert seen.tolist() == [True, True, False]
+
+
+def test_serving_imports_only_core_data_and_tasks():
+    import re
+    for path in (ROOT / "serving").glob("*.py"):
+        imported = set(re.findall(r"^\s*(?:from|import) (\w+)", path.read_text(), re.M))
+        assert not imported & {"server_app", "client_app", "launch", "benchmarks", "flwr"}, path.name
