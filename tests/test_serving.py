@@ -139,3 +139,14 @@ def test_serving_imports_only_core_data_and_tasks():
     for path in (ROOT / "serving").glob("*.py"):
         imported = set(re.findall(r"^\s*(?:from|import) (\w+)", path.read_text(), re.M))
         assert not imported & {"server_app", "client_app", "launch", "benchmarks", "flwr"}, path.name
+
+
+def test_a_run_dir_without_a_plan_or_with_a_broken_model_is_one_clear_error(runs, tmp_path):
+    import torch
+    checkpoint = torch.load(runs["centralized"] / "model.pt", weights_only=True)
+    torch.save({k: v for k, v in checkpoint.items() if k != "plan"}, tmp_path / "model.pt")
+    with pytest.raises(InputError, match="model.pt: no 'plan' in it; runs written before the model could be served"):
+        load(tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="model.pt: cannot read: "):
+        load(tmp_path)
