@@ -7,7 +7,8 @@ run's purchase AUC moves by about 0.01 with the seed alone. Then the simple pool
 benchmarks/references.py (mean, merchant mean, bias model, one-hot linear, MF) run once on the same
 merchants' splits (they are deterministic). Writes
 outputs/bench/quality/{centralized,federated,local}/seed-N/ (each a normal run's outputs) and
-outputs/bench/quality/report.md, and prints the report: the per-task table with the references' rows,
+outputs/bench/quality/report.md and merchants.png (each merchant's metric against its size, the modes
+side by side), and prints the report: the per-task table with the references' rows,
 which method is best per task, federated against every reference, the federated/centralized ratios
 against the floors, and federated vs local on the merchants with the least data.
 """
@@ -28,6 +29,7 @@ from core.config import compose_config, to_plain
 from core.errors import InputError
 from launch.simulation import run_federated_simulation
 from server_app.orchestration import run_job
+from server_app.merchant_view import plot_merchants
 from server_app.outputs import RunResult
 from tasks.experiment import open_experiment
 from tasks.registry import TASKS
@@ -65,7 +67,7 @@ def over_seeds(runs: list[RunResult]) -> RunResult:
     kept = [r.selected_round for r in runs]
     selected = ", ".join(str(k) for k in kept) if all(isinstance(k, int) for k in kept) else "per merchant"
     return RunResult(first.mode, first.tasks, first.rounds, final, per_merchant, selected, {}, first.config,
-                     first.oracle)
+                     first.oracle, merchant_rows=first.merchant_rows)
 
 
 def value(final: Mapping[str, Mapping[str, float]], task: str, metric: str) -> float | None:
@@ -114,6 +116,29 @@ def reference_sections(results: dict[str, RunResult], references: Mapping[str, R
             f"below the base rate's):\n\n{verdict}")
 
 
+def per_merchant_section(results: Mapping[str, RunResult]) -> str:
+    """Every merchant, smallest first: its train rows and each task's headline metric per mode, and on
+    how many merchants federated beats the same merchant alone ("does federation help small merchants")."""
+    fed = results["federated"]
+    headline = [(t, TASKS[t].metric_names[0]) for t in fed.tasks]
+    merchants = sorted(fed.merchant_rows, key=lambda m: (fed.merchant_rows[m], m))
+    rows, wins = [], {t: [0, 0] for t, _ in headline}
+    for merchant in merchants:
+        row = [merchant, f"{fed.merchant_rows[merchant]:,}"]
+        for t, m in headline:
+            values = {mode: r.per_merchant.get(merchant, {}).get(t, {}).get(m) for mode, r in results.items()}
+            row += [fmt(values[mode]) for mode in results]
+            f, l = values.get("federated"), values.get("local")
+            if f is not None and l is not None and math.isfinite(f) and math.isfinite(l):
+                wins[t][0] += better(t, m, f, l)
+                wins[t][1] += 1
+        rows.append(row)
+    header = ["merchant", "train rows", *(f"{t} {m} {mode}" for t, m in headline for mode in results)]
+    verdict = "; ".join(f"{t} {m}: {w}/{n}" for (t, m), (w, n) in zip(headline, wins.values()))
+    return (f"Per merchant, smallest first (merchants.png plots the same):\n\n{markdown(header, rows)}\n\n"
+            f"Federated better than the merchant alone (local) on: {verdict}.\n")
+
+
 def report(results: dict[str, RunResult], smallest: list[str], seconds: dict[str, float], command: str,
            references: Mapping[str, ReferenceResult] | None = None, references_note: str = "") -> str:
     tasks = results["federated"].tasks
@@ -157,8 +182,9 @@ def report(results: dict[str, RunResult], smallest: list[str], seconds: dict[str
                 f"logistic regression for binary tasks and ridge for the rating; MF is the bias model plus "
                 f"p_u . q_i (benchmarks/references.py).\n\n"
                 f"{chosen_table(references, tasks)}\n\n{reference_sections(results, references)}\n\n")
+    merchants = f"\n{per_merchant_section(results)}" if fed.merchant_rows else ""
     return (f"Command: `{command}`\n\n{table}\n\n{refs}{ratios}\n\n"
-            f"Merchants with the least training data ({', '.join(smallest)}):\n\n{small}\n")
+            f"Merchants with the least training data ({', '.join(smallest)}):\n\n{small}\n{merchants}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(["python -m benchmarks.quality", f"--seeds {args.seeds}", f"--out {args.out}",
                             *(["--no-references"] if args.no_references else []), *args.overrides])
     publish(report(results, smallest, seconds, command, references, note), out)
+    plot_merchants(results, out / "merchants.png", {t: TASKS[t].metric_names for t in results["federated"].tasks})
     return 0
 
 

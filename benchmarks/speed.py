@@ -11,6 +11,7 @@ ratios, not the seconds.
 3. What each architecture costs: parameters, the bytes one client sends per round, training and
    scoring throughput over the pooled train split, and the peak memory of a process that trains it,
    each in a fresh process; ratios to shared_bottom.
+4. How fast `merchant-fl-score` scores a 1,000,000-row table end to end (benchmarks/scoring.py).
 Writes outputs/bench/speed/report.md.
 """
 
@@ -28,6 +29,7 @@ from typing import Any, Mapping
 import torch
 
 from benchmarks.report import make_command, markdown, publish
+from benchmarks.scoring import scoring_cost, scoring_table
 from core.config import CONF_DIR, compose_config, to_plain
 from core.errors import InputError
 from data.shards import Shard
@@ -110,7 +112,7 @@ def architecture_cost(overrides: list[str]) -> dict[str, dict[str, float]]:
 
 
 def report(command: str, rounds: int, federation: dict[str, float], aggregation: dict[str, float],
-           architectures: dict[str, dict[str, float]]) -> str:
+           architectures: dict[str, dict[str, float]], scoring: list[dict[str, float | str]]) -> str:
     fed_rows = [[mode, f"{s:.1f}", f"{s / federation['local']:.2f}", f"{s / federation['centralized']:.2f}"]
                 for mode, s in federation.items()]
     agg = aggregation
@@ -131,6 +133,9 @@ def report(command: str, rounds: int, federation: dict[str, float], aggregation:
         f"each; ratios to {REFERENCE_MODEL}):",
         markdown(["model", "parameters", "update MB", "train rows/s", "x", "score rows/s", "x",
                   "peak RSS MB", "x"], arch_rows),
+        "What scoring traffic costs (merchant-fl-score: a 1,000,000-row table read, scored and written in "
+        "batches, with a one-round centralized model of this config):",
+        scoring_table(scoring),
     ]) + "\n"
 
 
@@ -146,11 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         aggregation = aggregation_cost(cfg)  # also builds the shard cache the other parts read
         architectures = architecture_cost(args.overrides)
         federation = federation_cost(args.overrides, out)
+        scoring = scoring_cost(args.overrides, out / "scoring")
     except InputError as exc:
         print(f"bench-speed: error: {exc}", file=sys.stderr)
         return 2
     command = make_command("bench-speed", args.overrides)
-    publish(report(command, int(cfg["federation"]["rounds"]), federation, aggregation, architectures), out)
+    publish(report(command, int(cfg["federation"]["rounds"]), federation, aggregation, architectures, scoring), out)
     return 0
 
 

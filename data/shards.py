@@ -65,6 +65,13 @@ def bucket_counts(data_cfg: Mapping[str, Any]) -> list[int]:
     return out
 
 
+def encode_features(frame: pd.DataFrame, data_cfg: Mapping[str, Any]) -> np.ndarray:
+    """The model's input for validated rows: every feature column of the run hashed into its own buckets.
+    Training (prepare_merchant) and serving (serving/) both encode through here, so a scored row
+    meets exactly the encoding its model was trained on."""
+    return np.stack([hash_ids(frame[f], n) for f, n in zip(data_cfg["features"], bucket_counts(data_cfg))], axis=1)
+
+
 def merchant_seed(merchant_id: str) -> int:
     """A per-merchant offset for the random split, the same on any machine (no merchant list needed)."""
     return int(hash_ids(pd.Series([merchant_id]), 2**31)[0])
@@ -192,7 +199,7 @@ def prepare_merchant(path: str | Path, data_cfg: Mapping[str, Any], merchant_id:
     parts = dict(zip(SPLITS, split_positions(len(df), float(data_cfg["test_fraction"]),
                                              float(data_cfg["val_fraction"]),
                                              int(data_cfg["split_seed"]) + merchant_seed(merchant), stamps)))
-    encoded = np.stack([hash_ids(df[f], n) for f, n in zip(features, bucket_counts(data_cfg))], axis=1)
+    encoded = encode_features(df, data_cfg)
     columns = [c for c in LABEL_COLUMNS if c in df.columns]
     summary = DataSummary(
         merchant_id=merchant,

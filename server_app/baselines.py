@@ -5,12 +5,14 @@ same validation rule, as the federated run."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any, Mapping
 
 import torch
 
 from data.shards import Shard
-from server_app.outputs import RoundRecord, RunResult, log_round
+from server_app.outputs import RoundRecord, RunResult
+from server_app.progress import RunProgress
 from tasks.experiment import Experiment, open_experiment
 from tasks.metrics import Metrics, combine_merchants
 from tasks.models import MultiTaskModel
@@ -50,18 +52,22 @@ def oracle_metrics(experiment: Experiment, splits: Mapping[str, tuple[Shard, Sha
     return combine_merchants({m: s[0] for m, s in scored.items()}, {m: s[1] for m, s in scored.items()}) or None
 
 
-def run_baseline(cfg: Mapping[str, Any]) -> RunResult:
+def run_baseline(cfg: Mapping[str, Any], progress: RunProgress) -> RunResult:
     """mode=centralized or local, in this process, over every merchant's prepared data."""
     experiment = open_experiment(cfg)
     experiment.cfg = {**cfg, "select_round": resolve_rule(str(cfg["select_round"]),
                                                           sum(m.n_val for m in experiment.index.merchants))}
     splits = _splits(experiment)
-    result = run_centralized(experiment, splits) if cfg["mode"] == "centralized" else run_local(experiment, splits)
+    run = run_centralized if cfg["mode"] == "centralized" else run_local
+    result = run(experiment, splits, progress)
     result.oracle = oracle_metrics(experiment, splits)
+    result.plan = asdict(experiment.plan)
+    result.merchant_rows = {m.merchant_id: m.n_train for m in experiment.index.merchants}
     return result
 
 
-def run_centralized(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, Shard]]) -> RunResult:
+def run_centralized(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, Shard]], progress: RunProgress
+                    ) -> RunResult:
     cfg, train_cfg = experiment.cfg, experiment.cfg["train"]
     merchants = list(splits)
     pooled = Shard.concat([splits[m][0] for m in merchants])
@@ -78,9 +84,9 @@ def run_centralized(experiment: Experiment, splits: Mapping[str, tuple[Shard, Sh
                                        shuffle_seed(int(cfg["seed"]), server_round, 0), experiment.device, server_round)
             apply_newton(model, wide, train_cfg)
             losses = report.losses
-        (overall, _), (validation, _) = evaluate_merchants(same_model, splits, experiment)
+        (overall, per_merchant), (validation, _) = evaluate_merchants(same_model, splits, experiment)
         rounds.append(RoundRecord(server_round, overall, losses, validation))
-        log_round(rounds[-1], experiment.metric_names)
+        progress.report(rounds[-1], experiment.metric_names, per_merchant)
         keeper.offer(server_round, validation_loss(validation, experiment.tasks, rounds[0].validation),
                      lambda: snapshot_state(model, weighting))
         if keeper.stop:
@@ -92,7 +98,8 @@ def run_centralized(experiment: Experiment, splits: Mapping[str, tuple[Shard, Sh
                      dict(cfg))
 
 
-def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, Shard]]) -> RunResult:
+def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, Shard]], progress: RunProgress
+              ) -> RunResult:
     """Each merchant alone, and each keeps its own best round by its own validation split."""
     cfg, train_cfg = experiment.cfg, experiment.cfg["train"]
     merchants = list(splits)
@@ -116,14 +123,14 @@ def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, S
                 apply_newton(models[m], wide, train_cfg)
                 losses[m] = {t: {"loss": v} for t, v in report.losses.items()}
                 counts[m] = report.label_counts
-        (overall, _), (validation, per_merchant_val) = evaluate_merchants(models, splits, experiment)
+        (overall, per_merchant), (validation, per_merchant_val) = evaluate_merchants(models, splits, experiment)
         untrained = untrained or per_merchant_val  # each merchant's reference: its prior's validation loss
         for m in merchants:
             keepers[m].offer(server_round, validation_loss(per_merchant_val[m], experiment.tasks, untrained[m]),
                              lambda m=m: snapshot_state(models[m], weightings[m]))
         train_loss = {t: v["loss"] for t, v in combine_merchants(losses, counts).items()}
         rounds.append(RoundRecord(server_round, overall, train_loss, validation))
-        log_round(rounds[-1], experiment.metric_names)
+        progress.report(rounds[-1], experiment.metric_names, per_merchant)
         if all(keepers[m].stop for m in merchants):
             break
     kept = {m: keepers[m].state for m in merchants}

@@ -9,6 +9,7 @@ is set up first and trains from the next round, one that leaves is simply no lon
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from logging import INFO, WARNING
 from typing import Any, Mapping
 
@@ -19,7 +20,8 @@ from flwr.serverapp import Grid
 
 from core import protocol
 from core.errors import InputError
-from server_app.outputs import RoundRecord, RunResult, log_round
+from server_app.outputs import RoundRecord, RunResult
+from server_app.progress import RunProgress
 from server_app.roster import Roster
 from server_app.setup import addressees, failure, node_of, set_up_newcomers
 from server_app.strategy import Evaluation, MultiTaskFedAvg, RoundFailed, arrays_to_numpy
@@ -89,7 +91,7 @@ def set_up_federation(grid: Grid, cfg: Mapping[str, Any], roster: Roster, failur
     return experiment_for({**cfg, "select_round": rule}, plan)
 
 
-def run_federated(grid: Grid, cfg: Mapping[str, Any]) -> RunResult:
+def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress) -> RunResult:
     fed = cfg["federation"]
     timeout = float(fed["round_timeout_s"])
     roster, failures = Roster(), []
@@ -130,7 +132,7 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any]) -> RunResult:
             losses = {t: m["loss"] for t, m in unflatten(dict(train_metrics or {})).items() if "loss" in m}
         evaluation = evaluate(server_round, arrays)
         rounds.append(RoundRecord(server_round, evaluation.overall, losses, evaluation.validation))
-        log_round(rounds[-1], experiment.metric_names)
+        progress.report(rounds[-1], experiment.metric_names, evaluation.per_merchant)
         keeper.offer(server_round, validation_loss(evaluation.validation, experiment.tasks, rounds[0].validation),
                      lambda: arrays)
         if keeper.stop:
@@ -143,5 +145,6 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any]) -> RunResult:
     return RunResult(
         mode="federated", tasks=experiment.task_names, rounds=rounds, final=kept.overall,
         per_merchant=kept.per_merchant, selected_round=keeper.round, model_state=state, config=dict(cfg),
-        oracle=oracle_of(roster, experiment), failures=failures,
+        oracle=oracle_of(roster, experiment), failures=failures, plan=asdict(experiment.plan),
+        merchant_rows={m: s.rows["train"] for m, s in sorted(roster.summaries.items())},
     )

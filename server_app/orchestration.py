@@ -16,6 +16,7 @@ from core.runtime import resolve_device, seed_everything
 from server_app.baselines import run_baseline
 from server_app.federated import run_federated
 from server_app.outputs import RunResult, write_outputs
+from server_app.progress import RunProgress
 from tasks.registry import TASKS
 from tasks.selection import check_rule
 
@@ -31,11 +32,9 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None) 
     check_rule(str(cfg["select_round"]))  # whether there are validation rows is known once data is prepared
     if int(cfg["patience"]) < 0:
         raise InputError(f"patience must be >= 0 (0 = never stop early), got {cfg['patience']}")
-    if mode == "federated":
-        if grid is None:
-            raise RuntimeError("mode=federated needs a Flower grid; run it through a ServerApp")
-        result = run_federated(grid, cfg)
-    else:
-        result = run_baseline(cfg)
+    if mode == "federated" and grid is None:
+        raise RuntimeError("mode=federated needs a Flower grid; run it through a ServerApp")
+    with RunProgress.for_run(cfg, output_dir) as progress:
+        result = run_federated(grid, cfg, progress) if mode == "federated" else run_baseline(cfg, progress)
     write_outputs(result, output_dir, {t: TASKS[t].metric_names for t in result.tasks})
     return result

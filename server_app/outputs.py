@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from flwr.common.logger import log
 
+from server_app.merchant_view import plot_merchants
 from tasks.metrics import Metrics
 
 
@@ -36,6 +37,8 @@ class RunResult:
     config: dict[str, Any]
     oracle: dict[str, Metrics] | None = None
     failures: list[dict[str, Any]] = field(default_factory=list)
+    plan: dict[str, Any] | None = None                      # the run plan (tasks, label stats): rebuilds the model
+    merchant_rows: dict[str, int] = field(default_factory=dict)  # merchant -> train rows (from its summary)
 
 
 def _clean(value: Any) -> Any:
@@ -61,6 +64,8 @@ def metrics_document(result: RunResult) -> dict[str, Any]:
                    for r in result.rounds],
         "oracle": result.oracle,
         "failures": result.failures,
+        "merchant_train_rows": result.merchant_rows,
+        "plan": result.plan,
         "config": result.config,
     })
 
@@ -119,8 +124,10 @@ def write_outputs(result: RunResult, output_dir: Path, metric_names: dict[str, t
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"mode": result.mode, "tasks": result.tasks, "state": result.model_state,
-                "config": result.config}, output_dir / "model.pt")
+                "config": result.config, "plan": result.plan}, output_dir / "model.pt")
     plot_rounds(result, output_dir / "metrics.png", metric_names)
+    if result.merchant_rows:
+        plot_merchants({result.mode: result}, output_dir / "merchants.png", metric_names)
     tmp = output_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics_document(result), indent=1))
     tmp.replace(output_dir / "metrics.json")

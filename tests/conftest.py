@@ -39,3 +39,31 @@ def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     return env
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """mode -> the output directory of a finished tiny run (centralized, local), for tests that use a
+    trained model; the shard cache is the one isolated_env gives every test."""
+    from server_app.orchestration import run_job
+
+    out = {}
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MERCHANT_FL_CACHE", str(tmp_path_factory.getbasetemp() / "shard-cache"))
+        for mode in ("centralized", "local"):
+            cfg = to_plain(compose_config([*TINY, f"mode={mode}", "ranking.enabled=false"]))
+            out[mode] = tmp_path_factory.mktemp(f"run-{mode}")
+            run_job(cfg, out[mode])
+    return out
+
+
+def merchant_files(run_dir: Path) -> dict:
+    """merchant -> its rows (a DataFrame) in the run's own data, as the simulation partitioned it."""
+    import json
+
+    import pandas as pd
+
+    from data.partition import partition_table, read_manifest
+
+    cfg = json.loads((Path(run_dir) / "metrics.json").read_text())["config"]
+    return {p.merchant_id: pd.read_parquet(p.path) for p in read_manifest(partition_table(cfg["data"]))}

@@ -59,3 +59,35 @@ def test_quality_report_shows_the_references_and_the_verdict(tiny_cfg):
     verdict = report(worse, merchants[:2], {m: 1.0 for m in results}, "make bench", references
                      ).split("| task | federated | best reference |")[1].split("\n\n")[0]
     assert verdict.count("| NO |") == len(names)
+
+
+def test_scoring_bench_scores_every_row_in_each_format(tiny_runs, tmp_path):
+    from benchmarks.scoring import scoring_cost, scoring_table
+
+    results = scoring_cost(TINY, tmp_path, rows=3000, run_dir=tiny_runs["centralized"])
+    assert [(r["format"], r["threads"]) for r in results] == [("csv", 1), ("csv", 2), ("parquet", 1), ("parquet", 2)]
+    assert all(r["rows"] == 3000 and r["wall_s"] > 0 for r in results)
+    assert scoring_table(results).count("| 3,000 |") == 4
+
+
+def test_per_merchant_section_sets_the_modes_side_by_side(tmp_path):
+    from benchmarks.quality import per_merchant_section
+    from server_app.merchant_view import plot_merchants
+    from server_app.outputs import RunResult
+
+    rows = {"big": 900, "small": 40, "mid": 300}
+
+    def run(mode: str, auc: dict[str, float]) -> RunResult:
+        per_merchant = {m: {"click": {"auc": a, "logloss": 0.3}} for m, a in auc.items()}
+        return RunResult(mode, ["click"], [], {}, per_merchant, 1, {}, {}, merchant_rows=rows)
+    results = {"centralized": run("centralized", {"big": 0.8, "small": 0.7, "mid": 0.75}),
+               "federated": run("federated", {"big": 0.79, "small": 0.72, "mid": 0.74}),
+               "local": run("local", {"big": 0.78, "small": 0.55, "mid": 0.76})}
+    text = per_merchant_section(results)
+    assert "| merchant | train rows | click auc centralized | click auc federated | click auc local |" in text
+    table = [line for line in text.splitlines() if line.startswith("| ") and "train rows" not in line]
+    assert [line.split(" | ")[0] for line in table] == ["| small", "| mid", "| big"]
+    assert "| small | 40 | 0.7000 | 0.7200 | 0.5500 |" in text
+    assert "Federated better than the merchant alone (local) on: click auc: 2/3." in text
+    plot_merchants(results, tmp_path / "merchants.png", {"click": ("auc", "logloss")})
+    assert (tmp_path / "merchants.png").stat().st_size > 10_000
