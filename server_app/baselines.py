@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import torch
 
 from data.shards import Shard
+from data.summary import pooled_bad_rows
 from server_app.outputs import RoundRecord, RunResult, log_round
 from tasks.experiment import Experiment, open_experiment
 from tasks.metrics import Metrics, combine_merchants
@@ -58,6 +59,7 @@ def run_baseline(cfg: Mapping[str, Any]) -> RunResult:
     splits = _splits(experiment)
     result = run_centralized(experiment, splits) if cfg["mode"] == "centralized" else run_local(experiment, splits)
     result.oracle = oracle_metrics(experiment, splits)
+    result.bad_rows = pooled_bad_rows(m.summary for m in experiment.index.merchants)
     return result
 
 

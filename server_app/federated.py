@@ -25,6 +25,7 @@ from server_app.setup import addressees, failure, node_of, set_up_newcomers
 from server_app.strategy import Evaluation, MultiTaskFedAvg, RoundFailed, arrays_to_numpy
 from tasks.experiment import Experiment, experiment_for
 from tasks.metrics import Metrics, combine_merchants, unflatten
+from data.summary import pooled_bad_rows
 from tasks.plan import plan_from_summaries
 from tasks.ranking import wants_ranking
 from tasks.selection import RoundKeeper, resolve_rule, validation_loss
@@ -143,5 +144,5 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any]) -> RunResult:
     return RunResult(
         mode="federated", tasks=experiment.task_names, rounds=rounds, final=kept.overall,
         per_merchant=kept.per_merchant, selected_round=keeper.round, model_state=state, config=dict(cfg),
-        oracle=oracle_of(roster, experiment), failures=failures,
+        oracle=oracle_of(roster, experiment), failures=failures, bad_rows=pooled_bad_rows(roster.summaries.values()),
     )

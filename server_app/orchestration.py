@@ -6,12 +6,15 @@ Federated, the server touches no data file: everything it knows comes from the n
 
 from __future__ import annotations
 
+from logging import WARNING
 from pathlib import Path
 from typing import Any, Mapping
 
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from core.errors import InputError
+from data.schema import format_bad_rows
 from core.runtime import resolve_device, seed_everything
 from server_app.baselines import run_baseline
 from server_app.federated import run_federated
@@ -37,5 +40,7 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None) 
         result = run_federated(grid, cfg)
     else:
         result = run_baseline(cfg)
+    if result.bad_rows:  # every node counted its own; the one line a user sees (and metrics.json bad_rows)
+        log(WARNING, "data, all merchants: %s (data.on_bad_rows=skip)", format_bad_rows(result.bad_rows))
     write_outputs(result, output_dir, {t: TASKS[t].metric_names for t in result.tasks})
     return result

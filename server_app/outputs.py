@@ -36,6 +36,7 @@ class RunResult:
     config: dict[str, Any]
     oracle: dict[str, Metrics] | None = None
     failures: list[dict[str, Any]] = field(default_factory=list)
+    bad_rows: dict[str, int] = field(default_factory=dict)  # reason -> rows the nodes left out (on_bad_rows=skip)
 
 
 def _clean(value: Any) -> Any:
@@ -61,6 +62,7 @@ def metrics_document(result: RunResult) -> dict[str, Any]:
                    for r in result.rounds],
         "oracle": result.oracle,
         "failures": result.failures,
+        "bad_rows": result.bad_rows,
         "config": result.config,
     })
 
