@@ -43,7 +43,7 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFra
 
 def column_mapping(data_cfg: Mapping[str, Any]) -> dict[str, str]:
     """`data.columns`: the run's column name -> the name the table has it under."""
-    mapping = dict(data_cfg.get("columns") or {})
+    mapping = {name: original for name, original in (data_cfg.get("columns") or {}).items() if original}
     targets = {}
     for name, original in mapping.items():
         if original in targets:

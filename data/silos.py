@@ -84,7 +84,8 @@ def assign_merchants(df: pd.DataFrame, data_cfg: Mapping[str, Any], source: str,
     else:
         by = str(data_cfg["partition_by"])
         if by not in df.columns:
-            raise InputError(f"{source}: data.partition_by={by}, but the table has no column '{by}'")
+            raise InputError(f"{source}: data.partition_by={by}, but the table has no column '{by}' (a schema "
+                              "column goes by its schema name, e.g. item_id, whatever data.columns maps it from)")
         alpha = float(data_cfg["partition_alpha"])
         if not alpha > 0:
             raise InputError(f"data.partition_alpha must be > 0, got {alpha:g}")
