@@ -66,6 +66,22 @@ def bucket_counts(data_cfg: Mapping[str, Any]) -> list[int]:
     return out
 
 
+def hash_columns(frame: pd.DataFrame, data_cfg: Mapping[str, Any]) -> np.ndarray:
+    """int64 [n, n_hashed]: each id and categorical column of validated rows, hashed into its buckets."""
+    names = feature_columns(data_cfg).hashed
+    return np.stack([hash_ids(frame[f], n) for f, n in zip(names, bucket_counts(data_cfg))], axis=1)
+
+
+def encode_features(frame: pd.DataFrame, data_cfg: Mapping[str, Any]) -> np.ndarray:
+    """The model input of validated rows (data/schema.py): hashed columns, then packed numericals.
+    Exactly what a prepared shard holds for the same rows, so training and scoring encode alike."""
+    numerical = list(feature_columns(data_cfg).numerical)
+    hashed = hash_columns(frame, data_cfg)
+    if not numerical:
+        return hashed
+    return np.concatenate([hashed, pack_numerical(frame[numerical].to_numpy(np.float32))], axis=1)
+
+
 def feature_spec(data_cfg: Mapping[str, Any], feature_stats: Mapping[str, Mapping[str, float]]) -> FeatureSpec:
     """The model's input of a run: its hashed columns' buckets and the pooled standardisation (run plan)
     of its numerical columns."""
@@ -221,7 +237,7 @@ def prepare_merchant(path: str | Path, data_cfg: Mapping[str, Any], merchant_id:
     parts = dict(zip(SPLITS, split_positions(len(df), float(data_cfg["test_fraction"]),
                                              float(data_cfg["val_fraction"]),
                                              int(data_cfg["split_seed"]) + merchant_seed(merchant), stamps)))
-    encoded = np.stack([hash_ids(df[f], n) for f, n in zip(columns.hashed, bucket_counts(data_cfg))], axis=1)
+    encoded = hash_columns(df, data_cfg)
     labels = [c for c in LABEL_COLUMNS if c in df.columns]
     train = df.iloc[parts["train"]]
     summary = DataSummary(

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from core.errors import InputError
-from data.features import MISSING, FeatureSpec, pack_numerical, unpack_numerical
+from data.features import MISSING, FeatureSpec, feature_columns, pack_numerical, unpack_numerical
 from data.partition import ASSIGNMENT_FILE, partition_table, read_manifest
 from data.schema import clean_interactions
-from data.shards import feature_spec, prepare_merchant
+from data.shards import encode_features, feature_spec, prepare_merchant
 from data.silos import dirichlet_silos, iid_silos
 from data.summary import pooled_bad_rows
 from tasks.models import MODELS
@@ -123,6 +123,11 @@ def test_feature_columns_are_prepared_and_their_moments_pool_to_the_rows_stats(t
     from data.shards import hash_ids
     missing_bucket = hash_ids(pd.Series([MISSING]), 65536)[0]
     assert all((s.features[:, 2] == missing_bucket).any() for s in trains)
+    # Scoring encodes rows exactly as preparing did.
+    rows = clean_interactions(table.rename(columns={"shop": "merchant_id", "customer": "user_id", "product": "item_id",
+                                                    "stars": "rating", "bought": "purchase"}), "t", feature_columns(cfg))[0]
+    encoded = {tuple(r) for r in encode_features(rows, cfg)}
+    assert all({tuple(r) for r in s.features} <= encoded for s in trains)
     spec = feature_spec(cfg, plan.feature_stats)
     assert spec.buckets == (262144, 262144, 65536) and spec.numerical_mean == (pytest.approx(known.mean()),)
 
