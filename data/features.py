@@ -20,12 +20,14 @@ scoring) carries numerical features unchanged; the embedding layer reads them ba
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from core.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 MISSING = "\x00missing"  # the value an empty categorical cell is hashed as (no real cell holds a NUL)
 
@@ -101,6 +103,8 @@ def pack_numerical(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.float32).view(np.int32).astype(np.int64)
 
 
-def unpack_numerical(columns: torch.Tensor) -> torch.Tensor:
+def unpack_numerical(columns: "torch.Tensor") -> "torch.Tensor":
     """The inverse of `pack_numerical`, on the model's input tensor: int64 [B, k] -> float32 [B, k]."""
+    import torch  # here, so that data/ (converting, preparing) never loads torch
+
     return columns.to(torch.int32).view(torch.float32)

@@ -43,7 +43,7 @@ def read_ratings(path: Path) -> pd.DataFrame:
             frame = pd.read_csv(stream, sep=":", header=None, usecols=[0, 2, 4, 6], names=range(7))
         elif "\t" in line:
             frame = pd.read_csv(stream, sep="\t", header=None, usecols=[0, 1, 2, 3])
-        elif line.lower().startswith("userid,"):
+        elif line.lower().replace('"', "").startswith("userid,"):
             frame = pd.read_csv(stream, usecols=[0, 1, 2, 3])
         else:
             raise InputError(f"{path}: not a MovieLens ratings file (first line {line[:60]!r}; expected u.data, "
@@ -59,7 +59,7 @@ def read_first_genres(path: Path) -> pd.Series:
         if "::" in line:  # movies.dat: MovieID::Title::Genre|Genre
             rows = [raw.rstrip("\r\n").split("::") for raw in stream if raw.strip()]
             ids, genres = [int(r[0]) for r in rows], [r[-1].split("|")[0] for r in rows]
-        elif line.lower().startswith("movieid,"):
+        elif line.lower().replace('"', "").startswith("movieid,"):
             frame = pd.read_csv(stream)
             ids, genres = frame["movieId"].tolist(), frame["genres"].str.split("|").str[0].tolist()
         elif line.count("|") >= len(UITEM_GENRES) + 4:  # u.item: id|title|dates|url|19 flags
