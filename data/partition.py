@@ -23,7 +23,7 @@ from core.errors import InputError
 from data.cache import written_atomically
 from data.features import feature_columns
 from data.loading import apply_column_mapping, column_mapping, read_table, source_columns, table_kind
-from data.schema import LABEL_COLUMNS, MERCHANT, validate_interactions
+from data.schema import LABEL_COLUMNS, MERCHANT, blank_cells, validate_interactions
 from data.shards import check_merchant_rows, needed_columns
 from data.silos import assign_merchants, partition_column
 from data.synthetic import PlatformSpec, generate_platform
@@ -89,10 +89,6 @@ def load_source(data_cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, str]:
     return assign_merchants(raw, data_cfg, source, MERCHANT), source
 
 
-def _blank(values: pd.Series) -> np.ndarray:
-    return (values.isna() | (values.astype(str).str.strip() == "")).to_numpy()
-
-
 @dataclass
 class MerchantRows:
     """The table cut into merchants, read lazily: (merchant, its rows, how errors name them) in
@@ -111,7 +107,7 @@ def merchant_rows(data_cfg: Mapping[str, Any], skip: bool) -> MerchantRows:
     raw, source = load_source(data_cfg)
     silos = raw[MERCHANT] if data_cfg["source"] == "table" and partition_column(data_cfg) is None else None
     if skip:
-        df = raw.iloc[np.flatnonzero(~_blank(raw[MERCHANT]))]
+        df = raw.iloc[np.flatnonzero(~blank_cells(raw[MERCHANT]))]
         df = df.assign(**{MERCHANT: df[MERCHANT].astype(str).str.strip()})
     else:
         df = validate_interactions(raw, source, feature_columns(data_cfg))

@@ -43,14 +43,15 @@ def _first_bad_row(mask: np.ndarray) -> tuple[int, int]:
     return len(positions), int(positions[0]) + 1
 
 
-def _blank(raw: pd.Series) -> np.ndarray:
+def blank_cells(raw: pd.Series) -> np.ndarray:
+    """True where a cell is empty: missing, or only whitespace."""
     return (raw.isna() | (raw.astype(str).str.strip() == "")).to_numpy()
 
 
 def _parse(raw: pd.Series, column: str, source: str) -> tuple[pd.Series, Problem | None]:
     """Numbers (NaN for an empty cell) and the problem of the cells that are not numbers."""
     values = pd.to_numeric(raw, errors="coerce").astype("float64")
-    bad = (values.isna().to_numpy() & ~_blank(raw))
+    bad = (values.isna().to_numpy() & ~blank_cells(raw))
     if not bad.any():
         return values, None
     count, row = _first_bad_row(bad)
@@ -83,7 +84,7 @@ def _problems(df: pd.DataFrame, source: str, columns: FeatureColumns, ids: list[
     """Every check in the order a failing table reports them; fills `out` with the parsed columns."""
     for column in ids:
         raw = df[column]
-        empty = _blank(raw)
+        empty = blank_cells(raw)
         if empty.any():
             count, row = _first_bad_row(empty)
             yield Problem("missing_id", empty, f"{source}: column '{column}' has {count} empty cell(s), first at row {row}")
@@ -91,7 +92,7 @@ def _problems(df: pd.DataFrame, source: str, columns: FeatureColumns, ids: list[
     for column in columns.categorical:
         if column not in out.columns:
             raw = df[column]
-            out[column] = np.where(_blank(raw), MISSING, raw.astype(str).str.strip().to_numpy())
+            out[column] = np.where(blank_cells(raw), MISSING, raw.astype(str).str.strip().to_numpy())
     for column in [c for c in LABEL_COLUMNS if c in df.columns]:
         values, problem = _parse(df[column], column, source)
         if problem is not None:
@@ -116,7 +117,7 @@ def _problems(df: pd.DataFrame, source: str, columns: FeatureColumns, ids: list[
         stamps, problem = _parse(df[TIMESTAMP], TIMESTAMP, source)
         if problem is not None:
             yield problem
-        empty = _blank(df[TIMESTAMP])
+        empty = blank_cells(df[TIMESTAMP])
         if empty.any():
             count, row = _first_bad_row(empty)
             yield Problem("missing_timestamp", empty,

@@ -2,6 +2,7 @@
 a table without merchants, and merchant-at-a-time reading of Parquet; then one real federated run."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -233,3 +234,15 @@ def test_a_federated_run_on_an_own_table_reports_bad_rows_and_its_partition(tmp_
     assert (out / "partition" / "manifest.json").is_file() and (out / "partition" / ASSIGNMENT_FILE).is_file()
     state = torch.load(out / "model.pt", weights_only=False)["state"]
     assert float(state["embedding.numerical_mean"][0]) == pytest.approx(50, abs=1.5)
+
+
+@pytest.mark.parametrize("features, message", [
+    ({"ids": ["user_id"], "numerical": ["user_id"]}, "names column 'user_id' twice"),
+    ({"ids": [], "categorical": []}, "needs at least one id or categorical column"),
+    ({"ids": ["user_id"], "dense": ["price"]}, "unknown key(s) dense"),
+    (["user_id", "item_id"], "must be a mapping"),
+])
+def test_feature_config_errors_are_one_line(features, message):
+    from data.features import feature_columns
+    with pytest.raises(InputError, match=re.escape(message)):
+        feature_columns({"features": features})
