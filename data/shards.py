@@ -19,9 +19,10 @@ import pandas as pd
 
 from core.errors import InputError
 from data.cache import written_atomically
-from data.features import FeatureColumns, FeatureSpec, feature_columns, numerical_scale, pack_numerical
+from data.features import MISSING, FeatureColumns, FeatureSpec, feature_columns, numerical_scale, pack_numerical
 from data.loading import apply_column_mapping, column_mapping, read_table, source_columns
-from data.schema import ID_COLUMNS, LABEL_COLUMNS, MERCHANT, ORACLE_COLUMNS, TIMESTAMP, clean_interactions
+from data.schema import (ID_COLUMNS, LABEL_COLUMNS, MERCHANT, ORACLE_COLUMNS, TIMESTAMP, blank_cells,
+                         clean_interactions)
 from data.splits import split_positions
 from data.summary import SPLITS, DataSummary, LabelMoments
 
@@ -67,19 +68,28 @@ def bucket_counts(data_cfg: Mapping[str, Any]) -> list[int]:
 
 
 def hash_columns(frame: pd.DataFrame, data_cfg: Mapping[str, Any]) -> np.ndarray:
-    """int64 [n, n_hashed]: each id and categorical column of validated rows, hashed into its buckets."""
-    names = feature_columns(data_cfg).hashed
-    return np.stack([hash_ids(frame[f], n) for f, n in zip(names, bucket_counts(data_cfg))], axis=1)
+    """int64 [n, n_hashed]: each id and categorical column hashed into its buckets, as its stripped
+    text; an empty categorical cell as `MISSING` (validated rows already hold it)."""
+    columns = feature_columns(data_cfg)
+    hashed = []
+    for name, buckets in zip(columns.hashed, bucket_counts(data_cfg)):
+        text = frame[name].astype(str).str.strip()
+        if name in columns.categorical:
+            text = text.where(~blank_cells(frame[name]), MISSING)
+        hashed.append(hash_ids(text, buckets))
+    return np.stack(hashed, axis=1)
 
 
 def encode_features(frame: pd.DataFrame, data_cfg: Mapping[str, Any]) -> np.ndarray:
-    """The model input of validated rows (data/schema.py): hashed columns, then packed numericals.
-    Exactly what a prepared shard holds for the same rows, so training and scoring encode alike."""
+    """The model input of rows, validated (data/schema.py) or as read: hashed columns, then packed
+    numericals (an empty or unparsable cell = missing). Exactly what a prepared shard holds for the
+    same rows, so training and scoring encode alike; ids must be non-empty (validation's job)."""
     numerical = list(feature_columns(data_cfg).numerical)
     hashed = hash_columns(frame, data_cfg)
     if not numerical:
         return hashed
-    return np.concatenate([hashed, pack_numerical(frame[numerical].to_numpy(np.float32))], axis=1)
+    values = np.stack([pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float32) for c in numerical], axis=1)
+    return np.concatenate([hashed, pack_numerical(values)], axis=1)
 
 
 def feature_spec(data_cfg: Mapping[str, Any], feature_stats: Mapping[str, Mapping[str, float]]) -> FeatureSpec:

@@ -129,6 +129,8 @@ def test_feature_columns_are_prepared_and_their_moments_pool_to_the_rows_stats(t
                                                     "stars": "rating", "bought": "purchase"}), "t", feature_columns(cfg))[0]
     encoded = {tuple(r) for r in encode_features(rows, cfg)}
     assert all({tuple(r) for r in s.features} <= encoded for s in trains)
+    as_read = table.rename(columns={"customer": "user_id", "product": "item_id"})  # raw cells: None, floats
+    np.testing.assert_array_equal(encode_features(as_read, cfg), encode_features(rows, cfg))
     spec = feature_spec(cfg, plan.feature_stats)
     assert spec.buckets == (262144, 262144, 65536) and spec.numerical_mean == (pytest.approx(known.mean()),)
 
