@@ -19,13 +19,13 @@ from flwr.serverapp import Grid
 
 from core import protocol
 from core.errors import InputError
+from data.summary import pooled_bad_rows
 from server_app.outputs import RoundRecord, RunResult, log_round
 from server_app.roster import Roster
 from server_app.setup import addressees, failure, node_of, set_up_newcomers
 from server_app.strategy import Evaluation, MultiTaskFedAvg, RoundFailed, arrays_to_numpy
 from tasks.experiment import Experiment, experiment_for
 from tasks.metrics import Metrics, combine_merchants, unflatten
-from data.summary import pooled_bad_rows
 from tasks.plan import plan_from_summaries
 from tasks.ranking import wants_ranking
 from tasks.selection import RoundKeeper, resolve_rule, validation_loss

@@ -14,8 +14,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from core.errors import InputError
-from data.schema import format_bad_rows
 from core.runtime import resolve_device, seed_everything
+from data.schema import format_bad_rows
 from server_app.baselines import run_baseline
 from server_app.federated import run_federated
 from server_app.outputs import RunResult, write_outputs
