@@ -10,6 +10,7 @@ import pandas as pd
 
 from core.errors import InputError
 
+IN_FILE = "columns_in_file"  # DataFrame.attrs key: the file's columns, when only some were read
 READERS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -29,16 +30,25 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFra
     kind = table_kind(path)
     try:
         if kind == "parquet":
-            if columns is not None:
-                import pyarrow.parquet as pq
-                present = set(pq.read_schema(path).names)
-                columns = [c for c in columns if c in present]
-            return pd.read_parquet(path, columns=columns)
-        wanted = None if columns is None else set(columns).__contains__
-        return pd.read_csv(path, sep="\t" if kind == "tsv" else ",", dtype=str, keep_default_na=False,
-                           na_values=[""], low_memory=False, usecols=wanted)
+            import pyarrow.parquet as pq
+            in_file = pq.read_schema(path).names
+            frame = pd.read_parquet(path, columns=None if columns is None else [c for c in columns if c in in_file])
+        else:
+            sep = "\t" if kind == "tsv" else ","
+            in_file = list(pd.read_csv(path, sep=sep, nrows=0).columns)
+            wanted = None if columns is None else set(columns).__contains__
+            frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], low_memory=False,
+                                usecols=wanted)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise InputError(f"{path}: cannot read as {kind}: {str(exc).splitlines()[0]}") from exc
+    frame.attrs[IN_FILE] = list(in_file)
+    return frame
+
+
+def columns_found(df: pd.DataFrame) -> str:
+    """For an error about a missing column: every column of the file the rows came from (when only
+    some were read), else of the frame."""
+    return ", ".join(map(str, df.attrs.get(IN_FILE) or df.columns))
 
 
 def column_mapping(data_cfg: Mapping[str, Any]) -> dict[str, str]:
@@ -69,7 +79,7 @@ def apply_column_mapping(df: pd.DataFrame, mapping: Mapping[str, str], source: s
             renames[original] = name
         elif name not in df.columns:
             raise InputError(f"{source}: missing column '{original}' (data.columns.{name}={original}; "
-                             f"columns found: {', '.join(map(str, df.columns))})")
+                             f"columns found: {columns_found(df)})")
     if not renames:
         return df
     shadowed = [name for name in renames.values() if name in df.columns]

@@ -15,6 +15,7 @@ import pandas as pd
 
 from core.errors import InputError
 from data.features import MISSING, FeatureColumns
+from data.loading import columns_found
 
 MERCHANT = "merchant_id"
 ID_COLUMNS = (MERCHANT, "user_id", "item_id")
@@ -72,7 +73,7 @@ def _check_columns(df: pd.DataFrame, source: str, columns: FeatureColumns) -> li
     if missing:
         kind = "required" if missing[0] in ID_COLUMNS else "feature"
         raise InputError(
-            f"{source}: missing {kind} column '{missing[0]}' (columns found: {', '.join(map(str, df.columns))})"
+            f"{source}: missing {kind} column '{missing[0]}' (columns found: {columns_found(df)})"
         )
     if not any(c in df.columns for c in LABEL_COLUMNS):
         raise InputError(f"{source}: no label column; need at least one of {', '.join(LABEL_COLUMNS)}")

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import InputError
+from data.loading import columns_found
 
 SCHEMES = ("column:<name>", "iid", "dirichlet")
 MIN_SILO_ROWS = 2
@@ -71,9 +72,13 @@ def assign_merchants(df: pd.DataFrame, data_cfg: Mapping[str, Any], source: str,
     """The table with its `merchant` column set by the scheme (unchanged for column:merchant_id)."""
     column = partition_column(data_cfg)
     if column is not None:
+        if column not in df.columns and column == merchant:
+            raise InputError(f"{source}: missing required column '{merchant}' (columns found: {columns_found(df)}); "
+                             f"name yours with data.columns.{merchant}=<column>, or make merchants with "
+                             "data.partition=iid or dirichlet")
         if column not in df.columns:
             raise InputError(f"{source}: data.partition=column:{column}, but the table has no column '{column}' "
-                             f"(columns found: {', '.join(map(str, df.columns))}); use data.partition=iid or dirichlet")
+                             f"(columns found: {columns_found(df)}); use data.partition=iid or dirichlet")
         return df if column == merchant else df.assign(**{merchant: df[column]})
     n = int(data_cfg["partition_merchants"])
     if not 1 <= n <= len(df) // MIN_SILO_ROWS:

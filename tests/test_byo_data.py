@@ -248,3 +248,11 @@ def test_feature_config_errors_are_one_line(features, message):
     from data.features import feature_columns
     with pytest.raises(InputError, match=re.escape(message)):
         feature_columns({"features": features})
+
+
+def test_a_missing_column_error_lists_every_column_of_the_file_though_only_some_are_read(tmp_path, tiny_cfg):
+    path = tmp_path / "t.csv"
+    own_table().to_csv(path, index=False)
+    with pytest.raises(InputError, match=r"missing required column 'merchant_id' \(columns found: shop, customer, "
+                                         r"product, stars, bought, brand, price\); name yours with data.columns"):
+        partition_table(tiny_cfg("data=table", f"data.path={path}")["data"])
