@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/merchant-fl-large"))
+    parser.add_argument("--no-train", action="store_true", help="measure converting and preparing only")
     parser.add_argument("--prepare", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.prepare is not None:
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "train.wide_rounds=0", "train.batch_size=4096", "ranking.enabled=false", "device=cpu", *BUCKETS,
                                          f"hydra.run.dir={work / 'run'}"],
     }
+    if args.no_train:
+        del steps["train (centralized, 1 round)"]
     results = {name: measured(command) for name, command in steps.items()}
     in_memory = pd.read_parquet(work / "table.parquet").memory_usage(deep=True).sum() / 2 ** 20
     print(f"{args.rows:,} rows; ratings.csv {(work / 'ratings.csv').stat().st_size / 2 ** 20:.0f} MB, "

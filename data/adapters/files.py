@@ -14,6 +14,7 @@ from core.errors import InputError
 from data.schema import ID_COLUMNS, LABEL_COLUMNS, TIMESTAMP
 
 WRITERS = (".csv", ".parquet", ".pq")
+ROW_GROUP = 500_000
 
 
 def existing(path: str | Path) -> Path:
@@ -52,8 +53,19 @@ def write_table(frame: pd.DataFrame, out: str | Path) -> Path:
         if out.suffix.lower() == ".csv":
             frame.to_csv(tmp, index=False)
         else:
-            frame.to_parquet(tmp, index=False)
+            write_parquet_in_chunks(frame, tmp)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def write_parquet_in_chunks(frame: pd.DataFrame, path: Path, rows: int = ROW_GROUP) -> None:
+    """One row group at a time, so the Arrow copy Parquet writing needs is one group's, not the table's."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.Schema.from_pandas(frame, preserve_index=False)
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, len(frame), rows):
+            writer.write_table(pa.Table.from_pandas(frame.iloc[start:start + rows], schema=schema, preserve_index=False))
