@@ -14,9 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from core.errors import InputError
 from data.adapters import FORMATS
-from data.adapters.files import in_schema_order, write_table
+from data.adapters.files import write_table
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,13 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     *inputs, out = (Path(p) for p in args.files)
     try:
-        frame = in_schema_order(FORMATS[args.format].convert(inputs, args))
-        written = write_table(frame, out)
+        table = FORMATS[args.format].convert(inputs, args)
+        written, rows, merchants = write_table([table] if isinstance(table, pd.DataFrame) else table, out)
     except InputError as exc:
         print(f"merchant-fl: error: {exc}", file=sys.stderr)
         return 2
-    print(f"{written}: {len(frame):,} rows, {frame['merchant_id'].nunique():,} merchants, "
-          f"{frame['user_id'].nunique():,} users, {frame['item_id'].nunique():,} items")
+    print(f"{written}: {rows:,} rows, {merchants:,} merchants (python -m data.stats data=table data.path={written} "
+          "describes it)")
     return 0
 
 

@@ -38,6 +38,18 @@ def test_movielens_u_data_with_genres_from_u_item(tmp_path):
            timestamp=[881250949, 891717742, 878887116], rating=[3.0, 3.0, 1.0])
 
 
+def test_movielens_converts_chunk_by_chunk_to_the_same_table(tmp_path, monkeypatch):
+    from data.adapters import movielens
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" +
+                                          "".join(f"{u},{u % 3},{1 + u % 5}.0,{1000 + u}\n" for u in range(7)))
+    whole = converted(tmp_path, "movielens", tmp_path / "ratings.csv", out="whole.parquet")
+    monkeypatch.setattr(movielens, "CHUNK_ROWS", 2)
+    chunked = converted(tmp_path, "movielens", tmp_path / "ratings.csv", out="chunked.parquet")
+    pd.testing.assert_frame_equal(whole, chunked)
+    chunked_csv = converted(tmp_path, "movielens", tmp_path / "ratings.csv", out="chunked.csv")
+    assert chunked_csv["user_id"].tolist() == [str(u) for u in range(7)] and len(chunked_csv.columns) == 5
+
+
 def test_movielens_ratings_dat_with_movies_dat(tmp_path):
     (tmp_path / "ratings.dat").write_text("1::1193::5::978300760\n1::661::3::978302109\n")
     (tmp_path / "movies.dat").write_bytes("1193::One Flew (1975)::Drama\n661::James (1996)::Animation|Children's\n"

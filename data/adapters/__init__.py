@@ -1,7 +1,8 @@
 """Public data sets into the interactions table (data/schema.py), one module per format.
 
-Each module has `add_arguments(parser)` (its options) and `convert(inputs, args) -> DataFrame`
-returning the table with the schema's column names; launch/convert.py is the command around them.
+Each module has `add_arguments(parser)` (its options) and `convert(inputs, args)` returning the
+table with the schema's column names: one DataFrame, or an iterator of chunks when the format
+converts row by row (then the table is never in memory whole); launch/convert.py is the command.
 Nothing here downloads: the user fetches the files (README, Data, "Public data sets").
 """
 

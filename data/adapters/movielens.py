@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,7 @@ RATING_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
 UITEM_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                 "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
                 "War", "Western"]
+CHUNK_ROWS = 500_000
 LATIN = "latin-1"  # the .dat and u.item files of the older releases are not UTF-8
 
 
@@ -36,20 +38,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--merchant", default="movielens", help="the merchant of every row without --movies")
 
 
-def read_ratings(path: Path) -> pd.DataFrame:
+def read_ratings(path: Path) -> Iterator[pd.DataFrame]:
+    """The ratings in chunks of CHUNK_ROWS, whatever the layout."""
     line = first_line(path, LATIN)
+    if "::" in line:  # ratings.dat: split on ':' and keep every other field (fast C parser)
+        options = {"sep": ":", "header": None, "usecols": [0, 2, 4, 6], "names": range(7)}
+    elif "\t" in line:
+        options = {"sep": "\t", "header": None, "usecols": [0, 1, 2, 3]}
+    elif line.lower().replace('"', "").startswith("userid,"):
+        options = {"usecols": [0, 1, 2, 3]}
+    else:
+        raise InputError(f"{path}: not a MovieLens ratings file (first line {line[:60]!r}; expected u.data, "
+                         "ratings.dat or ratings.csv)")
     with open_text(path, LATIN) as stream:
-        if "::" in line:  # ratings.dat: split on ':' and keep every other field (fast C parser)
-            frame = pd.read_csv(stream, sep=":", header=None, usecols=[0, 2, 4, 6], names=range(7))
-        elif "\t" in line:
-            frame = pd.read_csv(stream, sep="\t", header=None, usecols=[0, 1, 2, 3])
-        elif line.lower().replace('"', "").startswith("userid,"):
-            frame = pd.read_csv(stream, usecols=[0, 1, 2, 3])
-        else:
-            raise InputError(f"{path}: not a MovieLens ratings file (first line {line[:60]!r}; expected u.data, "
-                             "ratings.dat or ratings.csv)")
-    frame.columns = RATING_COLUMNS
-    return frame
+        for chunk in pd.read_csv(stream, chunksize=CHUNK_ROWS, **options):
+            chunk.columns = RATING_COLUMNS
+            yield chunk
 
 
 def read_first_genres(path: Path) -> pd.Series:
@@ -72,17 +76,18 @@ def read_first_genres(path: Path) -> pd.Series:
     return pd.Series(genres, index=ids)
 
 
-def convert(inputs: list[Path], args: argparse.Namespace) -> pd.DataFrame:
-    frames = [read_ratings(existing(path)) for path in inputs]
-    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    if args.movies:
-        genres = read_first_genres(existing(args.movies))
-        merchant = frame["item_id"].map(genres)
-        if merchant.isna().any():
-            missing = frame.loc[merchant.isna(), "item_id"].iloc[0]
-            raise InputError(f"{args.movies}: movie {missing} of the ratings is not listed "
-                             f"({int(merchant.isna().sum())} rating(s) without a movie)")
-        frame.insert(0, "merchant_id", merchant.to_numpy())
-    else:
-        frame.insert(0, "merchant_id", args.merchant)
-    return frame
+def convert(inputs: list[Path], args: argparse.Namespace) -> Iterator[pd.DataFrame]:
+    """Chunk by chunk: the ratings are never in memory whole."""
+    genres = read_first_genres(existing(args.movies)) if args.movies else None
+    for path in inputs:
+        for chunk in read_ratings(existing(path)):
+            if genres is None:
+                chunk.insert(0, "merchant_id", args.merchant)
+                yield chunk
+                continue
+            merchant = chunk["item_id"].map(genres)
+            if merchant.isna().any():
+                missing = chunk.loc[merchant.isna(), "item_id"].iloc[0]
+                raise InputError(f"{args.movies}: movie {missing} of the ratings is not listed")
+            chunk.insert(0, "merchant_id", merchant.to_numpy())
+            yield chunk
