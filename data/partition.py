@@ -14,19 +14,24 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
+import numpy as np
 import pandas as pd
 
 from core.errors import InputError
 from data.cache import written_atomically
-from data.loading import read_table
-from data.schema import LABEL_COLUMNS, MERCHANT, validate_interactions
-from data.shards import check_merchant_rows
+from data.features import feature_columns
+from data.loading import apply_column_mapping, column_mapping, read_table, source_columns, table_kind
+from data.schema import LABEL_COLUMNS, MERCHANT, blank_cells, validate_interactions
+from data.shards import check_merchant_rows, needed_columns
+from data.silos import assign_merchants, partition_column
 from data.synthetic import PlatformSpec, generate_platform
 
 MANIFEST_FILE = "manifest.json"
-PARTITION_FORMAT = 1
+ASSIGNMENT_FILE = "assignment.parquet"
+PARTITION_FORMAT = 2
+PARTITION_KEYS = ("partition", "partition_merchants", "partition_alpha", "partition_by", "partition_seed")
 
 
 @dataclass(frozen=True)
@@ -44,22 +49,106 @@ def _source_key(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def partition_dir(data_cfg: Mapping[str, Any]) -> Path:
-    key = {"source": _source_key(data_cfg), "features": list(data_cfg["features"]),
+    key = {"source": _source_key(data_cfg), "features": feature_columns(data_cfg).all,
+           "columns": column_mapping(data_cfg), "on_bad_rows": data_cfg.get("on_bad_rows", "fail"),
+           **{k: data_cfg.get(k) for k in PARTITION_KEYS},
            "min_rows_per_merchant": data_cfg["min_rows_per_merchant"], "format": PARTITION_FORMAT}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(data_cfg["cache_dir"]).expanduser().resolve() / "partitions" / digest
 
 
-def load_source(data_cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, str]:
-    """The pooled table a simulation starts from, and how errors should name it."""
-    if data_cfg["source"] == "synthetic":
-        return generate_platform(PlatformSpec(**data_cfg["synthetic"])), "synthetic data"
+def _table_path(data_cfg: Mapping[str, Any]) -> Path:
     if data_cfg["source"] != "table":
         raise InputError(f"data.source must be 'synthetic' or 'table', got {data_cfg['source']!r}")
     if not data_cfg.get("path"):
         raise InputError("data=table needs data.path=/path/to/interactions.csv (or .parquet)")
-    path = Path(data_cfg["path"]).expanduser().resolve()
-    return read_table(path), str(path)
+    return Path(data_cfg["path"]).expanduser().resolve()
+
+
+def _run_columns(data_cfg: Mapping[str, Any]) -> list[str]:
+    """The run's names of the columns the partition step reads: a node's, plus what the silos need."""
+    extra = [partition_column(data_cfg) or "", str(data_cfg.get("partition_by") or "")]
+    names = needed_columns(data_cfg)
+    return names + [c for c in extra if c and c not in names]
+
+
+def _to_read(data_cfg: Mapping[str, Any]) -> list[str]:
+    mapping = column_mapping(data_cfg)
+    names = _run_columns(data_cfg)
+    return source_columns(names, mapping) + [n for n in names if n in mapping]
+
+
+def load_source(data_cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, str]:
+    """The pooled table a simulation starts from (its used columns, under the run's names, merchants
+    assigned by data.partition), and how errors should name it."""
+    if data_cfg["source"] == "synthetic":
+        return generate_platform(PlatformSpec(**data_cfg["synthetic"])), "synthetic data"
+    path = _table_path(data_cfg)
+    source = str(path)
+    raw = apply_column_mapping(read_table(path, _to_read(data_cfg)), column_mapping(data_cfg), source)
+    return assign_merchants(raw, data_cfg, source, MERCHANT), source
+
+
+@dataclass
+class MerchantRows:
+    """The table cut into merchants, read lazily: (merchant, its rows, how errors name them) in
+    merchant order; `unassigned` rows (an empty merchant cell, skip mode) belong to none; `silos`,
+    for a random scheme, is each row's merchant (written beside the manifest)."""
+    frames: Iterator[tuple[str, pd.DataFrame, str]]
+    unassigned: int
+    source: str
+    silos: pd.Series | None = None
+
+
+def merchant_rows(data_cfg: Mapping[str, Any], skip: bool) -> MerchantRows:
+    if data_cfg["source"] == "table" and partition_column(data_cfg) is not None \
+            and table_kind(_table_path(data_cfg)) == "parquet":
+        return _parquet_merchant_rows(data_cfg, skip)
+    raw, source = load_source(data_cfg)
+    silos = raw[MERCHANT] if data_cfg["source"] == "table" and partition_column(data_cfg) is None else None
+    if skip:
+        df = raw.iloc[np.flatnonzero(~blank_cells(raw[MERCHANT]))]
+        df = df.assign(**{MERCHANT: df[MERCHANT].astype(str).str.strip()})
+    else:
+        df = validate_interactions(raw, source, feature_columns(data_cfg))
+        if not any(c in df.columns and df[c].notna().any() for c in LABEL_COLUMNS):
+            raise InputError(f"{source}: every label cell is empty; nothing to learn")
+    groups = df.groupby(MERCHANT, sort=True).indices
+    frames = ((str(m), df.iloc[rows].reset_index(drop=True), source) for m, rows in groups.items())
+    return MerchantRows(frames, len(raw) - len(df), source, silos)
+
+
+def _parquet_merchant_rows(data_cfg: Mapping[str, Any], skip: bool) -> MerchantRows:
+    """A Parquet table split by a column: the column is read once, then each merchant's rows (only
+    the run's columns) through a dataset filter, one merchant in memory at a time."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    path = _table_path(data_cfg)
+    source, mapping = str(path), column_mapping(data_cfg)
+    column = partition_column(data_cfg) or MERCHANT
+    dataset = ds.dataset(path, format="parquet")
+    names = dataset.schema.names
+    on_disk = mapping.get(column, column) if mapping.get(column, column) in names else column
+    if on_disk not in names:
+        raise InputError(f"{source}: missing column '{mapping.get(column, column)}' (data.partition=column:"
+                         f"{column}; columns found: {', '.join(names)})")
+    read = [c for c in dict.fromkeys(_to_read(data_cfg) + [on_disk]) if c in names]
+    values = dataset.to_table(columns=[on_disk]).column(0)
+    merchants = sorted(v for v in pc.unique(values).drop_null().to_pylist() if str(v).strip())
+    unassigned = len(values) - int(pc.sum(pc.is_in(values, value_set=pa.array(merchants, values.type))).as_py() or 0)
+    if unassigned and not skip:
+        raise InputError(f"{source}: column '{on_disk}' has {unassigned} empty cell(s)")
+
+    def frames() -> Iterator[tuple[str, pd.DataFrame, str]]:
+        for merchant in merchants:
+            named = f"{source} (merchant {merchant!r}, rows counted within it)"
+            frame = dataset.to_table(columns=read, filter=ds.field(on_disk) == merchant).to_pandas()
+            frame = assign_merchants(apply_column_mapping(frame, mapping, named), data_cfg, named, MERCHANT)
+            yield str(merchant).strip(), frame if skip else validate_interactions(frame, named, feature_columns(data_cfg)), named
+
+    return MerchantRows(frames(), unassigned, source)
 
 
 def read_manifest(path: str | Path) -> list[Partition]:
@@ -77,27 +166,44 @@ def partition_table(data_cfg: Mapping[str, Any], out_dir: Path | None = None) ->
     root = Path(out_dir) if out_dir is not None else partition_dir(data_cfg)
     if (root / MANIFEST_FILE).is_file():
         return root / MANIFEST_FILE
-    raw, source = load_source(data_cfg)
-    df = validate_interactions(raw, source, list(data_cfg["features"]))
-    labelled = [c for c in LABEL_COLUMNS if c in df.columns and df[c].notna().any()]
-    if not labelled:
-        raise InputError(f"{source}: every label cell is empty; nothing to learn")
+    skip = str(data_cfg.get("on_bad_rows", "fail")) == "skip"
+    table = merchant_rows(data_cfg, skip)
     min_rows = int(data_cfg["min_rows_per_merchant"])
     if out_dir is not None:
         shutil.rmtree(root, ignore_errors=True)  # an unfinished earlier attempt
     with written_atomically(root) as staging:
         merchants = []
-        for merchant, positions in df.groupby(MERCHANT, sort=True).indices.items():
-            frame = df.iloc[positions].reset_index(drop=True)
-            if not check_merchant_rows(frame, str(merchant), source, min_rows):
+        for merchant, frame, source in table.frames:
+            if not check_merchant_rows(frame, merchant, source, min_rows):
                 continue  # the user asked to drop merchants this small
             name = f"merchant-{len(merchants):05d}.parquet"
             frame.to_parquet(staging / name, index=False)
-            merchants.append({"merchant_id": str(merchant), "file": name, "rows": len(frame)})
+            merchants.append({"merchant_id": merchant, "file": name, "rows": len(frame)})
         if not merchants:
-            raise InputError(f"{source}: no merchant has at least data.min_rows_per_merchant={min_rows} rows")
-        (staging / MANIFEST_FILE).write_text(json.dumps({"source": source, "merchants": merchants}, indent=1))
+            raise InputError(f"{table.source}: no merchant has at least data.min_rows_per_merchant={min_rows} rows")
+        manifest = {"source": table.source, "partition": {k: data_cfg.get(k) for k in PARTITION_KEYS},
+                    "merchants": merchants}
+        if table.unassigned:
+            manifest["unassigned_bad_rows"] = table.unassigned
+            print(f"partition: {table.source}: {table.unassigned} row(s) without a merchant left out", flush=True)
+        if table.silos is not None:
+            pd.DataFrame({"row": np.arange(len(table.silos)), MERCHANT: table.silos.to_numpy()}).to_parquet(
+                staging / ASSIGNMENT_FILE, index=False)
+            manifest["assignment"] = ASSIGNMENT_FILE
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     return root / MANIFEST_FILE
+
+
+def record_partition(data_cfg: Mapping[str, Any], output_dir: Path) -> Path:
+    """Copy the run's partition (manifest, and each row's silo for a random scheme) into the run's
+    output folder, `partition/`, so a run says which rows each merchant held."""
+    manifest = partition_table(data_cfg)
+    target = Path(output_dir) / "partition"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (MANIFEST_FILE, ASSIGNMENT_FILE):
+        if (manifest.parent / name).is_file():
+            shutil.copyfile(manifest.parent / name, target / name)
+    return target
 
 
 def partition_for_node(manifest: str | Path, partition_id: int, num_partitions: int) -> Partition:

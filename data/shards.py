@@ -19,20 +19,22 @@ import pandas as pd
 
 from core.errors import InputError
 from data.cache import written_atomically
-from data.loading import read_table
-from data.schema import LABEL_COLUMNS, MERCHANT, ORACLE_COLUMNS, TIMESTAMP, validate_interactions
+from data.features import MISSING, FeatureColumns, FeatureSpec, feature_columns, numerical_scale, pack_numerical
+from data.loading import apply_column_mapping, column_mapping, read_table, source_columns
+from data.schema import (ID_COLUMNS, LABEL_COLUMNS, MERCHANT, ORACLE_COLUMNS, TIMESTAMP, blank_cells,
+                         clean_interactions)
 from data.splits import split_positions
 from data.summary import SPLITS, DataSummary, LabelMoments
 
 HASH_KEY = "merchant-fl-0001"  # 16 bytes, fixed so every process hashes an id to the same bucket
 SUMMARY_FILE = "summary.json"
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5
 
 
 @dataclass
 class Shard:
     """One split of one merchant, ready for tensors: hashed features, labels with NaN for 'no label'."""
-    features: np.ndarray             # int64 [n, n_features]
+    features: np.ndarray             # int64 [n, n_features]: hashed columns, then packed numericals (data.features)
     labels: dict[str, np.ndarray]    # label column -> float32 [n]
     oracle: dict[str, np.ndarray]    # label column -> true probability / expected value, where known
 
@@ -54,10 +56,10 @@ def hash_ids(values: pd.Series, buckets: int) -> np.ndarray:
 
 
 def bucket_counts(data_cfg: Mapping[str, Any]) -> list[int]:
-    """Embedding rows per feature, from the run's data config: identical on every node and the server."""
+    """Embedding rows per hashed feature, from the run's data config: identical on every node and the server."""
     buckets = dict(data_cfg["hash_buckets"])
     out = []
-    for feature in data_cfg["features"]:
+    for feature in feature_columns(data_cfg).hashed:
         n = buckets.get(feature, buckets.get("default"))
         if not n or int(n) < 1:
             raise InputError(f"data.hash_buckets has no bucket count for feature '{feature}' (and no 'default')")
@@ -65,11 +67,50 @@ def bucket_counts(data_cfg: Mapping[str, Any]) -> list[int]:
     return out
 
 
+def hash_columns(frame: pd.DataFrame, data_cfg: Mapping[str, Any]) -> np.ndarray:
+    """int64 [n, n_hashed]: each id and categorical column hashed into its buckets, as its stripped
+    text; an empty categorical cell as `MISSING` (validated rows already hold it)."""
+    columns = feature_columns(data_cfg)
+    hashed = []
+    for name, buckets in zip(columns.hashed, bucket_counts(data_cfg)):
+        text = frame[name].astype(str).str.strip()
+        if name in columns.categorical:
+            text = text.where(~blank_cells(frame[name]), MISSING)
+        hashed.append(hash_ids(text, buckets))
+    return np.stack(hashed, axis=1)
+
+
 def encode_features(frame: pd.DataFrame, data_cfg: Mapping[str, Any]) -> np.ndarray:
-    """The model's input for validated rows: every feature column of the run hashed into its own buckets.
-    Training (prepare_merchant) and serving (serving/) both encode through here, so a scored row
-    meets exactly the encoding its model was trained on."""
-    return np.stack([hash_ids(frame[f], n) for f, n in zip(data_cfg["features"], bucket_counts(data_cfg))], axis=1)
+    """The model input of rows, validated (data/schema.py) or as read: hashed columns, then packed
+    numericals (an empty or unparsable cell = missing). Exactly what a prepared shard holds for the
+    same rows, so training and scoring encode alike; ids must be non-empty (validation's job)."""
+    numerical = list(feature_columns(data_cfg).numerical)
+    hashed = hash_columns(frame, data_cfg)
+    if not numerical:
+        return hashed
+    values = np.stack([pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float32) for c in numerical], axis=1)
+    return np.concatenate([hashed, pack_numerical(values)], axis=1)
+
+
+def feature_spec(data_cfg: Mapping[str, Any], feature_stats: Mapping[str, Mapping[str, float]]) -> FeatureSpec:
+    """The model's input of a run: its hashed columns' buckets and the pooled standardisation (run plan)
+    of its numerical columns."""
+    scales = [numerical_scale(feature_stats.get(c)) for c in feature_columns(data_cfg).numerical]
+    return FeatureSpec(tuple(bucket_counts(data_cfg)), tuple(m for m, _ in scales), tuple(s for _, s in scales))
+
+
+def needed_columns(data_cfg: Mapping[str, Any]) -> list[str]:
+    """The run's names of every column a node reads from its table (nothing else is read from disk)."""
+    wanted = list(ID_COLUMNS) + [TIMESTAMP] + list(LABEL_COLUMNS) + list(ORACLE_COLUMNS.values())
+    return wanted + [c for c in feature_columns(data_cfg).all if c not in wanted]
+
+
+def read_interactions(path: Path, data_cfg: Mapping[str, Any]) -> pd.DataFrame:
+    """A node's table as read from disk: only the columns the run uses, under the run's names."""
+    mapping = column_mapping(data_cfg)
+    names = needed_columns(data_cfg)
+    raw = read_table(path, source_columns(names, mapping) + [n for n in names if n in mapping])
+    return apply_column_mapping(raw, mapping, str(path))
 
 
 def merchant_seed(merchant_id: str) -> int:
@@ -104,7 +145,7 @@ class MerchantDataError(InputError):
 class PreparedMerchant:
     """A merchant's cached splits and their summary; reading a split touches this merchant's files only."""
     root: Path
-    features: list[str]
+    columns: FeatureColumns
     summary: DataSummary
 
     @property
@@ -121,7 +162,10 @@ class PreparedMerchant:
 
     def shard(self, split: str) -> Shard:
         table = pd.read_parquet(self.root / f"{split}.parquet")
-        features = np.stack([table[f"f_{name}"].to_numpy(np.int64) for name in self.features], axis=1)
+        features = np.stack([table[f"f_{name}"].to_numpy(np.int64) for name in self.columns.hashed], axis=1)
+        if self.columns.numerical:
+            numerical = np.stack([table[f"n_{name}"].to_numpy(np.float32) for name in self.columns.numerical], axis=1)
+            features = np.concatenate([features, pack_numerical(numerical)], axis=1)
         # np.array copies: Arrow-backed columns are read-only, which torch warns about.
         labels = {c: np.array(table[c], np.float32) for c in LABEL_COLUMNS if c in table.columns}
         oracle = {c: np.array(table[col], np.float32) for c, col in ORACLE_COLUMNS.items() if col in table.columns}
@@ -133,7 +177,8 @@ def merchant_cache_dir(path: Path, data_cfg: Mapping[str, Any], merchant_id: str
     stat = path.stat()
     key = {
         "path": str(path), "size": stat.st_size, "mtime": stat.st_mtime_ns, "merchant_id": merchant_id,
-        "features": list(data_cfg["features"]), "buckets": bucket_counts(data_cfg),
+        "features": feature_columns(data_cfg).all, "buckets": bucket_counts(data_cfg),
+        "columns": column_mapping(data_cfg), "on_bad_rows": data_cfg.get("on_bad_rows", "fail"),
         "test_fraction": data_cfg["test_fraction"], "val_fraction": data_cfg["val_fraction"],
         "split_seed": data_cfg["split_seed"], "min_rows_per_merchant": data_cfg["min_rows_per_merchant"],
         "format": CACHE_FORMAT,
@@ -142,8 +187,10 @@ def merchant_cache_dir(path: Path, data_cfg: Mapping[str, Any], merchant_id: str
     return Path(data_cfg["cache_dir"]).expanduser().resolve() / "merchants" / digest
 
 
-def _write_split(frame: pd.DataFrame, encoded: np.ndarray, features: list[str], path: Path) -> None:
-    table = pd.DataFrame({f"f_{name}": encoded[:, j] for j, name in enumerate(features)})
+def _write_split(frame: pd.DataFrame, encoded: np.ndarray, columns: FeatureColumns, path: Path) -> None:
+    table = pd.DataFrame({f"f_{name}": encoded[:, j] for j, name in enumerate(columns.hashed)})
+    for name in columns.numerical:
+        table[f"n_{name}"] = frame[name].to_numpy(np.float32)  # raw: the model standardises (run plan)
     for column in list(LABEL_COLUMNS) + list(ORACLE_COLUMNS.values()):
         if column in frame.columns:
             table[column] = frame[column].to_numpy()
@@ -162,9 +209,9 @@ def _merchant_of_rows(df: pd.DataFrame, source: str) -> str | None:
     return str(merchants[0])
 
 
-def _read_prepared(root: Path, features: list[str]) -> PreparedMerchant:
+def _read_prepared(root: Path, columns: FeatureColumns) -> PreparedMerchant:
     summary = DataSummary.from_flat(json.loads((root / SUMMARY_FILE).read_text()))
-    return PreparedMerchant(root, features, summary)
+    return PreparedMerchant(root, columns, summary)
 
 
 def prepare_merchant(path: str | Path, data_cfg: Mapping[str, Any], merchant_id: str | None = None
@@ -173,19 +220,20 @@ def prepare_merchant(path: str | Path, data_cfg: Mapping[str, Any], merchant_id:
     settings just read the cache. Every row of the file is the merchant's: `merchant_id` (the node
     config's) wins over the file's merchant_id column, which must otherwise hold a single value."""
     path = Path(path).expanduser().resolve()
-    features = list(data_cfg["features"])
+    columns = feature_columns(data_cfg)
     if not path.is_file():
         raise InputError(f"data-path: no such file: {path}")
     root = merchant_cache_dir(path, data_cfg, merchant_id)
     if (root / SUMMARY_FILE).is_file():
-        return _read_prepared(root, features)
-    raw = read_table(path)
+        return _read_prepared(root, columns)
     source = str(path)
+    raw = read_interactions(path, data_cfg)
     if merchant_id is not None:
         raw[MERCHANT] = merchant_id
     merchant = _merchant_of_rows(raw, source)
     try:
-        df = validate_interactions(raw, source, features)
+        df, bad_rows = clean_interactions(raw, source, columns, str(data_cfg.get("on_bad_rows", "fail")))
+        del raw
         min_rows = int(data_cfg["min_rows_per_merchant"])
         if not check_merchant_rows(df, str(merchant), source, min_rows):
             raise InputError(f"{source}: merchant {merchant!r} has {len(df)} row(s), fewer than "
@@ -199,18 +247,20 @@ def prepare_merchant(path: str | Path, data_cfg: Mapping[str, Any], merchant_id:
     parts = dict(zip(SPLITS, split_positions(len(df), float(data_cfg["test_fraction"]),
                                              float(data_cfg["val_fraction"]),
                                              int(data_cfg["split_seed"]) + merchant_seed(merchant), stamps)))
-    encoded = encode_features(df, data_cfg)
-    columns = [c for c in LABEL_COLUMNS if c in df.columns]
+    encoded = hash_columns(df, data_cfg)
+    labels = [c for c in LABEL_COLUMNS if c in df.columns]
+    train = df.iloc[parts["train"]]
     summary = DataSummary(
         merchant_id=merchant,
-        label_columns=[c for c in columns if df[c].notna().any()],
+        label_columns=[c for c in labels if df[c].notna().any()],
         rows={split: len(rows) for split, rows in parts.items()},
-        labels={split: {c: int(df[c].iloc[rows].notna().sum()) for c in columns} for split, rows in parts.items()},
-        train_moments={c: LabelMoments.of(df[c].iloc[parts["train"]].to_numpy()) for c in columns
-                       if df[c].iloc[parts["train"]].notna().any()},
+        labels={split: {c: int(df[c].iloc[rows].notna().sum()) for c in labels} for split, rows in parts.items()},
+        train_moments={c: LabelMoments.of(train[c].to_numpy()) for c in labels if train[c].notna().any()},
+        feature_moments={c: LabelMoments.of(train[c].to_numpy()) for c in columns.numerical},
+        bad_rows={reason: n for reason, n in bad_rows.items() if n},
     )
     with written_atomically(root) as staging:
         for split, rows in parts.items():
-            _write_split(df.iloc[rows], encoded[rows], features, staging / f"{split}.parquet")
+            _write_split(df.iloc[rows], encoded[rows], columns, staging / f"{split}.parquet")
         (staging / SUMMARY_FILE).write_text(json.dumps(summary.to_flat(), indent=1))
-    return _read_prepared(root, features)
+    return _read_prepared(root, columns)

@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
 from core.errors import InputError
-from data.loading import read_table
-from data.schema import BINARY_LABELS, LABEL_COLUMNS, MERCHANT, TIMESTAMP, validate_interactions
+from data.features import feature_columns
+from data.partition import load_source
+from data.schema import BINARY_LABELS, LABEL_COLUMNS, MERCHANT, TIMESTAMP, clean_interactions
 from data.shards import merchant_seed
 from data.splits import split_positions
-from data.synthetic import PlatformSpec, generate_platform
 
 SMALL_MERCHANT_ROWS = 200
 TRAIN, VAL, TEST, DROPPED = "train", "val", "test", "dropped"
@@ -164,17 +163,10 @@ def format_stats(stats: Mapping[str, Any]) -> str:
 
 
 def load_frame(data_cfg: Mapping[str, Any]) -> pd.DataFrame:
-    """The validated table of a data config: the synthetic generator or data.path."""
-    if data_cfg["source"] == "synthetic":
-        raw, source = generate_platform(PlatformSpec(**data_cfg["synthetic"])), "synthetic data"
-    elif data_cfg["source"] == "table":
-        if not data_cfg.get("path"):
-            raise InputError("data=table needs data.path=/path/to/interactions.csv (or .parquet)")
-        source = str(Path(data_cfg["path"]).expanduser().resolve())
-        raw = read_table(source)
-    else:
-        raise InputError(f"data.source must be 'synthetic' or 'table', got {data_cfg['source']!r}")
-    return validate_interactions(raw, source, list(data_cfg.get("features", [])))
+    """The validated table of a data config, as the partition step reads it (column mapping, silos,
+    data.on_bad_rows)."""
+    raw, source = load_source(data_cfg)
+    return clean_interactions(raw, source, feature_columns(data_cfg), str(data_cfg.get("on_bad_rows", "fail")))[0]
 
 
 def stats_for_config(data_cfg: Mapping[str, Any]) -> dict[str, Any]:

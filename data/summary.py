@@ -39,6 +39,8 @@ class DataSummary:
     rows: dict[str, int]                              # split -> rows
     labels: dict[str, dict[str, int]]                 # split -> label column -> labelled rows
     train_moments: dict[str, LabelMoments] = field(default_factory=dict)  # label column -> train moments
+    feature_moments: dict[str, LabelMoments] = field(default_factory=dict)  # numerical feature -> train moments
+    bad_rows: dict[str, int] = field(default_factory=dict)  # reason -> rows left out (data.on_bad_rows=skip)
 
     def to_flat(self) -> dict[str, Any]:
         """Flat keys and scalar (or list of str) values: the shape of a Flower ConfigRecord."""
@@ -50,27 +52,38 @@ class DataSummary:
         for column, m in self.train_moments.items():
             flat.update({f"moments.{column}.count": m.count, f"moments.{column}.sum": m.total,
                          f"moments.{column}.sumsq": m.total_sq})
+        for column, m in self.feature_moments.items():
+            flat.update({f"feature-moments.{column}.count": m.count, f"feature-moments.{column}.sum": m.total,
+                         f"feature-moments.{column}.sumsq": m.total_sq})
+        flat.update({f"bad-rows.{reason}": int(n) for reason, n in self.bad_rows.items()})
         return flat
 
     @staticmethod
     def from_flat(flat: Mapping[str, Any]) -> "DataSummary":
         rows = {split: int(flat.get(f"rows.{split}", 0)) for split in SPLITS}
         labels: dict[str, dict[str, int]] = {split: {} for split in SPLITS}
-        moments: dict[str, dict[str, float]] = {}
+        moments: dict[str, dict[str, dict[str, float]]] = {"moments": {}, "feature-moments": {}}
+        bad_rows: dict[str, int] = {}
         for key, value in flat.items():
             kind, _, rest = key.partition(".")
             if kind == "labels":
                 split, column = rest.split(".", 1)
                 labels[split][column] = int(value)
-            elif kind == "moments":
+            elif kind in moments:
                 column, stat = rest.rsplit(".", 1)
-                moments.setdefault(column, {})[stat] = value
+                moments[kind].setdefault(column, {})[stat] = value
+            elif kind == "bad-rows":
+                bad_rows[rest] = int(value)
         return DataSummary(
             merchant_id=str(flat["merchant-id"]), label_columns=[str(c) for c in flat["label-columns"]],
             rows=rows, labels=labels,
-            train_moments={c: LabelMoments(int(m["count"]), float(m["sum"]), float(m["sumsq"]))
-                           for c, m in moments.items()},
+            train_moments=_moments_from(moments["moments"]), feature_moments=_moments_from(moments["feature-moments"]),
+            bad_rows=bad_rows,
         )
+
+
+def _moments_from(flat: Mapping[str, Mapping[str, float]]) -> dict[str, LabelMoments]:
+    return {c: LabelMoments(int(m["count"]), float(m["sum"]), float(m["sumsq"])) for c, m in flat.items()}
 
 
 def pool_moments(moments: Iterable[LabelMoments]) -> LabelMoments:
@@ -86,15 +99,34 @@ def moments_to_stats(m: LabelMoments) -> dict[str, float]:
     return {"mean": mean, "std": math.sqrt(variance), "count": m.count}
 
 
-def pooled_label_stats(summaries: Iterable[DataSummary]) -> dict[str, dict[str, float]]:
-    """{label: {"mean", "std", "count"}} over every merchant's train rows, for each label column with
-    train labels, binary ones included (their mean is the base rate)."""
+def _pooled(per_merchant: Iterable[Mapping[str, LabelMoments]]) -> dict[str, dict[str, float]]:
     by_column: dict[str, list[LabelMoments]] = {}
-    for summary in summaries:
-        for column, m in summary.train_moments.items():
+    for moments in per_merchant:
+        for column, m in moments.items():
             by_column.setdefault(column, []).append(m)
     pooled = {column: pool_moments(parts) for column, parts in by_column.items()}
     return {column: moments_to_stats(m) for column, m in sorted(pooled.items()) if m.count > 0}
+
+
+def pooled_label_stats(summaries: Iterable[DataSummary]) -> dict[str, dict[str, float]]:
+    """{label: {"mean", "std", "count"}} over every merchant's train rows, for each label column with
+    train labels, binary ones included (their mean is the base rate)."""
+    return _pooled(s.train_moments for s in summaries)
+
+
+def pooled_feature_stats(summaries: Iterable[DataSummary]) -> dict[str, dict[str, float]]:
+    """{numerical feature: {"mean", "std", "count"}} over every merchant's train rows with a value:
+    the standardisation every node applies alike."""
+    return _pooled(s.feature_moments for s in summaries)
+
+
+def pooled_bad_rows(summaries: Iterable[DataSummary]) -> dict[str, int]:
+    """Rows left out per reason, summed over the merchants (each node counts only its own)."""
+    total: dict[str, int] = {}
+    for summary in summaries:
+        for reason, n in summary.bad_rows.items():
+            total[reason] = total.get(reason, 0) + int(n)
+    return total
 
 
 def available_labels(summaries: Iterable[DataSummary]) -> list[str]:

@@ -12,12 +12,15 @@ from omegaconf import DictConfig
 
 from core.config import CONF_DIR, to_plain
 from core.errors import InputError
+from data.partition import record_partition
 from server_app.orchestration import run_job
 from server_app.strategy import RoundFailed
 
 
 def run(cfg: DictConfig, output_dir: Path) -> None:
     plain = to_plain(cfg)
+    if plain["data"]["source"] == "table":  # which rows each merchant held, next to the run's outputs
+        record_partition(plain["data"], output_dir)
     if plain["mode"] == "federated":
         from launch.simulation import run_federated_simulation
         run_federated_simulation(plain, output_dir)

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import torch
 
 from data.shards import Shard
+from data.summary import pooled_bad_rows
 from server_app.outputs import RoundRecord, RunResult
 from server_app.progress import RunProgress
 from tasks.experiment import Experiment, open_experiment
@@ -63,6 +64,7 @@ def run_baseline(cfg: Mapping[str, Any], progress: RunProgress) -> RunResult:
     result.oracle = oracle_metrics(experiment, splits)
     result.plan = asdict(experiment.plan)
     result.merchant_rows = {m.merchant_id: m.n_train for m in experiment.index.merchants}
+    result.bad_rows = pooled_bad_rows(m.summary for m in experiment.index.merchants)
     return result
 
 

@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 
 from core import protocol
 from core.errors import InputError
+from data.summary import pooled_bad_rows
 from server_app.outputs import RoundRecord, RunResult
 from server_app.progress import RunProgress
 from server_app.roster import Roster
@@ -147,4 +148,5 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress) -> 
         per_merchant=kept.per_merchant, selected_round=keeper.round, model_state=state, config=dict(cfg),
         oracle=oracle_of(roster, experiment), failures=failures, plan=asdict(experiment.plan),
         merchant_rows={m: s.rows["train"] for m, s in sorted(roster.summaries.items())},
+        bad_rows=pooled_bad_rows(roster.summaries.values()),
     )

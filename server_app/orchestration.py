@@ -6,13 +6,16 @@ Federated, the server touches no data file: everything it knows comes from the n
 
 from __future__ import annotations
 
+from logging import WARNING
 from pathlib import Path
 from typing import Any, Mapping
 
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from core.errors import InputError
 from core.runtime import resolve_device, seed_everything
+from data.schema import format_bad_rows
 from server_app.baselines import run_baseline
 from server_app.federated import run_federated
 from server_app.outputs import RunResult, write_outputs
@@ -36,5 +39,7 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None) 
         raise RuntimeError("mode=federated needs a Flower grid; run it through a ServerApp")
     with RunProgress.for_run(cfg, output_dir) as progress:
         result = run_federated(grid, cfg, progress) if mode == "federated" else run_baseline(cfg, progress)
+    if result.bad_rows:  # every node counted its own; the one line a user sees (and metrics.json bad_rows)
+        log(WARNING, "data, all merchants: %s (data.on_bad_rows=skip)", format_bad_rows(result.bad_rows))
     write_outputs(result, output_dir, {t: TASKS[t].metric_names for t in result.tasks})
     return result

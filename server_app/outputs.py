@@ -39,6 +39,7 @@ class RunResult:
     failures: list[dict[str, Any]] = field(default_factory=list)
     plan: dict[str, Any] | None = None                      # the run plan (tasks, label stats): rebuilds the model
     merchant_rows: dict[str, int] = field(default_factory=dict)  # merchant -> train rows (from its summary)
+    bad_rows: dict[str, int] = field(default_factory=dict)  # reason -> rows the nodes left out (on_bad_rows=skip)
 
 
 def _clean(value: Any) -> Any:
@@ -66,6 +67,7 @@ def metrics_document(result: RunResult) -> dict[str, Any]:
         "failures": result.failures,
         "merchant_train_rows": result.merchant_rows,
         "plan": result.plan,
+        "bad_rows": result.bad_rows,
         "config": result.config,
     })
 

@@ -9,6 +9,7 @@ A mode=local run holds one model per merchant, and each merchant's rows are scor
 
 from __future__ import annotations
 
+import json
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +21,11 @@ import torch
 
 from core.errors import InputError
 from data.schema import MERCHANT
-from data.shards import bucket_counts, encode_features
+from data.features import feature_columns
+from data.shards import encode_features
 from serving.catalogue import Interactions, candidate_rows, merchant_interactions, normalised_ids
-from tasks.experiment import experiment_for
-from tasks.models import MultiTaskModel, build_model
+from tasks.experiment import Experiment, experiment_for
+from tasks.models import MultiTaskModel
 from tasks.plan import RunPlan
 from tasks.ranking import ranking_task
 from tasks.registry import Task
@@ -56,9 +58,9 @@ def _read_checkpoint(run_dir: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def _model(cfg: Mapping[str, Any], tasks: list[str], state: Mapping[str, torch.Tensor], device: torch.device
-           ) -> MultiTaskModel:
-    model = build_model(cfg["model"], bucket_counts(cfg["data"]), tasks)
+def _model(experiment: Experiment, state: Mapping[str, torch.Tensor], device: torch.device) -> MultiTaskModel:
+    """The run's architecture over its feature spec (buckets, numerical scaling from the plan), with `state`."""
+    model = experiment.new_model()
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith(WEIGHTING_PREFIX)})
     return model.to(device).eval()
 
@@ -76,7 +78,7 @@ class TrainedModel:
     @property
     def columns(self) -> list[str]:
         """The input columns: merchant_id (which model scores a row) and the model's feature columns."""
-        return list(dict.fromkeys([MERCHANT, *self.cfg["data"]["features"]]))
+        return list(dict.fromkeys([MERCHANT, *feature_columns(self.cfg["data"]).all]))
 
     @property
     def output_columns(self) -> list[str]:
@@ -149,10 +151,10 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> TrainedMode
     run_dir = Path(run_dir).expanduser()
     checkpoint = _read_checkpoint(run_dir)
     cfg, mode = checkpoint["config"], str(checkpoint["mode"])
-    experiment = experiment_for(cfg, RunPlan(list(checkpoint["plan"]["tasks"]), dict(checkpoint["plan"]["label_stats"])))
-    names, device = experiment.task_names, torch.device(device)
+    experiment = experiment_for(cfg, RunPlan.from_json(json.dumps(checkpoint["plan"])))
+    device = torch.device(device)
     state = checkpoint["state"]
     if mode == "local":
-        own = {str(m): _model(cfg, names, s, device) for m, s in state.items()}
+        own = {str(m): _model(experiment, s, device) for m, s in state.items()}
         return TrainedModel(run_dir, mode, cfg, experiment.tasks, None, own, device)
-    return TrainedModel(run_dir, mode, cfg, experiment.tasks, _model(cfg, names, state, device), {}, device)
+    return TrainedModel(run_dir, mode, cfg, experiment.tasks, _model(experiment, state, device), {}, device)

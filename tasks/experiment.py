@@ -14,7 +14,8 @@ import torch
 
 from core.runtime import resolve_device
 from data.partition import read_manifest, partition_table
-from data.shards import PreparedMerchant, Shard, bucket_counts, prepare_merchant
+from data.features import feature_columns
+from data.shards import PreparedMerchant, Shard, feature_spec, prepare_merchant
 from tasks.models import MultiTaskModel, build_model
 from tasks.plan import RunPlan, plan_from_summaries
 from tasks.registry import TASKS, Task, resolve_tasks
@@ -51,7 +52,8 @@ class Experiment:
 
     @property
     def features(self) -> list[str]:
-        return list(self.cfg["data"]["features"])
+        """Names of the model input's columns: hashed ones first, then numerical (data/features.py)."""
+        return feature_columns(self.cfg["data"]).all
 
     @property
     def device(self) -> torch.device:
@@ -60,7 +62,7 @@ class Experiment:
     def new_model(self) -> MultiTaskModel:
         """The initial model; seeded, so every mode starts from the same weights."""
         torch.manual_seed(int(self.cfg["seed"]))
-        model = build_model(self.cfg["model"], bucket_counts(self.cfg["data"]), self.task_names)
+        model = build_model(self.cfg["model"], feature_spec(self.cfg["data"], self.plan.feature_stats), self.task_names)
         model.init_priors({t.name: t.base_rate for t in self.tasks if t.base_rate is not None})
         return model
 

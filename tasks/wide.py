@@ -56,7 +56,7 @@ def wide_statistics(model: MultiTaskModel, shard: Shard, tasks: Sequence[Task], 
         else:
             g, h = (y - task.center) / task.scale - z, np.ones_like(z)
         stats[f"first_order.bias.{task.name}"] = (np.zeros(1, np.int64), np.array([g.sum()]), np.array([h.sum()]))
-        for j in range(shard.features.shape[1]):
+        for j in range(len(model.first_order.tables[task.name])):  # hashed columns (numericals follow)
             ids, inverse = np.unique(shard.features[mask, j], return_inverse=True)
             stats[f"first_order.tables.{task.name}.{j}.weight"] = (
                 ids, np.bincount(inverse, g, len(ids)), np.bincount(inverse, h, len(ids)))

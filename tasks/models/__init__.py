@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from core.errors import InputError
+from data.features import FeatureSpec
 from tasks.models.base import MultiTaskModel, PerTask, PerTaskParameters, parameter_tasks
 from tasks.models.esmm import ESMM
 from tasks.models.mmoe import MMoE
@@ -19,7 +20,8 @@ MODELS: dict[str, type[MultiTaskModel]] = {
 }
 
 
-def build_model(model_cfg: Mapping[str, Any], buckets: Sequence[int], tasks: Sequence[str]) -> MultiTaskModel:
+def build_model(model_cfg: Mapping[str, Any], buckets: FeatureSpec | Sequence[int], tasks: Sequence[str]
+                ) -> MultiTaskModel:
     options = dict(model_cfg)
     name = options.pop("name")
     if name not in MODELS:

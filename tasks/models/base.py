@@ -13,6 +13,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from data.features import FeatureSpec, unpack_numerical
+
 
 class PerTask(nn.ModuleDict):
     """One module per task; the parameters below key `t` are averaged over clients holding `t` labels."""
@@ -39,22 +41,49 @@ class FeatureEmbedding(nn.Module):
     Rows start at `init_std` (default 0): a row no training example touches stays exactly zero, so an
     id never seen in training (a cold user or item) contributes nothing instead of random noise, and
     the first gradient step still moves a row through the MLP above it.
+
+    Numerical columns (data/features.py; the input's last columns) are standardised here with the run
+    plan's pooled mean and std, kept as buffers so a saved model carries its own scaling; value z
+    becomes z times a learned vector of its column, an empty cell that column's learned "missing"
+    vector, so numericals join the pairwise dot products like any id.
     """
 
-    def __init__(self, buckets: Sequence[int], dim: int, init_std: float = 0.0) -> None:
+    def __init__(self, features: FeatureSpec | Sequence[int], dim: int, init_std: float = 0.0) -> None:
         super().__init__()
-        self.tables = nn.ModuleList(nn.Embedding(n, dim) for n in buckets)
-        for table in self.tables:
-            nn.init.normal_(table.weight, std=init_std) if init_std > 0 else nn.init.zeros_(table.weight)
-        n = len(buckets)
+        spec = FeatureSpec.of(features)
+        self.tables = nn.ModuleList(nn.Embedding(n, dim) for n in spec.buckets)
+        self.n_numerical = spec.n_numerical
+        if self.n_numerical:
+            self.register_buffer("numerical_mean", torch.tensor(spec.numerical_mean, dtype=torch.float32))
+            self.register_buffer("numerical_std", torch.tensor(spec.numerical_std, dtype=torch.float32))
+            self.numerical = nn.Parameter(torch.empty(self.n_numerical, dim))
+            self.numerical_missing = nn.Parameter(torch.empty(self.n_numerical, dim))
+        for weight in [table.weight for table in self.tables] + ([self.numerical, self.numerical_missing]
+                                                                 if self.n_numerical else []):
+            nn.init.normal_(weight, std=init_std) if init_std > 0 else nn.init.zeros_(weight)
+        n = len(spec.buckets) + self.n_numerical
         self.pairs = torch.triu_indices(n, n, offset=1)
         self.output_dim = dim * n + self.pairs.shape[1]
 
     def lookups(self, features: torch.Tensor) -> list[torch.Tensor]:
         return [table(features[:, j]) for j, table in enumerate(self.tables)]
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def numerical_vectors(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, n_numerical, dim]: standardised value x its column's vector, or the "missing" vector."""
+        raw = unpack_numerical(features[:, len(self.tables):len(self.tables) + self.n_numerical])
+        missing = torch.isnan(raw).unsqueeze(-1)
+        z = torch.nan_to_num((raw - self.numerical_mean) / self.numerical_std, nan=0.0).unsqueeze(-1)
+        return torch.where(missing, self.numerical_missing, z * self.numerical)
+
+    def vectors(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, fields, dim]: every hashed column's row, then every numerical column's vector."""
         vectors = torch.stack(self.lookups(features), dim=1)
+        if self.n_numerical:
+            vectors = torch.cat([vectors, self.numerical_vectors(features)], dim=1)
+        return vectors
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        vectors = self.vectors(features)
         dots = torch.einsum("bid,bjd->bij", vectors, vectors)[:, self.pairs[0], self.pairs[1]]
         return torch.cat([vectors.flatten(1), dots], dim=1)
 
@@ -102,16 +131,17 @@ class MultiTaskModel(nn.Module):
     """Base of every architecture: the same constructor arguments, so comparisons are fair.
 
     forward(features [B, n_features] int64) -> {task: head output [B]} (a logit or a value).
+    `buckets` is a FeatureSpec (data/features.py) or, for hashed columns only, their bucket counts.
     """
 
-    def __init__(self, buckets: Sequence[int], tasks: Sequence[str], embedding_dim: int = 16,
+    def __init__(self, buckets: FeatureSpec | Sequence[int], tasks: Sequence[str], embedding_dim: int = 16,
                  expert_dims: Sequence[int] = (128, 64), tower_dims: Sequence[int] = (32,),
                  dropout: float = 0.0, first_order: bool = True, embedding_init_std: float = 0.0,
                  interactions: bool = True) -> None:
         super().__init__()
         self.task_names = list(tasks)
         self.embedding = FeatureEmbedding(buckets, embedding_dim, embedding_init_std)
-        self.first_order = FirstOrder(buckets, tasks) if first_order else None
+        self.first_order = FirstOrder(FeatureSpec.of(buckets).buckets, tasks) if first_order else None
         self.interactions = Interactions(embedding_dim, tasks) if interactions else None
 
     def deep(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -126,7 +156,7 @@ class MultiTaskModel(nn.Module):
         """Per-task outputs before `link`: deep + pairwise interactions + first order."""
         outputs = self.deep(features)
         if self.interactions is not None:
-            pairwise = self.interactions(torch.stack(self.embedding.lookups(features), dim=1))
+            pairwise = self.interactions(self.embedding.vectors(features))
             outputs = {t: outputs[t] + pairwise[t] for t in outputs}
         if self.first_order is not None:
             wide = self.first_order(features)
