@@ -126,6 +126,24 @@ def make_optimizer(model: MultiTaskModel, weighting: LossWeighting, train_cfg: M
     raise InputError(f"unknown train.optimizer {name!r} (known: adam, adamw, adagrad, sgd)")
 
 
+def proximal_mu(strategy_cfg: Mapping[str, Any] | None) -> float:
+    """FedProx's mu (strategy=fedprox), else 0: the weight of mu/2 ||w - w_global||^2 in a client's loss."""
+    if not strategy_cfg or strategy_cfg.get("name") != "fedprox":
+        return 0.0
+    mu = float(strategy_cfg["proximal_mu"])
+    if not mu >= 0:
+        raise InputError(f"strategy.proximal_mu must be >= 0, got {strategy_cfg['proximal_mu']!r}")
+    return mu
+
+
+def add_proximal_gradient(optimizer: torch.optim.Optimizer, anchors: Sequence[torch.Tensor], mu: float) -> None:
+    """FedProx: the gradient mu (w - w_global) of mu/2 ||w - w_global||^2, added to every trained parameter."""
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    for parameter, anchor in zip(parameters, anchors):
+        proximal = mu * (parameter.detach() - anchor)
+        parameter.grad = proximal if parameter.grad is None else parameter.grad + proximal
+
+
 def shuffle_seed(seed: int, server_round: int, merchant_index: int) -> int:
     """Batch order of one merchant in one round: reproducible, and different across rounds and merchants."""
     return seed * 1_000_003 + server_round * 7_919 + merchant_index
@@ -133,8 +151,9 @@ def shuffle_seed(seed: int, server_round: int, merchant_index: int) -> int:
 
 def train_epochs(model: MultiTaskModel, weighting: LossWeighting, optimizer: torch.optim.Optimizer,
                  shard: Shard, tasks: Sequence[Task], train_cfg: Mapping[str, Any], seed: int,
-                 device: torch.device) -> TrainReport:
-    """`train_cfg.local_epochs` passes over the shard in seeded random batches."""
+                 device: torch.device, proximal: float = 0.0) -> TrainReport:
+    """`train_cfg.local_epochs` passes over the shard in seeded random batches; `proximal` > 0 adds
+    FedProx's term towards the parameters as they were on entry (the round's global model)."""
     epochs, batch_size = int(train_cfg["local_epochs"]), int(train_cfg["batch_size"])
     embedding_l2 = float(train_cfg.get("embedding_l2", 0.0))
     bias_l2 = float(train_cfg.get("bias_l2", 0.0))
@@ -146,6 +165,7 @@ def train_epochs(model: MultiTaskModel, weighting: LossWeighting, optimizer: tor
     row_weights = inverse_row_counts(shard, tasks, [t.num_embeddings for t in model.embedding.tables], device)
     bias_tasks = sgd_bias_tasks(model, train_cfg)  # Newton-fitted biases take their prior in tasks/wide.py
     shared = model.shared_parameters()
+    anchors = [p.detach().clone() for group in optimizer.param_groups for p in group["params"]] if proximal else []
     n = len(shard)
     sums: dict[str, float] = {}
     batches: dict[str, int] = {}
@@ -162,6 +182,8 @@ def train_epochs(model: MultiTaskModel, weighting: LossWeighting, optimizer: tor
             if embedding_l2 > 0 or (bias_l2 > 0 and bias_tasks):
                 embedding_penalty, bias_penalty = model.lookup_l2(features[idx], row_weights, bias_tasks)
                 (embedding_l2 * embedding_penalty + bias_l2 * bias_penalty).backward()
+            if proximal:
+                add_proximal_gradient(optimizer, anchors, proximal)
             optimizer.step()
             for name, loss in losses.items():
                 value = float(loss.detach())
