@@ -11,7 +11,7 @@ from data.shards import Shard
 from server_app.server_opt import ServerOptimizer, fedavgm_step, server_optimizer
 from tasks.models import build_model
 from tasks.registry import resolve_tasks
-from tasks.training import make_optimizer, proximal_mu, train_epochs
+from tasks.training import ProximalTerm, make_optimizer, proximal_mu, train_epochs
 from tasks.weighting import build_weighting
 from tasks.wide import newton_fitted
 
@@ -110,3 +110,18 @@ def _train(mu):
 def test_the_proximal_term_holds_a_client_near_the_global_model():
     free, held = _train(0.0), _train(50.0)
     assert held < 0.5 * free
+
+
+def test_the_proximal_gradient_reaches_dense_parameters_and_only_the_looked_up_rows_of_tables():
+    cfg = to_plain(compose_config([]))
+    model, weighting = build_model(cfg["model"], [6, 6], ["click"]), build_weighting(cfg["loss"], ["click"])
+    term = ProximalTerm(model, make_optimizer(model, weighting, cfg["train"]), mu=0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # every parameter 1 away from the global model
+    term.add_gradient(torch.tensor([[2, 4]]))  # the batch looks up user row 2 and item row 4
+    users, items = model.embedding.tables[0].weight.grad, model.embedding.tables[1].weight.grad
+    assert torch.allclose(users[2], torch.tensor(0.5)) and users[[0, 1, 3, 4, 5]].eq(0).all()
+    assert torch.allclose(items[4], torch.tensor(0.5)) and items[[0, 1, 2, 3, 5]].eq(0).all()
+    dense = next(p for name, p in model.named_parameters() if name.startswith("towers."))
+    assert torch.allclose(dense.grad, torch.tensor(0.5))
