@@ -4,6 +4,8 @@ The server learns the federation from the nodes, never from files: it waits for 
 asks each node for its data's aggregates (setup), fixes the run plan from them, and sends the plan with
 every message. Each round goes to the set-up nodes connected at that moment; a node that joins later
 is set up first and trains from the next round, one that leaves is simply no longer addressed.
+After every round a checkpoint goes to the output folder (server_app/checkpoint.py); `resume=` continues
+from one, `init_from=` starts a new run from a trained model.
 """
 
 from __future__ import annotations
