@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from flwr.app import Context, Error, Message
@@ -21,9 +21,11 @@ def _manifest_from_run_config(context: Context) -> str | None:
 
 
 def make_client_app(config_of: Callable[[Context], dict],
-                    manifest_of: Callable[[Context], str | None] = _manifest_from_run_config) -> ClientApp:
-    """`manifest_of` says where a simulated node finds its partition's file (None: partition here)."""
-    app = ClientApp()
+                    manifest_of: Callable[[Context], str | None] = _manifest_from_run_config,
+                    mods: Sequence[Callable] = ()) -> ClientApp:
+    """`manifest_of` says where a simulated node finds its partition's file (None: partition here);
+    `mods` are Flower mods wrapped around every handler (tests inject faulty clients this way)."""
+    app = ClientApp(mods=list(mods))
 
     def answer(reply_fn, msg: Message, context: Context) -> Message:
         cfg = config_of(context)

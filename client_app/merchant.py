@@ -21,7 +21,7 @@ from tasks.plan import RunPlan
 from tasks.ranking import evaluate_merchant
 from tasks.registry import resolve_tasks
 from tasks.state import joint_state, load_joint_state
-from tasks.training import make_optimizer, oracle_score, shuffle_seed, trained_rows
+from tasks.training import make_optimizer, oracle_score, proximal_mu, shuffle_seed, trained_rows
 from tasks.wide import averaged_by_rows, train_round
 from tasks.weighting import LossWeighting
 
@@ -88,7 +88,7 @@ def train_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | No
     seed = shuffle_seed(int(cfg["seed"]), server_round, int(config.get(protocol.MERCHANT_INDEX, 0)))
     shard = data.shard("train")
     report, wide = train_round(model, weighting, optimizer, shard, experiment.tasks, cfg["train"], seed,
-                               experiment.device, server_round)
+                               experiment.device, server_round, proximal_mu(cfg.get("strategy")))
     metrics = flatten(with_counts({t: {"loss": v} for t, v in report.losses.items()}, report.label_counts))
     metrics[protocol.NUM_EXAMPLES] = report.examples
     content = RecordDict({protocol.ARRAYS: ArrayRecord(joint_state(model, weighting)),

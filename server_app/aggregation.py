@@ -17,8 +17,12 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
+from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
+
+from core.errors import InputError
 
 
+REDUCERS = ("mean", "trimmed_mean", "median")
 RowCounts = tuple[np.ndarray, np.ndarray]  # (row ids int64 [k], counts [k]) of one id-indexed table
 
 
@@ -35,8 +39,29 @@ def parameter_weights(owner: str | None, updates: Sequence[ClientUpdate]) -> np.
     return np.array([u.examples if owner is None else u.label_counts.get(owner, 0) for u in updates], float)
 
 
+def robust_mean(values: Sequence[np.ndarray], method: str, trim_fraction: float = 0.0) -> np.ndarray:
+    """Coordinate-wise median, or mean of what is left after cutting `trim_fraction` of the values at
+    each end (Flower's trim_mean), unweighted: one client's extreme values cannot drag the result."""
+    stacked = np.stack([np.asarray(v, np.float64) for v in values])
+    if method == "median":
+        return np.median(stacked, axis=0)
+    if method == "trimmed_mean":
+        return trim_mean(stacked, trim_fraction)
+    raise InputError(f"federation.aggregation must be one of {', '.join(REDUCERS)}, got {method!r}")
+
+
+def check_reducer(method: str, trim_fraction: float) -> None:
+    if method not in REDUCERS:
+        raise InputError(f"federation.aggregation must be one of {', '.join(REDUCERS)}, got {method!r}")
+    if not 0 <= trim_fraction < 0.5:
+        raise InputError(f"federation.trim_fraction must lie in [0, 0.5), got {trim_fraction:g}")
+
+
 def aggregate_multitask(current: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate],
-                        owners: Mapping[str, str | None]) -> dict[str, np.ndarray]:
+                        owners: Mapping[str, str | None], method: str = "mean", trim_fraction: float = 0.0
+                        ) -> dict[str, np.ndarray]:
+    """Each parameter over the clients that own it: their weighted mean, or under `method` =
+    trimmed_mean | median their robust mean (unweighted; the weights only say who takes part)."""
     result: dict[str, np.ndarray] = {}
     weights_by_owner = {owner: parameter_weights(owner, updates) for owner in set(owners.values())}
     for name, value in current.items():
@@ -47,10 +72,13 @@ def aggregate_multitask(current: Mapping[str, np.ndarray], updates: Sequence[Cli
         if total <= 0:
             result[name] = np.array(value, copy=True)
             continue
-        acc = np.zeros(value.shape, dtype=np.float64)
-        for w, update in zip(weights, updates):
-            if w > 0:
-                acc += (w / total) * update.arrays[name]
+        if method == "mean":
+            acc = np.zeros(value.shape, dtype=np.float64)
+            for w, update in zip(weights, updates):
+                if w > 0:
+                    acc += (w / total) * update.arrays[name]
+        else:
+            acc = robust_mean([u.arrays[name] for w, u in zip(weights, updates) if w > 0], method, trim_fraction)
         result[name] = acc.astype(value.dtype) if np.issubdtype(value.dtype, np.floating) \
             else np.rint(acc).astype(value.dtype)
     return result
@@ -79,9 +107,11 @@ def aggregate_rows(current: np.ndarray, updates: Sequence[ClientUpdate], name: s
 
 
 def aggregate(current: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate],
-              owners: Mapping[str, str | None], row_tables: Sequence[str] = ()) -> dict[str, np.ndarray]:
-    """Multi-task FedAvg, with the named id-indexed tables averaged row by row."""
+              owners: Mapping[str, str | None], row_tables: Sequence[str] = (), method: str = "mean",
+              trim_fraction: float = 0.0) -> dict[str, np.ndarray]:
+    """Multi-task FedAvg, with the named id-indexed tables averaged row by row (`method` applies to
+    the other, dense parameters: a row has too few clients for a robust mean)."""
     dense = {k: v for k, v in current.items() if k not in row_tables}
-    result = aggregate_multitask(dense, updates, owners)
+    result = aggregate_multitask(dense, updates, owners, method, trim_fraction)
     result.update({name: aggregate_rows(current[name], updates, name) for name in row_tables})
     return {k: result[k] for k in current}

@@ -4,6 +4,8 @@ The server learns the federation from the nodes, never from files: it waits for 
 asks each node for its data's aggregates (setup), fixes the run plan from them, and sends the plan with
 every message. Each round goes to the set-up nodes connected at that moment; a node that joins later
 is set up first and trains from the next round, one that leaves is simply no longer addressed.
+After every round a checkpoint goes to the output folder (server_app/checkpoint.py); `resume=` continues
+from one, `init_from=` starts a new run from a trained model.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from logging import INFO, WARNING
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -21,19 +24,23 @@ from flwr.serverapp import Grid
 from core import protocol
 from core.errors import InputError
 from data.summary import pooled_bad_rows
+from server_app.checkpoint import (CHECKPOINT, Checkpoint, check_resumable, initial_arrays, read_checkpoint,
+                                   restore_rng, rng_state, trained_state, write_checkpoint)
 from server_app.outputs import RoundRecord, RunResult
 from server_app.progress import RunProgress
+from server_app.replies import round_rules
 from server_app.roster import Roster
+from server_app.server_opt import ServerOptimizer, server_optimizer
 from server_app.setup import addressees, failure, node_of, set_up_newcomers
-from server_app.strategy import Evaluation, MultiTaskFedAvg, RoundFailed, arrays_to_numpy
+from server_app.strategy import Evaluation, MultiTaskFedAvg, RoundFailed, arrays_to_numpy, numpy_to_arrays
 from tasks.experiment import Experiment, experiment_for
 from tasks.metrics import Metrics, combine_merchants, unflatten
-from tasks.plan import plan_from_summaries
+from tasks.plan import RunPlan, plan_from_summaries
 from tasks.ranking import wants_ranking
 from tasks.selection import RoundKeeper, resolve_rule, validation_loss
 from tasks.state import joint_owners, joint_state
 from tasks.training import newton_fit
-from tasks.wide import averaged_by_rows
+from tasks.wide import averaged_by_rows, newton_fitted
 
 
 def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float) -> list[int]:
@@ -77,40 +84,87 @@ def oracle_of(roster: Roster, experiment: Experiment) -> dict[str, Metrics] | No
     return combine_merchants(per_merchant, counts) or None
 
 
-def set_up_federation(grid: Grid, cfg: Mapping[str, Any], roster: Roster, failures: list[dict[str, Any]]
-                      ) -> Experiment:
-    """Wait for the first nodes, learn their merchants, and fix the plan every node will build from."""
+def set_up_federation(grid: Grid, cfg: Mapping[str, Any], roster: Roster, failures: list[dict[str, Any]],
+                      plan: RunPlan | None = None) -> Experiment:
+    """Wait for the first nodes, learn their merchants, and fix the plan every node will build from
+    (a resumed run keeps its checkpoint's `plan`)."""
     fed = cfg["federation"]
     wait_for_nodes(grid, int(fed["min_nodes"]), float(fed["wait_for_nodes_s"]))
     queried = set_up_newcomers(grid, roster, failures, 0, float(fed["round_timeout_s"]))
     if not roster.summaries:
         raise RoundFailed(f"setup: every one of {queried} nodes failed to set up; "
                           f"first error: {failures[0]['reason'] if failures else '?'}")
-    plan = plan_from_summaries(cfg.get("tasks"), roster.summaries.values())
+    plan = plan or plan_from_summaries(cfg.get("tasks"), roster.summaries.values())
     rule = resolve_rule(str(cfg["select_round"]), sum(s.rows["val"] for s in roster.summaries.values()))
     log(INFO, "setup: %d merchant(s), tasks %s", len(roster.summaries), ", ".join(plan.tasks))
     return experiment_for({**cfg, "select_round": rule}, plan)
 
 
-def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress) -> RunResult:
+def _resumed(cfg: Mapping[str, Any]) -> Checkpoint | None:
+    """The checkpoint `resume=` names, checked against this run's config; None for a fresh run."""
+    if not cfg.get("resume"):
+        return None
+    checkpoint = read_checkpoint(cfg["resume"])
+    check_resumable(checkpoint.config, cfg, cfg["resume"])
+    return checkpoint
+
+
+def _optimised(model, cfg: Mapping[str, Any]) -> list[str]:
+    """What the server optimiser steps: trained parameters, not the Newton-fitted biases (server_opt.py)."""
+    fitted = newton_fitted(model, cfg["train"])
+    return [name for name, _ in model.named_parameters() if name not in fitted]
+
+
+def _checkpoint(server_round: int, arrays: ArrayRecord, optimizer: ServerOptimizer, rounds: list[RoundRecord],
+                keeper: RoundKeeper[ArrayRecord], experiment: Experiment, roster: Roster,
+                failures: list[dict[str, Any]], started_with: Mapping[str, Any]) -> Checkpoint:
+    best = keeper.best_state
+    return Checkpoint(server_round, arrays_to_numpy(arrays), optimizer.state, rounds, keeper.progress(),
+                      None if best is None else arrays_to_numpy(best), experiment.plan.to_json(),
+                      dict(roster.index_of_merchant), failures, dict(started_with), rng_state())
+
+
+def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, output_dir: Path | None = None) -> RunResult:
+    """The federated job; with `output_dir`, a checkpoint is written there after every round."""
     fed = cfg["federation"]
     timeout = float(fed["round_timeout_s"])
-    roster, failures = Roster(), []
-    experiment = set_up_federation(grid, cfg, roster, failures)
+    started_with = cfg
+    # Every setting and file is checked before any node is waited for.
+    rules = round_rules(cfg)
+    server_optimizer(cfg["strategy"], [])
+    resumed = _resumed(cfg)
+    trained = trained_state(cfg["init_from"]) if cfg.get("init_from") else None
+    roster, failures = Roster(), list(resumed.failures) if resumed else []
+    if resumed:  # the same merchants keep the same indices, so their batch orders replay
+        roster.index_of_merchant.update(resumed.merchant_indices)
+    experiment = set_up_federation(grid, cfg, roster, failures, RunPlan.from_json(resumed.plan) if resumed else None)
     cfg = experiment.cfg  # select_round resolved now that the validation rows are known
     plan = ConfigRecord({protocol.PLAN: experiment.plan.to_json()})
     model, weighting = experiment.new_model(), experiment.new_weighting()
     row_tables = averaged_by_rows(model, cfg)
+    optimizer = server_optimizer(cfg["strategy"], _optimised(model, cfg))
     strategy = MultiTaskFedAvg(
         joint_owners(model, weighting), roster.merchant, failures, row_tables,
         (float(cfg["train"]["bias_l2"]), float(cfg["train"]["newton_damping"])) if newton_fit(cfg["train"]) else None,
+        rules=rules, server_opt=optimizer,
         fraction_train=float(fed["fraction_train"]), fraction_evaluate=float(fed["fraction_evaluate"]),
         min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1,
     )
     arrays = ArrayRecord(joint_state(model, weighting))
+    if trained is not None:
+        arrays = numpy_to_arrays(initial_arrays(arrays_to_numpy(arrays), trained, cfg["init_from"]))
+        log(INFO, "init_from: starting from the trained model in %s", cfg["init_from"])
     rounds: list[RoundRecord] = []
     keeper: RoundKeeper[ArrayRecord] = RoundKeeper.from_config(cfg)
     n_rounds = int(fed["rounds"])
+    first = 0
+    if resumed:
+        arrays, rounds, first = numpy_to_arrays(resumed.arrays), list(resumed.rounds), resumed.round + 1
+        optimizer.state = resumed.optimizer
+        keeper.restore(resumed.keeper, None if resumed.kept_arrays is None else numpy_to_arrays(resumed.kept_arrays),
+                       lambda: arrays)
+        restore_rng(resumed.rng)
+        log(INFO, "resume: continuing %s after round %d", cfg["resume"], resumed.round)
 
     def evaluate(server_round: int, state: ArrayRecord, final: bool = False) -> Evaluation:
         strategy.participants = roster.participants(grid.get_node_ids())
@@ -121,7 +175,9 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress) -> 
         return strategy.evaluations[server_round]
 
     losses: dict[str, float] = {}
-    for server_round in range(n_rounds + 1):
+    for server_round in range(first, n_rounds + 1):
+        if keeper.stop:
+            break
         if server_round:
             set_up_newcomers(grid, roster, failures, server_round, timeout)
             strategy.participants = roster.participants(grid.get_node_ids())
@@ -136,8 +192,9 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress) -> 
         progress.report(rounds[-1], experiment.metric_names, evaluation.per_merchant)
         keeper.offer(server_round, validation_loss(evaluation.validation, experiment.tasks, rounds[0].validation),
                      lambda: arrays)
-        if keeper.stop:
-            break
+        if output_dir is not None:
+            write_checkpoint(Path(output_dir) / CHECKPOINT, _checkpoint(
+                server_round, arrays, optimizer, rounds, keeper, experiment, roster, failures, started_with))
 
     # The kept model, scored once more with ranking, as the evaluation after the last round played.
     kept_arrays = keeper.state

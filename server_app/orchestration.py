@@ -35,10 +35,14 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None) 
     check_rule(str(cfg["select_round"]))  # whether there are validation rows is known once data is prepared
     if int(cfg["patience"]) < 0:
         raise InputError(f"patience must be >= 0 (0 = never stop early), got {cfg['patience']}")
+    if mode != "federated" and (cfg.get("resume") or cfg.get("init_from")):
+        raise InputError(f"resume and init_from apply to mode=federated, not mode={mode}")
+    if cfg.get("resume") and cfg.get("init_from"):
+        raise InputError("give resume (continue a run) or init_from (a new run from a trained model), not both")
     if mode == "federated" and grid is None:
         raise RuntimeError("mode=federated needs a Flower grid; run it through a ServerApp")
     with RunProgress.for_run(cfg, output_dir) as progress:
-        result = run_federated(grid, cfg, progress) if mode == "federated" else run_baseline(cfg, progress)
+        result = run_federated(grid, cfg, progress, output_dir) if mode == "federated" else run_baseline(cfg, progress)
     if result.bad_rows:  # every node counted its own; the one line a user sees (and metrics.json bad_rows)
         log(WARNING, "data, all merchants: %s (data.on_bad_rows=skip)", format_bad_rows(result.bad_rows))
     write_outputs(result, output_dir, {t: TASKS[t].metric_names for t in result.tasks})

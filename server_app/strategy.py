@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from logging import WARNING
 from typing import Any, Callable, Iterable, Mapping
@@ -15,13 +14,15 @@ from flwr.serverapp.strategy import FedAvg
 
 from core import protocol
 from server_app.aggregation import ClientUpdate, RowCounts, aggregate
+from server_app.replies import RoundRules, reply_problem, required_replies, sample_clients
+from server_app.server_opt import ServerOptimizer
 from server_app.setup import addressees, failure, node_of
 from tasks.metrics import Metrics, combine_merchants, flatten, split_counts, unflatten
 from tasks.wide import WideStats, newton_update, sum_statistics
 
 
 class RoundFailed(RuntimeError):
-    """Every client of a round failed, so there is nothing to aggregate."""
+    """Too few clients of a round succeeded (federation.min_replies), so the round cannot count."""
 
 
 @dataclass
@@ -53,6 +54,21 @@ def _wide_stats(reply: Message) -> WideStats:
             for name, stacked in arrays_to_numpy(reply.content.array_records[protocol.WIDE_STATS]).items()}
 
 
+def _train_update(reply: Message, current: Mapping[str, np.ndarray] | None
+                  ) -> tuple[ClientUpdate, WideStats, dict[str, Metrics]] | str:
+    """A train reply as (update, Newton statistics, per-task losses), or why it cannot be aggregated."""
+    try:
+        arrays = arrays_to_numpy(reply.content.array_records[protocol.ARRAYS])
+        rows, stats = _row_counts(reply), _wide_stats(reply)
+        flat = reply.content.metric_records[protocol.METRICS]
+        task_metrics, task_counts = split_counts(unflatten(flat))
+        update = ClientUpdate(arrays, int(flat[protocol.NUM_EXAMPLES]), task_counts, rows)
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        return f"malformed reply ({type(exc).__name__}: {exc})"
+    problem = reply_problem(current if current is not None else arrays, arrays, rows, stats)
+    return problem if problem is not None else (update, stats, task_metrics)
+
+
 class MultiTaskFedAvg(FedAvg):
     """FedAvg's aggregation hooks with task-aware math, addressed to the nodes the federated loop names.
 
@@ -60,18 +76,22 @@ class MultiTaskFedAvg(FedAvg):
     are connected now get a message, so a departed node is not waited for and a newcomer is used.
     Id-indexed tables in `row_tables` are averaged row by row (aggregation.aggregate_rows); with
     `newton` = (prior rows, damping) the first-order biases take a Newton step on the replies' summed
-    statistics (tasks/wide.py).
+    statistics (tasks/wide.py). `rules` sample the clients and reject unusable replies (replies.py);
+    `server_opt` then steps from the global model towards the aggregate (server_opt.py).
     """
 
     def __init__(self, parameter_tasks: Mapping[str, str | None], merchant_of: Callable[[int], str | None],
                  failures: list[dict[str, Any]], row_tables: Iterable[str] = (),
-                 newton: tuple[float, float] | None = None, **fedavg_options) -> None:
+                 newton: tuple[float, float] | None = None, rules: RoundRules = RoundRules(),
+                 server_opt: ServerOptimizer | None = None, **fedavg_options) -> None:
         super().__init__(**fedavg_options)
         self.parameter_tasks = dict(parameter_tasks)
         self.merchant_of = merchant_of
         self.failures = failures
         self.row_tables = list(row_tables)
         self.newton = newton
+        self.rules = rules
+        self.server_opt = server_opt
         self.participants: dict[int, int] = {}
         self.sent: list[Message] = []  # the latest phase's messages, to tell which node a reply answers for
         self.evaluations: dict[int, Evaluation] = {}
@@ -79,9 +99,11 @@ class MultiTaskFedAvg(FedAvg):
 
     def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, fraction: float,
                   message_type: str) -> list[Message]:
-        nodes = sorted(self.participants)
-        if fraction < 1.0 and nodes:
-            nodes = sorted(random.sample(nodes, max(1, int(len(nodes) * fraction))))
+        node_of_index = {index: node for node, index in self.participants.items()}
+        train = message_type == MessageType.TRAIN
+        chosen = sample_clients(list(node_of_index), fraction, self.rules.clients_per_round if train else None,
+                                self.rules.seed, server_round, "train" if train else "evaluate")
+        nodes = sorted(node_of_index[index] for index in chosen)
         self.sent = [Message(RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: ConfigRecord(
                          {**config, protocol.SERVER_ROUND: server_round, protocol.MERCHANT_INDEX: self.participants[node]})}),
                              dst_node_id=node, message_type=message_type) for node in nodes]
@@ -114,32 +136,48 @@ class MultiTaskFedAvg(FedAvg):
         ok = [m for m in replies if not m.has_error()]
         for m in replies:
             if m.has_error():
-                node = self.node_of(m)
-                self.failures.append(failure(server_round, node, self.merchant_of(node), m.error.reason))
-                log(WARNING, "round %d %s: node %d (merchant %s) failed: %s", server_round, phase, node,
-                    self.merchant_of(node) or "?", self.failures[-1]["reason"])
+                self._reject(server_round, m, phase, m.error.reason)
         if replies and not ok:
             raise RoundFailed(f"round {server_round}: every one of {len(replies)} clients failed to {phase}; "
                               f"first error: {failure(0, 0, None, replies[0].error.reason)['reason']}")
         return ok
+
+    def _reject(self, server_round: int, reply: Message, phase: str, reason: str) -> None:
+        """Record and log a reply that is not used: an error, or an update that cannot be aggregated."""
+        node = self.node_of(reply)
+        merchant = self._merchant_of_reply(reply) if not reply.has_error() else self.merchant_of(node)
+        self.failures.append(failure(server_round, node, merchant, reason))
+        log(WARNING, "round %d %s: node %d (merchant %s) failed: %s", server_round, phase, node,
+            merchant or "?", self.failures[-1]["reason"])
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         ok = self._successful(server_round, replies, "train")
         if not ok:
             return None, None
-        updates, losses, counts = [], {}, {}
-        for k, msg in enumerate(ok):
-            flat = msg.content.metric_records[protocol.METRICS]
-            task_metrics, task_counts = split_counts(unflatten(flat))
-            updates.append(ClientUpdate(arrays_to_numpy(msg.content.array_records[protocol.ARRAYS]),
-                                        int(flat[protocol.NUM_EXAMPLES]), task_counts, _row_counts(msg)))
-            losses[str(k)], counts[str(k)] = task_metrics, task_counts
-        current = arrays_to_numpy(self._global) if self._global is not None else updates[0].arrays
-        arrays = aggregate(current, updates, self.parameter_tasks, self.row_tables)
-        wide = [_wide_stats(msg) for msg in ok]
+        current = arrays_to_numpy(self._global) if self._global is not None else None
+        updates, wide, losses, counts = [], [], {}, {}
+        for msg in ok:
+            parsed = _train_update(msg, current)
+            if isinstance(parsed, str):
+                self._reject(server_round, msg, "train", f"update rejected: {parsed}")
+                continue
+            update, stats, task_metrics = parsed
+            losses[str(len(updates))], counts[str(len(updates))] = task_metrics, dict(update.label_counts)
+            updates.append(update)
+            wide.append(stats)
+        needed = required_replies(self.rules.min_replies, len(self.sent))
+        if len(updates) < needed:
+            raise RoundFailed(f"round {server_round}: {len(updates)} of {len(self.sent)} clients sent a usable "
+                              f"update, federation.min_replies={self.rules.min_replies:g} needs {needed}; "
+                              f"latest failure: {self.failures[-1]['reason'] if self.failures else '?'}")
+        current = current if current is not None else updates[0].arrays
+        arrays = aggregate(current, updates, self.parameter_tasks, self.row_tables, self.rules.aggregation,
+                           self.rules.trim_fraction)
         if self.newton is not None and any(wide):
             arrays.update(newton_update(current, sum_statistics(wide), *self.newton))
+        if self.server_opt is not None:
+            arrays = self.server_opt.step(current, arrays)
         metrics = flatten(combine_merchants(losses, counts))
         metrics[protocol.NUM_EXAMPLES] = sum(u.examples for u in updates)
         return numpy_to_arrays(arrays), MetricRecord(metrics)

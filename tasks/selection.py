@@ -102,3 +102,21 @@ class RoundKeeper(Generic[State]):
     @property
     def state(self) -> State | None:
         return self._snapshot() if self._snapshot is not None else self._state
+
+    def progress(self) -> dict[str, float]:
+        """What a checkpoint needs besides `best_state` to resume the rule exactly where it stood."""
+        return {"round": self.round, "latest": self.latest, "loss": self.loss}
+
+    @property
+    def best_state(self) -> State | None:
+        """The kept round's snapshot under best_val (None under last, which snapshots only when read)."""
+        return self._state
+
+    def restore(self, progress: Mapping[str, float], best_state: State | None, snapshot: Callable[[], State]
+                ) -> None:
+        """Back to a checkpoint's `progress()`; under `last`, `snapshot` reads the live state as `offer` would."""
+        self.round, self.latest, self.loss = int(progress["round"]), int(progress["latest"]), float(progress["loss"])
+        if self.rule == "last":
+            self._snapshot = snapshot
+        else:
+            self._state = best_state

@@ -126,6 +126,44 @@ def make_optimizer(model: MultiTaskModel, weighting: LossWeighting, train_cfg: M
     raise InputError(f"unknown train.optimizer {name!r} (known: adam, adamw, adagrad, sgd)")
 
 
+def proximal_mu(strategy_cfg: Mapping[str, Any] | None) -> float:
+    """FedProx's mu (strategy=fedprox), else 0: the weight of mu/2 ||w - w_global||^2 in a client's loss."""
+    if not strategy_cfg or strategy_cfg.get("name") != "fedprox":
+        return 0.0
+    mu = float(strategy_cfg["proximal_mu"])
+    if not mu >= 0:
+        raise InputError(f"strategy.proximal_mu must be >= 0, got {strategy_cfg['proximal_mu']!r}")
+    return mu
+
+
+class ProximalTerm:
+    """FedProx: the gradient mu (w - w_global) of mu/2 ||w - w_global||^2, added after each batch's backward
+    to every parameter the optimizer trains, w_global being the parameters as the round began.
+
+    Id-indexed tables get it only on the rows the batch looks up, lazily like their data gradient:
+    applied every batch to rows the batch does not use, Adagrad's per-coordinate scaling turns even a
+    tiny mu into full-size steps back to the global value (measured: the default data's purchase AUC
+    stalled at 0.72 from round 3 with mu = 0.01), and a row seen in one batch of many never learns.
+    """
+
+    def __init__(self, model: MultiTaskModel, optimizer: torch.optim.Optimizer, mu: float) -> None:
+        self.mu = mu
+        self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        self.anchors = [p.detach().clone() for p in self.parameters]
+        named = dict(model.named_parameters())
+        self.columns = {id(named[name]): column for name, (column, _) in model.id_tables().items() if name in named}
+
+    def add_gradient(self, batch_features: torch.Tensor) -> None:
+        for parameter, anchor in zip(self.parameters, self.anchors):
+            proximal = self.mu * (parameter.detach() - anchor)
+            column = self.columns.get(id(parameter))
+            if column is not None:
+                looked_up = torch.zeros(len(parameter), dtype=proximal.dtype, device=proximal.device)
+                looked_up[batch_features[:, column]] = 1.0
+                proximal = proximal * looked_up.view(-1, *([1] * (parameter.dim() - 1)))
+            parameter.grad = proximal if parameter.grad is None else parameter.grad + proximal
+
+
 def shuffle_seed(seed: int, server_round: int, merchant_index: int) -> int:
     """Batch order of one merchant in one round: reproducible, and different across rounds and merchants."""
     return seed * 1_000_003 + server_round * 7_919 + merchant_index
@@ -133,8 +171,9 @@ def shuffle_seed(seed: int, server_round: int, merchant_index: int) -> int:
 
 def train_epochs(model: MultiTaskModel, weighting: LossWeighting, optimizer: torch.optim.Optimizer,
                  shard: Shard, tasks: Sequence[Task], train_cfg: Mapping[str, Any], seed: int,
-                 device: torch.device) -> TrainReport:
-    """`train_cfg.local_epochs` passes over the shard in seeded random batches."""
+                 device: torch.device, proximal: float = 0.0) -> TrainReport:
+    """`train_cfg.local_epochs` passes over the shard in seeded random batches; `proximal` > 0 adds
+    FedProx's term towards the parameters as they were on entry (the round's global model)."""
     epochs, batch_size = int(train_cfg["local_epochs"]), int(train_cfg["batch_size"])
     embedding_l2 = float(train_cfg.get("embedding_l2", 0.0))
     bias_l2 = float(train_cfg.get("bias_l2", 0.0))
@@ -146,6 +185,7 @@ def train_epochs(model: MultiTaskModel, weighting: LossWeighting, optimizer: tor
     row_weights = inverse_row_counts(shard, tasks, [t.num_embeddings for t in model.embedding.tables], device)
     bias_tasks = sgd_bias_tasks(model, train_cfg)  # Newton-fitted biases take their prior in tasks/wide.py
     shared = model.shared_parameters()
+    proximal_term = ProximalTerm(model, optimizer, proximal) if proximal else None
     n = len(shard)
     sums: dict[str, float] = {}
     batches: dict[str, int] = {}
@@ -162,6 +202,8 @@ def train_epochs(model: MultiTaskModel, weighting: LossWeighting, optimizer: tor
             if embedding_l2 > 0 or (bias_l2 > 0 and bias_tasks):
                 embedding_penalty, bias_penalty = model.lookup_l2(features[idx], row_weights, bias_tasks)
                 (embedding_l2 * embedding_penalty + bias_l2 * bias_penalty).backward()
+            if proximal_term is not None:
+                proximal_term.add_gradient(features[idx])
             optimizer.step()
             for name, loss in losses.items():
                 value = float(loss.detach())

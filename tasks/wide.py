@@ -107,23 +107,33 @@ def apply_newton(model: MultiTaskModel, stats: WideStats, train_cfg: Mapping[str
 
 def train_round(model: MultiTaskModel, weighting: LossWeighting, optimizer: torch.optim.Optimizer | None,
                 shard: Shard, tasks: Sequence[Task], train_cfg: Mapping[str, object], seed: int,
-                device: torch.device, server_round: int) -> tuple[TrainReport, WideStats]:
+                device: torch.device, server_round: int, proximal: float = 0.0) -> tuple[TrainReport, WideStats]:
     """One trainer's round, the same for a federated client and the centralized/local baselines.
 
     Under first_order_fit=newton: the deep part's epochs (none during the first `wide_rounds`), then
     the wide statistics at the model they leave; whoever aggregates applies the Newton step.
-    Under sgd: the epochs train every parameter and there are no statistics.
+    Under sgd: the epochs train every parameter and there are no statistics. `proximal`: FedProx's mu.
     """
     if not newton_fit(train_cfg):
-        return train_epochs(model, weighting, optimizer, shard, tasks, train_cfg, seed, device), {}
+        return train_epochs(model, weighting, optimizer, shard, tasks, train_cfg, seed, device, proximal), {}
     if server_round <= int(train_cfg.get("wide_rounds", 0)):
         report = TrainReport(examples=int(labelled_rows(shard, tasks).sum()), label_counts=label_counts(shard, tasks),
                              losses={})
     else:
-        report = train_epochs(model, weighting, optimizer, shard, tasks, train_cfg, seed, device)
+        report = train_epochs(model, weighting, optimizer, shard, tasks, train_cfg, seed, device, proximal)
     # After the deep part's epochs: the biases then correct only the residual the deep part left. Taken
     # before them, both parts would chase the same residual and overshoot, round after round.
     return report, wide_statistics(model, shard, tasks, device)
+
+
+def newton_fitted(model: MultiTaskModel, train_cfg: Mapping[str, Any]) -> set[str]:
+    """Names of the first-order biases a Newton step sets (not SGD, not averaging): the server
+    optimiser leaves them alone."""
+    if model.first_order is None or not newton_fit(train_cfg):
+        return set()
+    by_sgd = set(sgd_bias_tasks(model, train_cfg))
+    fitted = {id(p) for t in model.task_names if t not in by_sgd for p in model.first_order_parameters(t)}
+    return {name for name, p in model.named_parameters() if id(p) in fitted}
 
 
 def averaged_by_rows(model: MultiTaskModel, cfg: Mapping[str, Any]) -> list[str]:

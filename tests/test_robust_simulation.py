@@ -1,0 +1,91 @@
+"""Failures, exact resume and init_from through real Flower simulations (4 merchants)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import ROOT, TINY, cli_env
+
+pytestmark = pytest.mark.slow
+
+
+def run(module, *args, cwd):
+    # This checkout's code, whichever checkout the environment's editable install points at.
+    env = {**cli_env(), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=900)
+
+
+def merchant_fl(out, *overrides, cwd):
+    return run("launch.cli", *TINY, "ranking.enabled=false", *overrides, f"hydra.run.dir={out}", cwd=cwd)
+
+
+def faulty(out, faults, *overrides, cwd):
+    return run("tests.faulty_clients", faults, str(out), *TINY, "ranking.enabled=false", *overrides, cwd=cwd)
+
+
+def test_a_raising_and_a_nan_client_are_rejected_and_the_run_finishes(tmp_path):
+    out = tmp_path / "run"
+    done = faulty(out, "1=raise,2=nan", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads((out / "metrics.json").read_text())
+    assert [r["round"] for r in doc["rounds"]] == [0, 1, 2]
+    by_round = {r: [f for f in doc["failures"] if f["round"] == r] for r in (1, 2)}
+    for failures in by_round.values():
+        crashed = [f for f in failures if "injected fault: this merchant's node crashed" in f["reason"]]
+        poisoned = [f for f in failures if f["reason"].startswith("update rejected: array ")
+                    and f["reason"].endswith("holds 1 non-finite value(s)")]
+        assert len(crashed) == len(poisoned) == 1 and len(failures) == 2, doc["failures"]
+        assert all(f["merchant"] for f in failures)
+    assert len({f["merchant"] for f in doc["failures"]}) == 2
+    assert "failed: update rejected" in done.stdout + done.stderr  # logged with its merchant
+    state = torch.load(out / "model.pt", weights_only=True)["state"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert doc["rounds"][2]["tasks"]["click"]["auc"] > doc["rounds"][0]["tasks"]["click"]["auc"]
+
+
+def test_too_few_usable_replies_fail_the_round_with_a_clear_line_and_keep_the_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    done = faulty(out, "0=shape", "federation.min_replies=4", cwd=tmp_path)
+    assert done.returncode == 2
+    assert ("merchant-fl: error: round 1: 3 of 4 clients sent a usable update, federation.min_replies=4 "
+            "needs 4; latest failure: update rejected: array") in done.stderr
+    assert not (out / "metrics.json").exists()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["round"] == 0  # round 0 survives to resume from
+
+
+RESUMABLE = ["strategy=fedadam", "federation.clients_per_round=3", "data.val_fraction=0.2", "select_round=best_val", "patience=0"]
+
+
+def test_a_run_stopped_after_round_2_of_4_and_resumed_ends_as_the_uninterrupted_run(tmp_path):
+    whole, half, resumed = tmp_path / "whole", tmp_path / "half", tmp_path / "resumed"
+    for out, extra in ((whole, ["federation.rounds=4"]), (half, ["federation.rounds=2"]),
+                       (resumed, ["federation.rounds=4", f"resume={half}"])):
+        done = merchant_fl(out, *RESUMABLE, *extra, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert "resume: continuing" in done.stdout + done.stderr
+    a, b = (json.loads((out / "metrics.json").read_text()) for out in (whole, resumed))
+    assert [r["round"] for r in b["rounds"]] == [0, 1, 2, 3, 4] and b["selected_round"] == a["selected_round"]
+    for ra, rb in zip(a["rounds"], b["rounds"]):
+        for task, metrics in ra["tasks"].items():
+            for name, value in metrics.items():
+                assert rb["tasks"][task][name] == pytest.approx(value, rel=1e-5, abs=1e-6), (ra["round"], task, name)
+    for task, metrics in a["tasks"].items():
+        assert b["tasks"][task] == pytest.approx(metrics, rel=1e-5, abs=1e-6)
+    sa, sb = (torch.load(out / "model.pt", weights_only=True)["state"] for out in (whole, resumed))
+    for name in sa:
+        np.testing.assert_allclose(sb[name].numpy(), sa[name].numpy(), rtol=1e-5, atol=1e-6)
+    ckpt = torch.load(resumed / "checkpoint.pt", weights_only=True)
+    assert ckpt["round"] == 4 and set(ckpt["optimizer"]) == {"m", "v"}
+
+    # A new run from the trained model: its untrained round 0 is the trained model's test metrics.
+    fresh = tmp_path / "fresh"
+    done = merchant_fl(fresh, *RESUMABLE, "federation.rounds=0", f"init_from={whole}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    c = json.loads((fresh / "metrics.json").read_text())
+    for task, metrics in a["tasks"].items():
+        assert c["rounds"][0]["tasks"][task] == pytest.approx(metrics, rel=1e-5, abs=1e-6)
