@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+from client_app.local_privacy import outgoing_state
 from core import protocol
 from core.errors import InputError
 from data.partition import partition_for_node, partition_table
@@ -85,13 +86,16 @@ def train_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | No
     optimizer = make_optimizer(model, weighting, cfg["train"])
     config = msg.content.config_records[protocol.CONFIG]
     server_round = int(config.get(protocol.SERVER_ROUND, 0))
-    seed = shuffle_seed(int(cfg["seed"]), server_round, int(config.get(protocol.MERCHANT_INDEX, 0)))
+    merchant_index = int(config.get(protocol.MERCHANT_INDEX, 0))
+    seed = shuffle_seed(int(cfg["seed"]), server_round, merchant_index)
     shard = data.shard("train")
     report, wide = train_round(model, weighting, optimizer, shard, experiment.tasks, cfg["train"], seed,
                                experiment.device, server_round)
     metrics = flatten(with_counts({t: {"loss": v} for t, v in report.losses.items()}, report.label_counts))
     metrics[protocol.NUM_EXAMPLES] = report.examples
-    content = RecordDict({protocol.ARRAYS: ArrayRecord(joint_state(model, weighting)),
+    sent = msg.content.array_records[protocol.ARRAYS]
+    content = RecordDict({protocol.ARRAYS: outgoing_state(sent, joint_state(model, weighting), cfg, server_round,
+                                                          merchant_index),
                           protocol.METRICS: MetricRecord(metrics),
                           protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: data.merchant_id})})
     if wide:  # only sums per bias row: the server adds them and takes the Newton step

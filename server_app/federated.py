@@ -20,9 +20,10 @@ from flwr.serverapp import Grid
 from core import protocol
 from core.errors import InputError
 from server_app.outputs import RoundRecord, RunResult, log_round
+from server_app.privacy import PrivateRounds
 from server_app.roster import Roster
 from server_app.setup import addressees, failure, node_of, set_up_newcomers
-from server_app.strategy import Evaluation, MultiTaskFedAvg, RoundFailed, arrays_to_numpy
+from server_app.strategy import Evaluation, MultiTaskFedAvg, RoundFailed, arrays_to_numpy, sample_size
 from tasks.experiment import Experiment, experiment_for
 from tasks.metrics import Metrics, combine_merchants, unflatten
 from tasks.plan import plan_from_summaries
@@ -98,9 +99,11 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any]) -> RunResult:
     plan = ConfigRecord({protocol.PLAN: experiment.plan.to_json()})
     model, weighting = experiment.new_model(), experiment.new_weighting()
     row_tables = averaged_by_rows(model, cfg)
+    privacy = PrivateRounds.from_config(cfg)
     strategy = MultiTaskFedAvg(
         joint_owners(model, weighting), roster.merchant, failures, row_tables,
         (float(cfg["train"]["bias_l2"]), float(cfg["train"]["newton_damping"])) if newton_fit(cfg["train"]) else None,
+        combine=privacy.combine,
         fraction_train=float(fed["fraction_train"]), fraction_evaluate=float(fed["fraction_evaluate"]),
         min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1,
     )
@@ -122,14 +125,18 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any]) -> RunResult:
         if server_round:
             set_up_newcomers(grid, roster, failures, server_round, timeout)
             strategy.participants = roster.participants(grid.get_node_ids())
+            n_nodes = len(strategy.participants)
+            if not privacy.may_play(server_round, sample_size(n_nodes, strategy.fraction_train), n_nodes):
+                break
             replies = _exchange(grid, strategy.configure_train(server_round, arrays, plan, grid),
                                 timeout, server_round, "train", roster, failures)
             new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
             if new_arrays is not None:
                 arrays = new_arrays
+                privacy.spend(server_round)
             losses = {t: m["loss"] for t, m in unflatten(dict(train_metrics or {})).items() if "loss" in m}
         evaluation = evaluate(server_round, arrays)
-        rounds.append(RoundRecord(server_round, evaluation.overall, losses, evaluation.validation))
+        rounds.append(RoundRecord(server_round, evaluation.overall, losses, evaluation.validation, privacy.record()))
         log_round(rounds[-1], experiment.metric_names)
         keeper.offer(server_round, validation_loss(evaluation.validation, experiment.tasks, rounds[0].validation),
                      lambda: arrays)

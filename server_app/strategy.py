@@ -53,6 +53,11 @@ def _wide_stats(reply: Message) -> WideStats:
             for name, stacked in arrays_to_numpy(reply.content.array_records[protocol.WIDE_STATS]).items()}
 
 
+def sample_size(nodes: int, fraction: float) -> int:
+    """How many of `nodes` a phase addresses at `fraction` (at least one)."""
+    return nodes if fraction >= 1.0 or not nodes else max(1, int(nodes * fraction))
+
+
 class MultiTaskFedAvg(FedAvg):
     """FedAvg's aggregation hooks with task-aware math, addressed to the nodes the federated loop names.
 
@@ -60,18 +65,21 @@ class MultiTaskFedAvg(FedAvg):
     are connected now get a message, so a departed node is not waited for and a newcomer is used.
     Id-indexed tables in `row_tables` are averaged row by row (aggregation.aggregate_rows); with
     `newton` = (prior rows, damping) the first-order biases take a Newton step on the replies' summed
-    statistics (tasks/wide.py).
+    statistics (tasks/wide.py). `combine` (default: aggregation.aggregate) is the rule that turns the
+    updates into new arrays; the privacy options pass their own (server_app/privacy.py).
     """
 
     def __init__(self, parameter_tasks: Mapping[str, str | None], merchant_of: Callable[[int], str | None],
                  failures: list[dict[str, Any]], row_tables: Iterable[str] = (),
-                 newton: tuple[float, float] | None = None, **fedavg_options) -> None:
+                 newton: tuple[float, float] | None = None, combine: Callable[..., dict] = aggregate,
+                 **fedavg_options) -> None:
         super().__init__(**fedavg_options)
         self.parameter_tasks = dict(parameter_tasks)
         self.merchant_of = merchant_of
         self.failures = failures
         self.row_tables = list(row_tables)
         self.newton = newton
+        self.combine = combine
         self.participants: dict[int, int] = {}
         self.sent: list[Message] = []  # the latest phase's messages, to tell which node a reply answers for
         self.evaluations: dict[int, Evaluation] = {}
@@ -81,7 +89,7 @@ class MultiTaskFedAvg(FedAvg):
                   message_type: str) -> list[Message]:
         nodes = sorted(self.participants)
         if fraction < 1.0 and nodes:
-            nodes = sorted(random.sample(nodes, max(1, int(len(nodes) * fraction))))
+            nodes = sorted(random.sample(nodes, sample_size(len(nodes), fraction)))
         self.sent = [Message(RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: ConfigRecord(
                          {**config, protocol.SERVER_ROUND: server_round, protocol.MERCHANT_INDEX: self.participants[node]})}),
                              dst_node_id=node, message_type=message_type) for node in nodes]
@@ -136,7 +144,7 @@ class MultiTaskFedAvg(FedAvg):
                                         int(flat[protocol.NUM_EXAMPLES]), task_counts, _row_counts(msg)))
             losses[str(k)], counts[str(k)] = task_metrics, task_counts
         current = arrays_to_numpy(self._global) if self._global is not None else updates[0].arrays
-        arrays = aggregate(current, updates, self.parameter_tasks, self.row_tables)
+        arrays = self.combine(current, updates, self.parameter_tasks, self.row_tables)
         wide = [_wide_stats(msg) for msg in ok]
         if self.newton is not None and any(wide):
             arrays.update(newton_update(current, sum_statistics(wide), *self.newton))
