@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -37,7 +37,8 @@ def backend_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
             "init_args": {"logging_level": logging.WARNING, "log_to_driver": True}}
 
 
-def run_federated_simulation(cfg: Mapping[str, Any], output_dir: Path) -> RunResult:
+def run_federated_simulation(cfg: Mapping[str, Any], output_dir: Path, grid_view: Callable | None = None) -> RunResult:
+    """`grid_view` wraps the grid the ServerApp is given (see make_server_app)."""
     for key, value in FLOWER_ENV.items():
         os.environ.setdefault(key, value)
     from flwr.simulation import run_simulation  # after the environment is set
@@ -49,7 +50,7 @@ def run_federated_simulation(cfg: Mapping[str, Any], output_dir: Path) -> RunRes
     plain = {**cfg, "federation": {**cfg["federation"], "min_nodes": n_merchants}}
     outcome: dict[str, Any] = {}
     run_simulation(
-        server_app=make_server_app(lambda _: plain, lambda _: output_dir, outcome),
+        server_app=make_server_app(lambda _: plain, lambda _: output_dir, outcome, grid_view),
         client_app=make_client_app(lambda _: plain, lambda _: manifest),
         num_supernodes=n_merchants,
         backend_config=backend_config(cfg),

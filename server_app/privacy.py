@@ -38,9 +38,9 @@ class PrivateRounds:
         arrays, report = private_mean(current, updates, owners, self.settings.clip_norm if central else None,
                                       self.settings.noise_multiplier, self.rng)
         if central:
-            log(INFO, "privacy=dp: %d of %d updates clipped to %g (median norm %.4g), noise multiplier %g",
-                report.clipped, report.updates, self.settings.clip_norm, report.median_norm,
-                self.settings.noise_multiplier)
+            log(INFO, "privacy=dp: %d of %d updates clipped to %g (median norm %.4g); mean update norm %.4g, "
+                "noise norm %.4g (noise multiplier %g)", report.clipped, report.updates, self.settings.clip_norm,
+                report.median_norm, report.signal, report.noise, self.settings.noise_multiplier)
         return arrays
 
     def may_play(self, server_round: int, sampled: int, participants: int) -> bool:

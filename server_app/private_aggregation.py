@@ -32,10 +32,13 @@ from server_app.aggregation import ClientUpdate, parameter_weights
 
 @dataclass
 class ClipReport:
-    """What clipping did this round, for the log: how many updates it shortened, their median norm."""
+    """What this round's private mean did, for the log: how many updates clipping shortened, their
+    median norm, and the L2 norms of the mean update without noise (signal) and of the noise added."""
     clipped: int
     updates: int
     median_norm: float
+    signal: float = 0.0
+    noise: float = 0.0
 
 
 def trained_parameters(update: ClientUpdate, owners: Mapping[str, str | None]) -> list[str]:
@@ -56,7 +59,7 @@ def private_mean(current: Mapping[str, np.ndarray], updates: Sequence[ClientUpda
         delta = update_of({n: update.arrays[n] for n in names}, {n: current[n] for n in names})
         norms.append(l2_norm(delta))
         deltas.append(delta if clip_norm is None else clip_update(delta, clip_norm))
-    result = {}
+    result, signal, noise = {}, 0.0, 0.0
     for name, value in current.items():
         if name not in owners:
             raise KeyError(f"parameter {name!r} has no owner entry; the model and the server disagree")
@@ -65,8 +68,12 @@ def private_mean(current: Mapping[str, np.ndarray], updates: Sequence[ClientUpda
             result[name] = np.array(value, copy=True)
             continue
         mean = {name: np.mean(contributions, axis=0)}
+        signal += l2_norm(mean) ** 2
         if clip_norm is not None:
-            mean = add_gaussian_noise(mean, noise_std(noise_multiplier, clip_norm, len(contributions)), rng)
+            noisy = add_gaussian_noise(mean, noise_std(noise_multiplier, clip_norm, len(contributions)), rng)
+            noise += l2_norm({name: noisy[name] - mean[name]}) ** 2
+            mean = noisy
         result[name] = as_dtype_of(np.asarray(value, np.float64) + mean[name], value)
     clipped = sum(n > clip_norm for n in norms) if clip_norm is not None else 0
-    return result, ClipReport(int(clipped), len(norms), float(np.median(norms)) if norms else 0.0)
+    return result, ClipReport(int(clipped), len(norms), float(np.median(norms)) if norms else 0.0,
+                              float(np.sqrt(signal)), float(np.sqrt(noise)))

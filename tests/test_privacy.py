@@ -74,7 +74,9 @@ def test_a_head_averaged_over_fewer_clients_gets_the_noise_of_its_count():
     current = state(np.zeros(20000), np.zeros(20000), np.zeros(20000))
     updates = [ClientUpdate(current, examples=10, label_counts={"click": 10, "rating": 10 if k == 0 else 0})
                for k in range(4)]
-    out, _ = private_mean(current, updates, OWNERS, clip_norm=2.0, noise_multiplier=1.0, rng=np.random.default_rng(0))
+    out, report = private_mean(current, updates, OWNERS, clip_norm=2.0, noise_multiplier=1.0,
+                               rng=np.random.default_rng(0))
+    assert report.signal == 0.0 and report.noise == pytest.approx(np.sqrt(20000 * (0.5**2 + 0.5**2 + 2.0**2)), rel=0.01)
     assert out["shared"].std() == pytest.approx(1.0 * 2.0 / 4, rel=0.03)          # 4 contributors
     assert out["towers.click.w"].std() == pytest.approx(1.0 * 2.0 / 4, rel=0.03)   # 4 hold clicks
     assert out["towers.rating.w"].std() == pytest.approx(1.0 * 2.0 / 1, rel=0.03)  # 1 holds ratings
