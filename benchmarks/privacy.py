@@ -3,7 +3,8 @@
     python -m benchmarks.privacy [--data default,synthetic_sparse] [--noise 0,0.3,0.5,1,2] [--seeds 3]
                                  [--report-only] [hydra overrides...]
 
-Per data preset: a federated run without DP (privacy=none, the reference), then privacy=dp at each
+Per data preset: a federated run without DP (privacy=none, the reference), the same with the
+first-order part trained by SGD and dense tables (what privacy=dp switches off), then privacy=dp at each
 noise multiplier (0 = clipping and the unweighted mean alone, epsilon unbounded), each over seeds
 0..N-1 (the DP noise is seeded with the run's seed, privacy.noise_seed, so the figures reproduce).
 Every run is a normal run under outputs/bench/privacy/<data>/<setting>/seed-N; a run whose
@@ -30,9 +31,15 @@ OUT = "outputs/bench/privacy"
 COLUMNS = [("purchase", "auc", "purchase AUC"), ("click", "auc", "click AUC"), ("rating", "rmse", "rating RMSE")]
 
 
+# What privacy=dp switches off before any clipping: the Newton-fitted biases and row-wise tables.
+WITHOUT_ROW_STATISTICS = ["train.first_order_fit=sgd", "federation.table_aggregation=dense"]
+
+
 def settings(noise: list[float]) -> list[tuple[str, list[str]]]:
-    """(label, overrides) of the reference and each noise multiplier."""
-    return [("none", [])] + [(f"dp-z{z:g}", ["privacy=dp", f"privacy.noise_multiplier={z:g}"]) for z in noise]
+    """(label, overrides) of the references (the default; the default without the per-row statistics DP
+    refuses) and of each noise multiplier."""
+    return [("none", []), ("none-sgd-dense", WITHOUT_ROW_STATISTICS)] + \
+        [(f"dp-z{z:g}", ["privacy=dp", f"privacy.noise_multiplier={z:g}"]) for z in noise]
 
 
 def data_overrides(name: str) -> list[str]:
@@ -47,7 +54,7 @@ def ensure_run(out: Path, data: str, label: str, overrides: list[str], seed: int
     """The run's metrics.json, running it first if it is not there yet."""
     where = run_dir(out, data, label, seed)
     if not (where / "metrics.json").exists():
-        noise_seed = [f"privacy.noise_seed={seed}"] if overrides else []
+        noise_seed = [f"privacy.noise_seed={seed}"] if "privacy=dp" in overrides else []
         cfg = to_plain(compose_config([*data_overrides(data), *overrides, *noise_seed, f"seed={seed}", *extra]))
         run_federated_simulation(cfg, where)
     return json.loads((where / "metrics.json").read_text())
@@ -79,11 +86,11 @@ def table(out: Path, datas: list[str], grid: list[tuple[str, list[str]]], seeds:
                     if (run_dir(out, data, label, s) / "metrics.json").exists()]
             if not docs:
                 continue
-            z = "-" if label == "none" else label.removeprefix("dp-z")
+            z = label.removeprefix("dp-z") if label.startswith("dp-z") else "-"
             rounds = statistics.mean(d["rounds"][-1]["round"] for d in docs)
             metrics = [cell([d["tasks"][t][m] for d in docs if d["tasks"].get(t, {}).get(m) is not None])
                        for t, m, _ in COLUMNS]
-            rows.append([data, "none" if label == "none" else "dp", z, epsilon_cell(docs), *metrics,
+            rows.append([data, "dp" if label.startswith("dp-z") else label.replace("none-sgd-dense", "none, sgd + dense"), z, epsilon_cell(docs), *metrics,
                          f"{rounds:g}", str(len(docs))])
     header = ["data", "privacy", "noise multiplier", "epsilon (δ=1e-5)", *[c for _, _, c in COLUMNS],
               "rounds played", "seeds"]
