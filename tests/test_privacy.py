@@ -143,3 +143,26 @@ def test_unsupported_combinations_are_refused_in_one_line(tiny_cfg, overrides, m
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
         PrivacySettings.from_config(tiny_cfg(*overrides))
     assert "\n" not in str(caught.value)
+
+
+def test_privacy_bench_table_averages_seeds_and_shows_epsilon(tmp_path):
+    import json
+
+    from benchmarks.privacy import run_dir, settings, table
+
+    def write(label, seed, auc, epsilon):
+        where = run_dir(tmp_path, "default", label, seed)
+        where.mkdir(parents=True)
+        final = {"purchase": {"auc": auc}, "click": {"auc": auc}, "rating": {"rmse": 1.0}}
+        rounds = [{"round": 5, **({"privacy": {"epsilon": epsilon, "delta": 1e-5}} if label != "none" else {})}]
+        (where / "metrics.json").write_text(json.dumps({"tasks": final, "rounds": rounds}))
+
+    write("none", 0, 0.70, None)
+    write("dp-z1", 0, 0.60, 9.0)
+    write("dp-z1", 1, 0.62, 9.0)
+    write("dp-z0", 0, 0.65, None)  # JSON null: unbounded
+    text = table(tmp_path, ["default"], settings([0.0, 1.0]), seeds=2)
+    rows = {line.split(" | ")[2]: line for line in text.splitlines()[2:]}
+    assert "- (no DP)" in rows["-"] and "0.7000" in rows["-"]
+    assert "| ∞ |" in rows["0"]
+    assert "| 9 | 0.6100 ± 0.0141 |" in rows["1"] and rows["1"].endswith("| 5 | 2 |")
