@@ -67,24 +67,30 @@ def setup_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | No
     return Message(content, reply_to=msg)
 
 
-def _experiment(msg: Message, cfg: Mapping[str, Any]) -> Experiment:
+def _experiment(request: RecordDict, cfg: Mapping[str, Any]) -> Experiment:
     """The model every node builds alike: from the plan the server fixed and sent."""
-    return experiment_for(cfg, RunPlan.from_json(str(msg.content.config_records[protocol.CONFIG][protocol.PLAN])))
+    return experiment_for(cfg, RunPlan.from_json(str(request.config_records[protocol.CONFIG][protocol.PLAN])))
 
 
-def _trainable_from(msg: Message, experiment: Experiment) -> tuple[MultiTaskModel, LossWeighting]:
+def _trainable_from(request: RecordDict, experiment: Experiment) -> tuple[MultiTaskModel, LossWeighting]:
     """The global model and loss weighting, as the server sent them."""
     model, weighting = experiment.new_model(), experiment.new_weighting()
-    load_joint_state(model, weighting, msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
+    load_joint_state(model, weighting, request.array_records[protocol.ARRAYS].to_torch_state_dict())
     return model.to(experiment.device), weighting.to(experiment.device)
 
 
 def train_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | None, cfg: Mapping[str, Any]) -> Message:
-    experiment = _experiment(msg, cfg)
+    return Message(train_content(msg.content, node_config, manifest, cfg), reply_to=msg)
+
+
+def train_content(request: RecordDict, node_config: Mapping[str, Any], manifest: str | None,
+                  cfg: Mapping[str, Any]) -> RecordDict:
+    """A train request's answer: the trained state, metrics and counts (and the aggregate records)."""
+    experiment = _experiment(request, cfg)
     data = node_data(node_config, manifest, cfg)
-    model, weighting = _trainable_from(msg, experiment)
+    model, weighting = _trainable_from(request, experiment)
     optimizer = make_optimizer(model, weighting, cfg["train"])
-    config = msg.content.config_records[protocol.CONFIG]
+    config = request.config_records[protocol.CONFIG]
     server_round = int(config.get(protocol.SERVER_ROUND, 0))
     merchant_index = int(config.get(protocol.MERCHANT_INDEX, 0))
     seed = shuffle_seed(int(cfg["seed"]), server_round, merchant_index)
@@ -93,7 +99,7 @@ def train_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | No
                                experiment.device, server_round)
     metrics = flatten(with_counts({t: {"loss": v} for t, v in report.losses.items()}, report.label_counts))
     metrics[protocol.NUM_EXAMPLES] = report.examples
-    sent = msg.content.array_records[protocol.ARRAYS]
+    sent = request.array_records[protocol.ARRAYS]
     content = RecordDict({protocol.ARRAYS: outgoing_state(sent, joint_state(model, weighting), cfg, server_round,
                                                           merchant_index),
                           protocol.METRICS: MetricRecord(metrics),
@@ -107,14 +113,14 @@ def train_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | No
         rows = trained_rows(shard, experiment.tasks, {name: id_tables[name] for name in tables})
         content[protocol.ROW_COUNTS] = ArrayRecord(
             {name: Array(np.stack([ids, counts]).astype(np.int64)) for name, (ids, counts) in rows.items()})
-    return Message(content, reply_to=msg)
+    return content
 
 
 def evaluate_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | None,
                    cfg: Mapping[str, Any]) -> Message:
-    experiment = _experiment(msg, cfg)
+    experiment = _experiment(msg.content, cfg)
     data = node_data(node_config, manifest, cfg)
-    model, _ = _trainable_from(msg, experiment)
+    model, _ = _trainable_from(msg.content, experiment)
     with_ranking = bool(int(msg.content.config_records[protocol.CONFIG].get(protocol.RANKING, 0)))
     train = data.shard("train") if with_ranking else None  # ranking alone needs the user's train items
     test, val = data.shard("test"), data.shard("val")

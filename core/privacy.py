@@ -22,7 +22,7 @@ import numpy as np
 
 from core.errors import InputError
 
-MODES = ("none", "dp", "ldp")
+MODES = ("none", "dp", "ldp", "secagg")
 ON_TARGET = ("stop", "warn")
 
 Arrays = Mapping[str, np.ndarray]
@@ -51,6 +51,10 @@ class PrivacySettings:
             raise InputError(f"privacy.mode must be one of {', '.join(MODES)}, got {mode!r}")
         if mode == "none":
             return cls()
+        if mode == "secagg":
+            settings = cls(mode)
+            settings.check_row_statistics(cfg)
+            return settings
         settings = cls(mode, float(given["clip_norm"]), float(given["noise_multiplier"]), float(given["delta"]),
                        None if given.get("target_epsilon") is None else float(given["target_epsilon"]),
                        str(given.get("on_target", "stop")),
@@ -70,10 +74,14 @@ class PrivacySettings:
             raise InputError(f"{prefix}: privacy.target_epsilon must be > 0 or null, got {self.target_epsilon}")
         if self.on_target not in ON_TARGET:
             raise InputError(f"{prefix}: privacy.on_target must be stop or warn, got {self.on_target!r}")
+        self.check_row_statistics(cfg)
+
+    def check_row_statistics(self, cfg: Mapping[str, Any]) -> None:
+        """Federated only, and no per-row statistics: under DP they are per-row sums that no clip bounds;
+        under SecAgg+ they cannot be masked (the mod clears them) and name the rows a merchant touched."""
+        prefix = f"privacy={self.mode}"
         if cfg.get("mode", "federated") != "federated":
             raise InputError(f"{prefix} protects what merchants send, so it needs mode=federated, got mode={cfg['mode']}")
-        # The Newton statistics and the row counts are per-row sums that no clip bounds: under DP only
-        # the clipped delta of the model may leave a merchant (README, Privacy).
         if cfg["train"]["first_order_fit"] != "sgd":
             raise InputError(f"{prefix} needs train.first_order_fit=sgd (the Newton statistics are unclipped "
                              f"per-row sums), got {cfg['train']['first_order_fit']}")

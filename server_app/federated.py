@@ -23,7 +23,9 @@ from server_app.outputs import RoundRecord, RunResult, log_round
 from server_app.privacy import PrivateRounds
 from server_app.roster import Roster
 from server_app.setup import addressees, failure, node_of, set_up_newcomers
-from server_app.strategy import Evaluation, MultiTaskFedAvg, RoundFailed, arrays_to_numpy, sample_size
+from server_app.secure_round import secure_train_round
+from server_app.strategy import (Evaluation, MultiTaskFedAvg, RoundFailed, arrays_to_numpy, combined_train_metrics,
+                                 sample_size)
 from tasks.experiment import Experiment, experiment_for
 from tasks.metrics import Metrics, combine_merchants, unflatten
 from tasks.plan import plan_from_summaries
@@ -128,9 +130,15 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any]) -> RunResult:
             n_nodes = len(strategy.participants)
             if not privacy.may_play(server_round, sample_size(n_nodes, strategy.fraction_train), n_nodes):
                 break
-            replies = _exchange(grid, strategy.configure_train(server_round, arrays, plan, grid),
-                                timeout, server_round, "train", roster, failures)
-            new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+            messages = strategy.configure_train(server_round, arrays, plan, grid)
+            if privacy.settings.mode == "secagg":  # the server sees only the sum (server_app/secure_round.py)
+                new_arrays, flats = secure_train_round(grid, list(messages), arrays, strategy.parameter_tasks,
+                                                       max(s.rows["train"] for s in roster.summaries.values()),
+                                                       cfg["privacy"], timeout)
+                train_metrics = combined_train_metrics(flats)
+            else:
+                replies = _exchange(grid, messages, timeout, server_round, "train", roster, failures)
+                new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
             if new_arrays is not None:
                 arrays = new_arrays
                 privacy.spend(server_round)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from logging import WARNING
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -56,6 +56,16 @@ def _wide_stats(reply: Message) -> WideStats:
 def sample_size(nodes: int, fraction: float) -> int:
     """How many of `nodes` a phase addresses at `fraction` (at least one)."""
     return nodes if fraction >= 1.0 or not nodes else max(1, int(nodes * fraction))
+
+
+def combined_train_metrics(flats: Sequence[Mapping[str, Any]]) -> MetricRecord:
+    """The merchants' train losses combined (each task's weighted by its label counts), examples summed."""
+    losses, counts = {}, {}
+    for k, flat in enumerate(flats):
+        losses[str(k)], counts[str(k)] = split_counts(unflatten(dict(flat)))
+    metrics = flatten(combine_merchants(losses, counts))
+    metrics[protocol.NUM_EXAMPLES] = sum(int(flat[protocol.NUM_EXAMPLES]) for flat in flats)
+    return MetricRecord(metrics)
 
 
 class MultiTaskFedAvg(FedAvg):
@@ -136,21 +146,17 @@ class MultiTaskFedAvg(FedAvg):
         ok = self._successful(server_round, replies, "train")
         if not ok:
             return None, None
-        updates, losses, counts = [], {}, {}
-        for k, msg in enumerate(ok):
-            flat = msg.content.metric_records[protocol.METRICS]
-            task_metrics, task_counts = split_counts(unflatten(flat))
+        updates, flats = [], [msg.content.metric_records[protocol.METRICS] for msg in ok]
+        for msg, flat in zip(ok, flats):
+            _, task_counts = split_counts(unflatten(flat))
             updates.append(ClientUpdate(arrays_to_numpy(msg.content.array_records[protocol.ARRAYS]),
                                         int(flat[protocol.NUM_EXAMPLES]), task_counts, _row_counts(msg)))
-            losses[str(k)], counts[str(k)] = task_metrics, task_counts
         current = arrays_to_numpy(self._global) if self._global is not None else updates[0].arrays
         arrays = self.combine(current, updates, self.parameter_tasks, self.row_tables)
         wide = [_wide_stats(msg) for msg in ok]
         if self.newton is not None and any(wide):
             arrays.update(newton_update(current, sum_statistics(wide), *self.newton))
-        metrics = flatten(combine_merchants(losses, counts))
-        metrics[protocol.NUM_EXAMPLES] = sum(u.examples for u in updates)
-        return numpy_to_arrays(arrays), MetricRecord(metrics)
+        return numpy_to_arrays(arrays), combined_train_metrics(flats)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         ok = self._successful(server_round, replies, "evaluate")

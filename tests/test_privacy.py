@@ -166,3 +166,22 @@ def test_privacy_bench_table_averages_seeds_and_shows_epsilon(tmp_path):
     assert "- (no DP)" in rows["-"] and "0.7000" in rows["-"]
     assert "| ∞ |" in rows["0"]
     assert "| 9 | 0.6100 ± 0.0141 |" in rows["1"] and rows["1"].endswith("| 5 | 2 |")
+
+
+def test_the_sum_of_weighted_vectors_decodes_to_the_multitask_average():
+    from core.secure_sum import decode_sum, encode_weighted
+    from server_app.aggregation import aggregate_multitask
+
+    current = state([0.0, 0.0], [9.0], [9.0])
+    updates = [ClientUpdate(state([1.0, 2.0], [2.0], [1.0]), examples=100, label_counts={"rating": 20, "click": 100}),
+               ClientUpdate(state([4.0, 8.0], [5.0], [3.0]), examples=50, label_counts={"rating": 60, "click": 50}),
+               ClientUpdate(state([7.0, 1.0], [-1e3], [7.0]), examples=300, label_counts={"click": 300})]
+    bound = 300.0
+    vectors = [encode_weighted(u.arrays, OWNERS, {None: u.examples, **u.label_counts}, bound) for u in updates]
+    assert max(float(np.abs(a).max()) for v in vectors for a in v) <= 8.0  # inside SecAgg+'s clipping range
+    summed = [sum(parts) for parts in zip(*vectors)]
+    decoded = decode_sum(summed, current, OWNERS)
+    expected = aggregate_multitask(current, updates, OWNERS)
+    for name in current:
+        np.testing.assert_allclose(decoded[name], expected[name], rtol=1e-6)
+        assert decoded[name].dtype == current[name].dtype

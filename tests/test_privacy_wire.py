@@ -13,6 +13,7 @@ import pytest
 from core import protocol
 from data.partition import partition_table, read_manifest
 from data.shards import bucket_counts, prepare_merchant
+from launch.recording import RecordingGrid
 from launch.simulation import run_federated_simulation
 from tasks.experiment import open_experiment
 from tasks.state import joint_state
@@ -22,27 +23,6 @@ pytestmark = pytest.mark.slow
 ARRAY_RECORDS = {protocol.ARRAYS, protocol.WIDE_STATS, protocol.ROW_COUNTS}
 METRIC_RECORDS = {protocol.METRICS, protocol.VAL_METRICS, protocol.ORACLE}
 CONFIG_RECORDS = {protocol.MERCHANT, protocol.SETUP}
-
-
-class RecordingGrid:
-    """Flower's grid, passed through, keeping every reply that reaches the server."""
-
-    def __init__(self, grid) -> None:
-        self._grid = grid
-        self.received = []
-
-    def __getattr__(self, name):
-        return getattr(self._grid, name)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
-        self.received.extend(replies)
-        return replies
-
-    def pull_messages(self, message_ids):
-        replies = list(self._grid.pull_messages(message_ids))
-        self.received.extend(replies)
-        return replies
 
 
 def merchants_data(cfg):
