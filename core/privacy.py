@@ -1,6 +1,7 @@
 """Differential privacy's mechanism as plain array math, shared by the nodes (local DP) and the server
 (central DP): clip a merchant's update, the Gaussian noise a bound calls for, and the settings
-(`privacy=none|dp|ldp`) with the combinations the project supports.
+(`privacy=none|dp|ldp|secagg`) with the combinations the project supports (secure aggregation's own
+math is core/secure_sum.py).
 
 The privacy unit is a merchant: its update is its whole round's delta from the global model it was
 sent, over every array it sends, clipped to `clip_norm` in L2. Under central DP the server adds noise

@@ -185,3 +185,9 @@ def test_the_sum_of_weighted_vectors_decodes_to_the_multitask_average():
     for name in current:
         np.testing.assert_allclose(decoded[name], expected[name], rtol=1e-6)
         assert decoded[name].dtype == current[name].dtype
+
+
+def test_secure_aggregation_refuses_the_per_row_statistics(tiny_cfg):
+    assert PrivacySettings.from_config(tiny_cfg("privacy=secagg")).mode == "secagg"
+    with pytest.raises(InputError, match="needs train.first_order_fit=sgd"):
+        PrivacySettings.from_config(tiny_cfg("privacy=secagg", "train.first_order_fit=newton"))
