@@ -12,12 +12,14 @@ from omegaconf import DictConfig
 
 from core.config import CONF_DIR, to_plain
 from core.errors import InputError
+from core.privacy import PrivacySettings
 from server_app.orchestration import run_job
 from server_app.strategy import RoundFailed
 
 
 def run(cfg: DictConfig, output_dir: Path) -> None:
     plain = to_plain(cfg)
+    PrivacySettings.from_config(plain)  # an unsupported privacy combination fails before Flower starts
     if plain["mode"] == "federated":
         from launch.simulation import run_federated_simulation
         run_federated_simulation(plain, output_dir)
