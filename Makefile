@@ -8,7 +8,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: install run test test-fast deploy-local bench bench-speed references sweep clean
+.PHONY: install run test test-fast deploy-local bench bench-speed bench-privacy references sweep clean
 
 # torch goes first and pinned: this takes the CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -44,6 +44,10 @@ references: $(STAMP)
 # Speed and memory as ratios measured in one run: federation vs local/centralized, aggregation vs training, models.
 bench-speed: $(STAMP)
 	$(PY) -m benchmarks.speed $(ARGS)
+
+# Purchase/click AUC and rating RMSE against epsilon (privacy=dp at several noise multipliers), 3 seeds.
+bench-privacy: $(STAMP)
+	$(PY) -m benchmarks.privacy $(ARGS)
 
 # Architectures x loss weightings, federated, on the default data; summary.md/.csv/.png in the sweep dir.
 SWEEP ?= model=shared_bottom,mmoe,ple,esmm loss=equal,static,uncertainty,gradnorm,dwa,pcgrad

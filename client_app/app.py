@@ -11,6 +11,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from client_app.merchant import evaluate_reply, setup_reply, train_reply
+from client_app.secure_aggregation import is_secure_round, secure_aggregation_mod, secure_train_reply
 from core import protocol
 from core.config import config_from_run_config
 from core.errors import InputError
@@ -39,9 +40,9 @@ def make_client_app(config_of: Callable[[Context], dict],
     def setup(msg: Message, context: Context) -> Message:
         return answer(setup_reply, msg, context)
 
-    @app.train()
+    @app.train(mods=[secure_aggregation_mod])  # passes every message but a SecAgg+ round's (privacy=secagg)
     def train(msg: Message, context: Context) -> Message:
-        return answer(train_reply, msg, context)
+        return answer(secure_train_reply if is_secure_round(msg) else train_reply, msg, context)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+from client_app.local_privacy import outgoing_state
 from core import protocol
 from core.errors import InputError
 from data.partition import partition_for_node, partition_table
@@ -66,32 +67,41 @@ def setup_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | No
     return Message(content, reply_to=msg)
 
 
-def _experiment(msg: Message, cfg: Mapping[str, Any]) -> Experiment:
+def _experiment(request: RecordDict, cfg: Mapping[str, Any]) -> Experiment:
     """The model every node builds alike: from the plan the server fixed and sent."""
-    return experiment_for(cfg, RunPlan.from_json(str(msg.content.config_records[protocol.CONFIG][protocol.PLAN])))
+    return experiment_for(cfg, RunPlan.from_json(str(request.config_records[protocol.CONFIG][protocol.PLAN])))
 
 
-def _trainable_from(msg: Message, experiment: Experiment) -> tuple[MultiTaskModel, LossWeighting]:
+def _trainable_from(request: RecordDict, experiment: Experiment) -> tuple[MultiTaskModel, LossWeighting]:
     """The global model and loss weighting, as the server sent them."""
     model, weighting = experiment.new_model(), experiment.new_weighting()
-    load_joint_state(model, weighting, msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
+    load_joint_state(model, weighting, request.array_records[protocol.ARRAYS].to_torch_state_dict())
     return model.to(experiment.device), weighting.to(experiment.device)
 
 
 def train_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | None, cfg: Mapping[str, Any]) -> Message:
-    experiment = _experiment(msg, cfg)
+    return Message(train_content(msg.content, node_config, manifest, cfg), reply_to=msg)
+
+
+def train_content(request: RecordDict, node_config: Mapping[str, Any], manifest: str | None,
+                  cfg: Mapping[str, Any]) -> RecordDict:
+    """A train request's answer: the trained state, metrics and counts (and the aggregate records)."""
+    experiment = _experiment(request, cfg)
     data = node_data(node_config, manifest, cfg)
-    model, weighting = _trainable_from(msg, experiment)
+    model, weighting = _trainable_from(request, experiment)
     optimizer = make_optimizer(model, weighting, cfg["train"])
-    config = msg.content.config_records[protocol.CONFIG]
+    config = request.config_records[protocol.CONFIG]
     server_round = int(config.get(protocol.SERVER_ROUND, 0))
-    seed = shuffle_seed(int(cfg["seed"]), server_round, int(config.get(protocol.MERCHANT_INDEX, 0)))
+    merchant_index = int(config.get(protocol.MERCHANT_INDEX, 0))
+    seed = shuffle_seed(int(cfg["seed"]), server_round, merchant_index)
     shard = data.shard("train")
     report, wide = train_round(model, weighting, optimizer, shard, experiment.tasks, cfg["train"], seed,
                                experiment.device, server_round, proximal_mu(cfg.get("strategy")))
     metrics = flatten(with_counts({t: {"loss": v} for t, v in report.losses.items()}, report.label_counts))
     metrics[protocol.NUM_EXAMPLES] = report.examples
-    content = RecordDict({protocol.ARRAYS: ArrayRecord(joint_state(model, weighting)),
+    sent = request.array_records[protocol.ARRAYS]
+    content = RecordDict({protocol.ARRAYS: outgoing_state(sent, joint_state(model, weighting), cfg, server_round,
+                                                          merchant_index),
                           protocol.METRICS: MetricRecord(metrics),
                           protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: data.merchant_id})})
     if wide:  # only sums per bias row: the server adds them and takes the Newton step
@@ -103,14 +113,14 @@ def train_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | No
         rows = trained_rows(shard, experiment.tasks, {name: id_tables[name] for name in tables})
         content[protocol.ROW_COUNTS] = ArrayRecord(
             {name: Array(np.stack([ids, counts]).astype(np.int64)) for name, (ids, counts) in rows.items()})
-    return Message(content, reply_to=msg)
+    return content
 
 
 def evaluate_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | None,
                    cfg: Mapping[str, Any]) -> Message:
-    experiment = _experiment(msg, cfg)
+    experiment = _experiment(msg.content, cfg)
     data = node_data(node_config, manifest, cfg)
-    model, _ = _trainable_from(msg, experiment)
+    model, _ = _trainable_from(msg.content, experiment)
     with_ranking = bool(int(msg.content.config_records[protocol.CONFIG].get(protocol.RANKING, 0)))
     train = data.shard("train") if with_ranking else None  # ranking alone needs the user's train items
     test, val = data.shard("test"), data.shard("val")

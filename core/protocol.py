@@ -14,6 +14,7 @@ MERCHANT_INDEX = "merchant-index"  # key in a train CONFIG: this node's merchant
 MERCHANT = "merchant"          # ConfigRecord of every train/evaluate reply: which merchant answered
 MERCHANT_ID = "merchant-id"    # key in MERCHANT, and the node-config key naming a SuperNode's merchant
 NUM_EXAMPLES = "num-examples"  # FedAvg weight of shared parameters
+WEIGHT_BOUND = "weight-bound"  # key in a SecAgg+ round's FitIns config: the public bound weights are divided by
 
 SETUP = "setup"                # ConfigRecord of a setup (query) reply: the node's data summary, flat
 SETUP_ERROR = "error"          # key in SETUP when the node cannot take part: one line saying why

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from core.config import CONF_DIR, to_plain
 from core.errors import InputError
+from core.privacy import PrivacySettings
 from data.partition import record_partition
 from server_app.orchestration import run_job
 from server_app.strategy import RoundFailed
@@ -19,6 +20,7 @@ from server_app.strategy import RoundFailed
 
 def run(cfg: DictConfig, output_dir: Path) -> None:
     plain = to_plain(cfg)
+    PrivacySettings.from_config(plain)  # an unsupported privacy combination fails before anything starts
     if plain["data"]["source"] == "table":  # which rows each merchant held, next to the run's outputs
         record_partition(plain["data"], output_dir)
     if plain["mode"] == "federated":

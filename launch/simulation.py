@@ -37,9 +37,10 @@ def backend_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
             "init_args": {"logging_level": logging.WARNING, "log_to_driver": True}}
 
 
-def run_federated_simulation(cfg: Mapping[str, Any], output_dir: Path, client_mods: Sequence[Callable] = ()
-                             ) -> RunResult:
-    """`client_mods`: Flower mods around every simulated client (tests/faulty_clients.py injects faults)."""
+def run_federated_simulation(cfg: Mapping[str, Any], output_dir: Path, client_mods: Sequence[Callable] = (),
+                             grid_view: Callable | None = None) -> RunResult:
+    """`client_mods`: Flower mods around every simulated client (tests/faulty_clients.py injects faults);
+    `grid_view` wraps the grid the ServerApp is given (see make_server_app; the wire test records with it)."""
     for key, value in FLOWER_ENV.items():
         os.environ.setdefault(key, value)
     from flwr.simulation import run_simulation  # after the environment is set
@@ -51,7 +52,7 @@ def run_federated_simulation(cfg: Mapping[str, Any], output_dir: Path, client_mo
     plain = {**cfg, "federation": {**cfg["federation"], "min_nodes": n_merchants}}
     outcome: dict[str, Any] = {}
     run_simulation(
-        server_app=make_server_app(lambda _: plain, lambda _: output_dir, outcome),
+        server_app=make_server_app(lambda _: plain, lambda _: output_dir, outcome, grid_view),
         client_app=make_client_app(lambda _: plain, lambda _: manifest, client_mods),
         num_supernodes=n_merchants,
         backend_config=backend_config(cfg),

@@ -25,14 +25,16 @@ def output_dir_from_run_config(context: Context) -> Path:
 
 
 def make_server_app(config_of: Callable[[Context], dict], output_dir_of: Callable[[Context], Path],
-                    outcome: dict[str, Any] | None = None) -> ServerApp:
-    """A ServerApp running one job; `outcome` (if given) receives the result or the error, for the caller."""
+                    outcome: dict[str, Any] | None = None, grid_view: Callable[[Grid], Grid] | None = None
+                    ) -> ServerApp:
+    """A ServerApp running one job; `outcome` (if given) receives the result or the error, for the caller;
+    `grid_view` (if given) wraps Flower's grid, e.g. to record every message reaching the server."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            result = run_job(config_of(context), output_dir_of(context), grid)
+            result = run_job(config_of(context), output_dir_of(context), grid_view(grid) if grid_view else grid)
         except (InputError, RoundFailed) as exc:
             log(ERROR, "merchant-fl: error: %s", exc)
             if outcome is None:

@@ -27,12 +27,15 @@ from data.summary import pooled_bad_rows
 from server_app.checkpoint import (CHECKPOINT, Checkpoint, check_resumable, initial_arrays, read_checkpoint,
                                    restore_rng, rng_state, trained_state, write_checkpoint)
 from server_app.outputs import RoundRecord, RunResult
+from server_app.privacy import PrivateRounds
 from server_app.progress import RunProgress
-from server_app.replies import round_rules
+from server_app.replies import round_rules, sample_count
 from server_app.roster import Roster
 from server_app.server_opt import ServerOptimizer, server_optimizer
+from server_app.secure_round import secure_train_round
 from server_app.setup import addressees, failure, node_of, set_up_newcomers
-from server_app.strategy import Evaluation, MultiTaskFedAvg, RoundFailed, arrays_to_numpy, numpy_to_arrays
+from server_app.strategy import (Evaluation, MultiTaskFedAvg, RoundFailed, arrays_to_numpy, combined_train_metrics,
+                                 numpy_to_arrays)
 from tasks.experiment import Experiment, experiment_for
 from tasks.metrics import Metrics, combine_merchants, unflatten
 from tasks.plan import RunPlan, plan_from_summaries
@@ -104,6 +107,9 @@ def _resumed(cfg: Mapping[str, Any]) -> Checkpoint | None:
     """The checkpoint `resume=` names, checked against this run's config; None for a fresh run."""
     if not cfg.get("resume"):
         return None
+    if cfg.get("privacy", {}).get("mode", "none") != "none":
+        raise InputError("resume with privacy is not supported: the accountant's spent budget is not in the "
+                         "checkpoint (start a new run, or resume with privacy=none)")
     checkpoint = read_checkpoint(cfg["resume"])
     check_resumable(checkpoint.config, cfg, cfg["resume"])
     return checkpoint
@@ -143,10 +149,11 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
     model, weighting = experiment.new_model(), experiment.new_weighting()
     row_tables = averaged_by_rows(model, cfg)
     optimizer = server_optimizer(cfg["strategy"], _optimised(model, cfg))
+    privacy = PrivateRounds.from_config(cfg)
     strategy = MultiTaskFedAvg(
         joint_owners(model, weighting), roster.merchant, failures, row_tables,
         (float(cfg["train"]["bias_l2"]), float(cfg["train"]["newton_damping"])) if newton_fit(cfg["train"]) else None,
-        rules=rules, server_opt=optimizer,
+        rules=rules, server_opt=optimizer, combine=privacy.combine,
         fraction_train=float(fed["fraction_train"]), fraction_evaluate=float(fed["fraction_evaluate"]),
         min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1,
     )
@@ -181,14 +188,25 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
         if server_round:
             set_up_newcomers(grid, roster, failures, server_round, timeout)
             strategy.participants = roster.participants(grid.get_node_ids())
-            replies = _exchange(grid, strategy.configure_train(server_round, arrays, plan, grid),
-                                timeout, server_round, "train", roster, failures)
-            new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+            n_nodes = len(strategy.participants)
+            if not privacy.may_play(server_round, sample_count(n_nodes, strategy.fraction_train, rules.clients_per_round),
+                                    n_nodes):
+                break
+            messages = strategy.configure_train(server_round, arrays, plan, grid)
+            if privacy.settings.mode == "secagg":  # the server sees only the sum (server_app/secure_round.py)
+                new_arrays, flats = secure_train_round(grid, list(messages), arrays, strategy.parameter_tasks,
+                                                       max(s.rows["train"] for s in roster.summaries.values()),
+                                                       cfg["privacy"], timeout)
+                train_metrics = combined_train_metrics(flats)
+            else:
+                replies = _exchange(grid, messages, timeout, server_round, "train", roster, failures)
+                new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
             if new_arrays is not None:
                 arrays = new_arrays
+                privacy.spend(server_round)
             losses = {t: m["loss"] for t, m in unflatten(dict(train_metrics or {})).items() if "loss" in m}
         evaluation = evaluate(server_round, arrays)
-        rounds.append(RoundRecord(server_round, evaluation.overall, losses, evaluation.validation))
+        rounds.append(RoundRecord(server_round, evaluation.overall, losses, evaluation.validation, privacy.record()))
         progress.report(rounds[-1], experiment.metric_names, evaluation.per_merchant)
         keeper.offer(server_round, validation_loss(evaluation.validation, experiment.tasks, rounds[0].validation),
                      lambda: arrays)

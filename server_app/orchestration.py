@@ -14,6 +14,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from core.errors import InputError
+from core.privacy import PrivacySettings
 from core.runtime import resolve_device, seed_everything
 from data.schema import format_bad_rows
 from server_app.baselines import run_baseline
@@ -32,6 +33,7 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None) 
         raise InputError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
     seed_everything(int(cfg["seed"]))
     resolve_device(str(cfg["device"]))  # a bad device setting fails here, before any training
+    PrivacySettings.from_config(cfg)  # an unsupported privacy combination fails before any data is read
     check_rule(str(cfg["select_round"]))  # whether there are validation rows is known once data is prepared
     if int(cfg["patience"]) < 0:
         raise InputError(f"patience must be >= 0 (0 = never stop early), got {cfg['patience']}")

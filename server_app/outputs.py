@@ -23,6 +23,7 @@ class RoundRecord:
     tasks: dict[str, Metrics]                              # test metrics, merchants combined
     train_loss: dict[str, float] = field(default_factory=dict)
     validation: dict[str, Metrics] = field(default_factory=dict)
+    privacy: dict[str, float] = field(default_factory=dict)  # (epsilon, delta) spent so far; empty without DP
 
 
 @dataclass
@@ -61,8 +62,8 @@ def metrics_document(result: RunResult) -> dict[str, Any]:
         "per_merchant": result.per_merchant,
         "selected_round": result.selected_round,
         "select_round": result.config.get("select_round"),
-        "rounds": [{"round": r.round, "tasks": r.tasks, "validation": r.validation, "train_loss": r.train_loss}
-                   for r in result.rounds],
+        "rounds": [{"round": r.round, "tasks": r.tasks, "validation": r.validation, "train_loss": r.train_loss,
+                    **({"privacy": r.privacy} if r.privacy else {})} for r in result.rounds],
         "oracle": result.oracle,
         "failures": result.failures,
         "merchant_train_rows": result.merchant_rows,

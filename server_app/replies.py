@@ -21,13 +21,19 @@ def sample_clients(indices: Sequence[int], fraction: float, count: int | None, s
     generator seeded from the run's seed, the round and the phase, so a run (and its resume) draws the
     same clients. Sampling by merchant index, not node id: node ids change from run to run."""
     indices = sorted(indices)
-    take = len(indices) if count is None else int(count)
-    if count is None and fraction < 1.0:
-        take = max(1, int(len(indices) * fraction))
+    take = sample_count(len(indices), fraction, count)
     if take >= len(indices):
         return indices
     rng = np.random.default_rng([int(seed), int(server_round), {"train": 0, "evaluate": 1}[phase]])
     return sorted(int(i) for i in rng.choice(indices, size=take, replace=False))
+
+
+def sample_count(nodes: int, fraction: float, count: int | None) -> int:
+    """How many of `nodes` a round asks: `count`, else `fraction` of them (at least one), at most all."""
+    take = nodes if count is None else int(count)
+    if count is None and fraction < 1.0:
+        take = max(1, int(nodes * fraction))
+    return min(take, nodes)
 
 
 def check_sampling(fraction_train: float, clients_per_round: int | None) -> None:

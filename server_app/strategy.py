@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from logging import WARNING
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -55,18 +55,26 @@ def _wide_stats(reply: Message) -> WideStats:
 
 
 def _train_update(reply: Message, current: Mapping[str, np.ndarray] | None
-                  ) -> tuple[ClientUpdate, WideStats, dict[str, Metrics]] | str:
-    """A train reply as (update, Newton statistics, per-task losses), or why it cannot be aggregated."""
+                  ) -> tuple[ClientUpdate, WideStats] | str:
+    """A train reply as (update, Newton statistics), or why it cannot be aggregated."""
     try:
         arrays = arrays_to_numpy(reply.content.array_records[protocol.ARRAYS])
         rows, stats = _row_counts(reply), _wide_stats(reply)
         flat = reply.content.metric_records[protocol.METRICS]
-        task_metrics, task_counts = split_counts(unflatten(flat))
+        _, task_counts = split_counts(unflatten(flat))
         update = ClientUpdate(arrays, int(flat[protocol.NUM_EXAMPLES]), task_counts, rows)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         return f"malformed reply ({type(exc).__name__}: {exc})"
     problem = reply_problem(current if current is not None else arrays, arrays, rows, stats)
-    return problem if problem is not None else (update, stats, task_metrics)
+    return problem if problem is not None else (update, stats)
+def combined_train_metrics(flats: Sequence[Mapping[str, Any]]) -> MetricRecord:
+    """The merchants' train losses combined (each task's weighted by its label counts), examples summed."""
+    losses, counts = {}, {}
+    for k, flat in enumerate(flats):
+        losses[str(k)], counts[str(k)] = split_counts(unflatten(dict(flat)))
+    metrics = flatten(combine_merchants(losses, counts))
+    metrics[protocol.NUM_EXAMPLES] = sum(int(flat[protocol.NUM_EXAMPLES]) for flat in flats)
+    return MetricRecord(metrics)
 
 
 class MultiTaskFedAvg(FedAvg):
@@ -77,13 +85,16 @@ class MultiTaskFedAvg(FedAvg):
     Id-indexed tables in `row_tables` are averaged row by row (aggregation.aggregate_rows); with
     `newton` = (prior rows, damping) the first-order biases take a Newton step on the replies' summed
     statistics (tasks/wide.py). `rules` sample the clients and reject unusable replies (replies.py);
-    `server_opt` then steps from the global model towards the aggregate (server_opt.py).
+    `server_opt` then steps from the global model towards the aggregate (server_opt.py). `combine`
+    (default: aggregation.aggregate) turns the updates into new arrays; the privacy options pass their
+    own (server_app/privacy.py).
     """
 
     def __init__(self, parameter_tasks: Mapping[str, str | None], merchant_of: Callable[[int], str | None],
                  failures: list[dict[str, Any]], row_tables: Iterable[str] = (),
                  newton: tuple[float, float] | None = None, rules: RoundRules = RoundRules(),
-                 server_opt: ServerOptimizer | None = None, **fedavg_options) -> None:
+                 server_opt: ServerOptimizer | None = None, combine: Callable[..., dict] = aggregate,
+                 **fedavg_options) -> None:
         super().__init__(**fedavg_options)
         self.parameter_tasks = dict(parameter_tasks)
         self.merchant_of = merchant_of
@@ -92,6 +103,7 @@ class MultiTaskFedAvg(FedAvg):
         self.newton = newton
         self.rules = rules
         self.server_opt = server_opt
+        self.combine = combine
         self.participants: dict[int, int] = {}
         self.sent: list[Message] = []  # the latest phase's messages, to tell which node a reply answers for
         self.evaluations: dict[int, Evaluation] = {}
@@ -156,14 +168,14 @@ class MultiTaskFedAvg(FedAvg):
         if not ok:
             return None, None
         current = arrays_to_numpy(self._global) if self._global is not None else None
-        updates, wide, losses, counts = [], [], {}, {}
+        updates, wide, flats = [], [], []
         for msg in ok:
             parsed = _train_update(msg, current)
             if isinstance(parsed, str):
                 self._reject(server_round, msg, "train", f"update rejected: {parsed}")
                 continue
-            update, stats, task_metrics = parsed
-            losses[str(len(updates))], counts[str(len(updates))] = task_metrics, dict(update.label_counts)
+            update, stats = parsed
+            flats.append(msg.content.metric_records[protocol.METRICS])
             updates.append(update)
             wide.append(stats)
         needed = required_replies(self.rules.min_replies, len(self.sent))
@@ -172,15 +184,13 @@ class MultiTaskFedAvg(FedAvg):
                               f"update, federation.min_replies={self.rules.min_replies:g} needs {needed}; "
                               f"latest failure: {self.failures[-1]['reason'] if self.failures else '?'}")
         current = current if current is not None else updates[0].arrays
-        arrays = aggregate(current, updates, self.parameter_tasks, self.row_tables, self.rules.aggregation,
-                           self.rules.trim_fraction)
+        arrays = self.combine(current, updates, self.parameter_tasks, self.row_tables, self.rules.aggregation,
+                              self.rules.trim_fraction)
         if self.newton is not None and any(wide):
             arrays.update(newton_update(current, sum_statistics(wide), *self.newton))
         if self.server_opt is not None:
             arrays = self.server_opt.step(current, arrays)
-        metrics = flatten(combine_merchants(losses, counts))
-        metrics[protocol.NUM_EXAMPLES] = sum(u.examples for u in updates)
-        return numpy_to_arrays(arrays), MetricRecord(metrics)
+        return numpy_to_arrays(arrays), combined_train_metrics(flats)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         ok = self._successful(server_round, replies, "evaluate")

@@ -1,0 +1,126 @@
+"""What leaves a merchant, proven on a real simulated run: every message that reaches the server is
+recorded (a pass-through wrapper around Flower's grid) and checked to hold only the model's arrays at
+the model's shapes, scalar metrics and counts, and the known aggregate records, never a row, a raw
+user or item id, or a label vector. What they do still carry is pinned down too: the hashed rows a
+merchant touched (WIDE_STATS, ROW_COUNTS) unless privacy=dp|ldp, which leaves only the model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core import protocol
+from data.partition import partition_table, read_manifest
+from data.shards import bucket_counts, prepare_merchant
+from launch.recording import RecordingGrid
+from launch.simulation import run_federated_simulation
+from tasks.experiment import open_experiment
+from tasks.state import joint_state
+
+pytestmark = pytest.mark.slow
+
+ARRAY_RECORDS = {protocol.ARRAYS, protocol.WIDE_STATS, protocol.ROW_COUNTS}
+METRIC_RECORDS = {protocol.METRICS, protocol.VAL_METRICS, protocol.ORACLE}
+CONFIG_RECORDS = {protocol.MERCHANT, protocol.SETUP}
+
+
+def merchants_data(cfg):
+    """Per merchant: its raw rows (as its file holds them) and its prepared splits (hashed features, labels)."""
+    out = {}
+    for part in read_manifest(partition_table(cfg["data"])):
+        prepared = prepare_merchant(part.path, cfg["data"], part.merchant_id)
+        out[part.merchant_id] = (pd.read_parquet(part.path), {s: prepared.shard(s) for s in ("train", "val", "test")})
+    return out
+
+
+def check_row_ids(ids: np.ndarray, name: str, train_features: np.ndarray, buckets: list[int]) -> None:
+    """Row ids of an aggregate record: sorted, unique, hashed buckets of rows this merchant trained on."""
+    assert np.all(ids == np.round(ids)) and np.all(np.diff(ids) > 0), name
+    if len(ids) == 0:  # a task this merchant holds no label of
+        return
+    if name.startswith("first_order.bias."):
+        assert ids.tolist() == [0]  # a task's global bias: one row
+        return
+    column = int(name.split(".")[-2])
+    assert ids.min() >= 0 and ids.max() < buckets[column], name
+    assert set(ids.astype(np.int64)) <= set(train_features[:, column].tolist()), name
+
+
+def label_vectors(splits) -> list[np.ndarray]:
+    return [y for shard in splits.values() for y in shard.labels.values()]
+
+
+def holds_a_label_vector(array: np.ndarray, labels: list[np.ndarray]) -> bool:
+    """Whether the array, or one of its rows, holds some split's label column (in any order)."""
+    lengths = {len(y) for y in labels}
+    candidates = [array.reshape(-1)] if array.size in lengths else []
+    if array.ndim > 1 and array.shape[-1] in lengths:
+        candidates += list(array.reshape(-1, array.shape[-1]))
+    return any(len(c) == len(y) and np.array_equal(np.sort(c.astype(np.float64)), np.sort(y.astype(np.float64)),
+                                                  equal_nan=True)
+               for c in candidates for y in labels)
+
+
+@pytest.mark.parametrize("privacy", ["none", "ldp"])
+def test_only_model_arrays_scalars_and_known_aggregates_reach_the_server(tmp_path, tiny_cfg, privacy):
+    cfg = tiny_cfg(f"privacy={privacy}", "data.val_fraction=0.2")
+    recorder: dict[str, RecordingGrid] = {}
+
+    def record(grid):
+        recorder["grid"] = RecordingGrid(grid)
+        return recorder["grid"]
+
+    run_federated_simulation(cfg, tmp_path / "run", grid_view=record)
+    received = recorder["grid"].received
+    experiment = open_experiment(cfg)
+    model_state = {k: tuple(v.shape) for k, v in joint_state(experiment.new_model(), experiment.new_weighting()).items()}
+    buckets = bucket_counts(cfg["data"])
+    data = merchants_data(cfg)
+    raw_ids = {str(v) for raw, _ in data.values() for column in ("user_id", "item_id") for v in raw[column].unique()}
+    label_names = {"rating", "purchase", "click"}
+    seen_records: set[str] = set()
+
+    assert len(received) >= 4 * (1 + 2 * 2 + 1)  # setup + (train, evaluate) x 2 rounds + evaluate of the kept round
+    for reply in received:
+        assert not reply.has_error(), reply.error.reason
+        content = reply.content
+        assert set(content.array_records) <= ARRAY_RECORDS
+        assert set(content.metric_records) <= METRIC_RECORDS
+        assert set(content.config_records) <= CONFIG_RECORDS
+        seen_records |= set(content.array_records) | set(content.metric_records) | set(content.config_records)
+        # Which merchant answered: the only id that travels.
+        merchant = str(content.config_records[protocol.MERCHANT][protocol.MERCHANT_ID]) \
+            if protocol.MERCHANT in content.config_records else str(content.config_records[protocol.SETUP]["merchant-id"])
+        raw, splits = data[merchant]
+        for record in content.config_records.values():
+            for key, value in record.items():
+                values = value if isinstance(value, list) else [value]
+                assert all(isinstance(v, (int, float, str)) for v in values), key
+                strings = {v for v in values if isinstance(v, str)} | {key}
+                assert strings.isdisjoint(raw_ids), key
+                assert {v for v in values if isinstance(v, str)} <= {merchant} | label_names, key
+        for record in content.metric_records.values():
+            assert all(isinstance(v, (int, float)) for v in record.values())  # scalars, no lists
+        labels = label_vectors(splits)
+        for name, record in content.array_records.items():
+            arrays = {k: a.numpy() for k, a in record.items()}
+            if name == protocol.ARRAYS:  # exactly the model's state, at the model's shapes
+                assert {k: a.shape for k, a in arrays.items()} == model_state
+            for key, array in arrays.items():
+                assert not holds_a_label_vector(array, labels), (name, key)
+            if name == protocol.WIDE_STATS:  # per touched bias row: (id, gradient sum, curvature sum)
+                for key, stacked in arrays.items():
+                    assert stacked.shape[0] == 3 and stacked.dtype == np.float64
+                    check_row_ids(stacked[0], key, splits["train"].features, buckets)
+                    assert np.all(stacked[2] >= 0)  # curvature sums: of p (1 - p), or 1 per rating row
+            if name == protocol.ROW_COUNTS:  # per touched table row: (id, how often it was looked up)
+                for key, pair in arrays.items():
+                    assert pair.shape[0] == 2 and pair.dtype == np.int64
+                    check_row_ids(pair[0], key, splits["train"].features, buckets)
+                    assert np.all(pair[1] >= 1) and pair[1].sum() <= len(splits["train"])
+
+    if privacy == "none":  # what the default still reveals: the hashed rows each merchant touched
+        assert {protocol.WIDE_STATS, protocol.ROW_COUNTS} <= seen_records
+    else:  # under DP only the (clipped, noised) model leaves a merchant
+        assert not seen_records & {protocol.WIDE_STATS, protocol.ROW_COUNTS}
