@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
+from server_app.figures import metric_panels
+
 if TYPE_CHECKING:  # outputs.py draws this view, so the import only serves the type hints
     from server_app.outputs import RunResult
 
@@ -26,27 +28,10 @@ def plot_merchants(results: Mapping[str, "RunResult"], path: Path, metric_names:
                    ) -> None:
     """One panel per task metric: x = the merchant's train rows (log scale), y = its test metric, one
     series per run (mode)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(t, m) for t, names in metric_names.items() for m in names]
-    cols = min(len(panels), 4)
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False)
-    for ax, (task, metric) in zip(axes.flat, panels):
+    title = "per merchant: test metric against size (" + ", ".join(results) + ")"
+    for ax, task, metric in metric_panels(metric_names, path, title, "merchant train rows", height=2.9):
         for label, result in results.items():
             points = merchant_points(result, task, metric)
             if points:
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, lw=0.8, label=label)
         ax.set_xscale("log")
-        ax.set_title(f"{task} {metric}")
-        ax.set_xlabel("merchant train rows")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
-    fig.suptitle("per merchant: test metric against size (" + ", ".join(results) + ")")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

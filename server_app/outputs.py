@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from flwr.common.logger import log
 
+from server_app.figures import metric_panels
 from server_app.merchant_view import plot_merchants
 from tasks.metrics import Metrics
 
@@ -96,30 +97,12 @@ def log_round(record: RoundRecord, metric_names: dict[str, tuple[str, ...]]) -> 
 
 
 def plot_rounds(result: RunResult, path: Path, metric_names: dict[str, tuple[str, ...]]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(t, m) for t, names in metric_names.items() for m in names]
-    cols = min(len(panels), 4)
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
     xs = [r.round for r in result.rounds]
-    for ax, (task, metric) in zip(axes.flat, panels):
-        ys = [r.tasks.get(task, {}).get(metric, math.nan) for r in result.rounds]
-        ax.plot(xs, ys, marker="o", ms=3, label=result.mode)
+    for ax, task, metric in metric_panels(metric_names, path, f"merchant-fl ({result.mode})", "round"):
+        ax.plot(xs, [r.tasks.get(task, {}).get(metric, math.nan) for r in result.rounds], marker="o", ms=3,
+                label=result.mode)
         if result.oracle and metric in result.oracle.get(task, {}):
             ax.axhline(result.oracle[task][metric], color="grey", ls="--", lw=1, label="oracle")
-        ax.set_title(f"{task} {metric}")
-        ax.set_xlabel("round")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
-    fig.suptitle(f"merchant-fl ({result.mode})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_outputs(result: RunResult, output_dir: Path, metric_names: dict[str, tuple[str, ...]]) -> None:

@@ -40,27 +40,29 @@ def fedavgm_step(current: Arrays, delta: Arrays, momentum: dict[str, np.ndarray]
     return out
 
 
-def fedadam_step(current: Arrays, delta: Arrays, m: dict[str, np.ndarray], v: dict[str, np.ndarray],
-                 eta: float, beta_1: float, beta_2: float, tau: float) -> dict[str, np.ndarray]:
-    """m = b1 m + (1 - b1) d; v = b2 v + (1 - b2) d^2; x <- x + eta m / (sqrt(v) + tau)."""
+def _adaptive_step(current: Arrays, delta: Arrays, m: dict[str, np.ndarray], v: dict[str, np.ndarray],
+                   eta: float, beta_1: float, tau: float, second_moment) -> dict[str, np.ndarray]:
+    """x <- x + eta m / (sqrt(v) + tau), m = b1 m + (1 - b1) d, v = second_moment(v, d^2)."""
     out = {}
     for name, d in delta.items():
         m[name] = beta_1 * m.get(name, np.zeros_like(d)) + (1 - beta_1) * d
-        v[name] = beta_2 * v.get(name, np.zeros_like(d)) + (1 - beta_2) * d * d
+        v[name] = second_moment(v.get(name, np.zeros_like(d)), d * d)
         out[name] = current[name] + eta * m[name] / (np.sqrt(v[name]) + tau)
     return out
+
+
+def fedadam_step(current: Arrays, delta: Arrays, m: dict[str, np.ndarray], v: dict[str, np.ndarray],
+                 eta: float, beta_1: float, beta_2: float, tau: float) -> dict[str, np.ndarray]:
+    """m = b1 m + (1 - b1) d; v = b2 v + (1 - b2) d^2; x <- x + eta m / (sqrt(v) + tau)."""
+    return _adaptive_step(current, delta, m, v, eta, beta_1, tau,
+                          lambda previous, d2: beta_2 * previous + (1 - beta_2) * d2)
 
 
 def fedyogi_step(current: Arrays, delta: Arrays, m: dict[str, np.ndarray], v: dict[str, np.ndarray],
                  eta: float, beta_1: float, beta_2: float, tau: float) -> dict[str, np.ndarray]:
     """Adam's step with Yogi's second moment: v = v - (1 - b2) d^2 sign(v - d^2)."""
-    out = {}
-    for name, d in delta.items():
-        m[name] = beta_1 * m.get(name, np.zeros_like(d)) + (1 - beta_1) * d
-        previous = v.get(name, np.zeros_like(d))
-        v[name] = previous - (1 - beta_2) * d * d * np.sign(previous - d * d)
-        out[name] = current[name] + eta * m[name] / (np.sqrt(v[name]) + tau)
-    return out
+    return _adaptive_step(current, delta, m, v, eta, beta_1, tau,
+                          lambda previous, d2: previous - (1 - beta_2) * d2 * np.sign(previous - d2))
 
 
 @dataclass
