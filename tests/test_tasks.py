@@ -13,7 +13,10 @@ from tasks.training import evaluate, make_optimizer, masked_task_losses, train_e
 from tasks.weighting import build_weighting
 
 ALL = list(TASKS.values())
-MODEL = {"name": "shared_bottom", "embedding_dim": 4, "expert_dims": [8], "tower_dims": [4], "dropout": 0.0}
+# Random embedding rows: with the default zero rows a few steps give no gradient to weights reading them
+# (the pairwise term's weights among them).
+MODEL = {"name": "shared_bottom", "embedding_dim": 4, "expert_dims": [8], "tower_dims": [4], "dropout": 0.0,
+         "embedding_init_std": 0.05}
 TRAIN = {"optimizer": "adam", "lr": 0.01, "local_epochs": 1, "batch_size": 4}
 
 
