@@ -15,14 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from core.errors import InputError
-from data.loading import READERS
-
-
-def table_kind(path: Path) -> str:
-    kind = READERS.get(path.suffix.lower())
-    if kind is None:
-        raise InputError(f"{path}: unsupported file type '{path.suffix}' (use .csv, .tsv, .parquet or .pq)")
-    return kind
+from data.loading import table_kind
 
 
 def read_batches(path: str | Path, batch_rows: int = 262_144) -> Iterator[pd.DataFrame]:

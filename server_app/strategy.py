@@ -67,6 +67,8 @@ def _train_update(reply: Message, current: Mapping[str, np.ndarray] | None
         return f"malformed reply ({type(exc).__name__}: {exc})"
     problem = reply_problem(current if current is not None else arrays, arrays, rows, stats)
     return problem if problem is not None else (update, stats)
+
+
 def combined_train_metrics(flats: Sequence[Mapping[str, Any]]) -> MetricRecord:
     """The merchants' train losses combined (each task's weighted by its label counts), examples summed."""
     losses, counts = {}, {}
