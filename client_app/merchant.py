@@ -5,13 +5,16 @@ and model updates are all that leave this module."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from client_app.local_privacy import outgoing_state
 from core import protocol
+from core.privacy import PrivacySettings
+from core.update_codec import check_compression, encode_update
 from core.errors import InputError
 from data.partition import partition_for_node, partition_table
 from data.shards import PreparedMerchant, prepare_merchant
@@ -23,7 +26,7 @@ from tasks.ranking import evaluate_merchant
 from tasks.registry import resolve_tasks
 from tasks.state import joint_state, load_joint_state
 from tasks.training import make_optimizer, oracle_score, proximal_mu, shuffle_seed, trained_rows
-from tasks.wide import averaged_by_rows, train_round
+from tasks.wide import averaged_by_rows, newton_fitted, train_round
 from tasks.weighting import LossWeighting
 
 
@@ -99,21 +102,42 @@ def train_content(request: RecordDict, node_config: Mapping[str, Any], manifest:
                                experiment.device, server_round, proximal_mu(cfg.get("strategy")))
     metrics = flatten(with_counts({t: {"loss": v} for t, v in report.losses.items()}, report.label_counts))
     metrics[protocol.NUM_EXAMPLES] = report.examples
-    sent = request.array_records[protocol.ARRAYS]
-    content = RecordDict({protocol.ARRAYS: outgoing_state(sent, joint_state(model, weighting), cfg, server_round,
-                                                          merchant_index),
-                          protocol.METRICS: MetricRecord(metrics),
+    content = RecordDict({protocol.METRICS: MetricRecord(metrics),
                           protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: data.merchant_id})})
     if wide:  # only sums per bias row: the server adds them and takes the Newton step
         content[protocol.WIDE_STATS] = ArrayRecord(
             {name: Array(np.stack([ids.astype(np.float64), g, h])) for name, (ids, g, h) in wide.items()})
+    rows = {}
     tables = averaged_by_rows(model, cfg)
     if tables:
         id_tables = model.id_tables()
         rows = trained_rows(shard, experiment.tasks, {name: id_tables[name] for name in tables})
         content[protocol.ROW_COUNTS] = ArrayRecord(
             {name: Array(np.stack([ids, counts]).astype(np.int64)) for name, (ids, counts) in rows.items()})
+    content.update(update_records(request.array_records[protocol.ARRAYS], joint_state(model, weighting),
+                                  {name: ids for name, (ids, _) in rows.items()}, newton_fitted(model, cfg["train"]),
+                                  cfg, server_round, merchant_index))
     return content
+
+
+def update_records(sent: ArrayRecord, trained: Mapping[str, torch.Tensor], rows: Mapping[str, np.ndarray],
+                   fitted_on_server: Collection[str], cfg: Mapping[str, Any], server_round: int,
+                   merchant_index: int) -> dict[str, ArrayRecord]:
+    """The records that carry a trained model: privatised whole (privacy=dp|ldp), else encoded by
+    core/update_codec.py; under federation.sparse_updates row tables travel as their `rows` only and
+    the biases the server fits from statistics (`fitted_on_server`) not at all."""
+    if PrivacySettings.from_config(cfg).mode != "none":
+        return {protocol.ARRAYS: outgoing_state(sent, trained, cfg, server_round, merchant_index)}
+    fed = cfg["federation"]
+    sparse = bool(fed.get("sparse_updates", True))
+    dense, table_rows, scales = encode_update({name: array.numpy() for name, array in sent.items()},
+                                              {name: value.numpy() for name, value in trained.items()},
+                                              rows if sparse else {},
+                                              check_compression(str(fed.get("compression", "none"))),
+                                              fitted_on_server if sparse else ())
+    records = {protocol.ARRAYS: dense, protocol.TABLE_ROWS: table_rows, protocol.SCALES: scales}
+    return {key: ArrayRecord({name: Array(value) for name, value in arrays.items()})
+            for key, arrays in records.items() if arrays or key == protocol.ARRAYS}
 
 
 def evaluate_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | None,

@@ -89,6 +89,9 @@ class PrivacySettings:
         if cfg["federation"]["table_aggregation"] != "dense":
             raise InputError(f"{prefix} needs federation.table_aggregation=dense (row counts name the rows a "
                              f"merchant touched), got {cfg['federation']['table_aggregation']}")
+        if cfg["federation"].get("compression", "none") != "none":
+            raise InputError(f"{prefix} needs federation.compression=none (clipping and noise are calibrated on "
+                             f"the full-precision update), got {cfg['federation']['compression']}")
         if cfg["federation"].get("aggregation", "mean") != "mean":
             raise InputError(f"{prefix} needs federation.aggregation=mean (a sum or a noised mean of clipped "
                              f"updates has no median), got {cfg['federation']['aggregation']}")

@@ -1,9 +1,11 @@
 """Names shared by ServerApp and ClientApp, in one place for both sides: message records, their keys,
 and the node-config and run-config keys a node reads."""
 
-ARRAYS = "arrays"              # ArrayRecord: the model's state_dict
+ARRAYS = "arrays"              # ArrayRecord: the model's state_dict (in a train reply, as core/update_codec.py encodes it)
 WIDE_STATS = "wide-stats"      # ArrayRecord of a train reply: bias table -> float64 [3, k] (row ids; gradient and curvature sums)
 ROW_COUNTS = "row-counts"      # ArrayRecord of a train reply: id-indexed table -> int64 [2, k] (row ids; counts)
+TABLE_ROWS = "table-rows"      # ArrayRecord of a sparse train reply: id-indexed table -> its ROW_COUNTS rows' values
+SCALES = "scales"              # ArrayRecord of an int8 train reply: array name -> float32 scales (core/update_codec.py)
 METRICS = "metrics"            # MetricRecord: "num-examples" plus flattened "task.metric" values
 VAL_METRICS = "val-metrics"    # MetricRecord of an evaluate reply: the same, on the validation split
 CONFIG = "config"              # ConfigRecord sent by the server ("server-round", ...)

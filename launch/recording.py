@@ -8,12 +8,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 from flwr.common.serde import recorddict_to_proto
 
 
-def content_bytes(message: Message) -> int:
+def content_bytes(message: Message | RecordDict) -> int:
     """The serialized size of a message's content (what travels, less the envelope)."""
+    if isinstance(message, RecordDict):
+        return recorddict_to_proto(message).ByteSize()
     return 0 if message.has_error() else recorddict_to_proto(message.content).ByteSize()
 
 

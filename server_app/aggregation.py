@@ -32,6 +32,14 @@ class ClientUpdate:
     examples: int
     label_counts: Mapping[str, int] = field(default_factory=dict)
     row_counts: Mapping[str, RowCounts] = field(default_factory=dict)  # table name -> rows it trained
+    row_values: Mapping[str, np.ndarray] = field(default_factory=dict)  # table -> those rows' values, when
+                                                                        # sent sparse (core/update_codec.py)
+
+    def trained_rows_of(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row ids, counts, the rows' trained values) of one id-indexed table, sent whole or sparse."""
+        rows, counts = self.row_counts.get(name, (np.zeros(0, np.int64), np.zeros(0)))
+        values = self.row_values[name] if name in self.row_values else self.arrays[name][rows]
+        return rows, counts, values
 
 
 def parameter_weights(owner: str | None, updates: Sequence[ClientUpdate]) -> np.ndarray:
@@ -94,11 +102,11 @@ def aggregate_rows(current: np.ndarray, updates: Sequence[ClientUpdate], name: s
     change = np.zeros_like(base)
     weight = np.zeros(len(base))
     for update in updates:
-        rows, counts = update.row_counts.get(name, (np.zeros(0, np.int64), np.zeros(0)))
+        rows, counts, values = update.trained_rows_of(name)
         if len(rows) == 0:
             continue
         counts = np.asarray(counts, np.float64)
-        delta = update.arrays[name][rows].astype(np.float64) - base[rows]
+        delta = values.astype(np.float64) - base[rows]
         np.add.at(change, rows, counts.reshape((-1,) + (1,) * (base.ndim - 1)) * delta)
         np.add.at(weight, rows, counts)
     touched = weight > 0

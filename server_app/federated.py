@@ -23,6 +23,7 @@ from flwr.serverapp import Grid
 
 from core import protocol
 from core.errors import InputError
+from core.update_codec import check_compression
 from data.summary import pooled_bad_rows
 from server_app.checkpoint import (CHECKPOINT, Checkpoint, check_resumable, initial_arrays, read_checkpoint,
                                    restore_rng, rng_state, trained_state, write_checkpoint)
@@ -154,6 +155,8 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
         joint_owners(model, weighting), roster.merchant, failures, row_tables,
         (float(cfg["train"]["bias_l2"]), float(cfg["train"]["newton_damping"])) if newton_fit(cfg["train"]) else None,
         rules=rules, server_opt=optimizer, combine=privacy.combine,
+        compression=check_compression(str(fed.get("compression", "none"))),
+        unsent=newton_fitted(model, cfg["train"]),
         fraction_train=float(fed["fraction_train"]), fraction_evaluate=float(fed["fraction_evaluate"]),
         min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1,
     )

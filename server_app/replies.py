@@ -56,15 +56,26 @@ def required_replies(min_replies: float, addressed: int) -> int:
 
 def reply_problem(global_arrays: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray],
                   row_counts: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                  wide_stats: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> str | None:
+                  wide_stats: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                  row_values: Mapping[str, np.ndarray] | None = None) -> str | None:
     """Why a train reply cannot be aggregated (one line), or None when it can: its arrays must be the
-    global model's names, shapes and dtypes, all finite; its row ids must lie in their tables; its
-    counts and Newton statistics must be finite (counts >= 0)."""
-    missing, extra = sorted(set(global_arrays) - set(arrays)), sorted(set(arrays) - set(global_arrays))
+    global model's names, shapes and dtypes, all finite, a table sent sparse as `row_values` (the rows
+    of its row counts); its row ids must lie in their tables; its counts and Newton statistics must
+    be finite (counts >= 0)."""
+    row_values = row_values or {}
+    expected = set(global_arrays) - set(row_values)
+    missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
     if missing or extra:
         return f"arrays do not match the global model (missing {missing[:3]}, unexpected {extra[:3]})"
-    for name, reference in global_arrays.items():
-        value = arrays[name]
+    for name, value in row_values.items():
+        reference = global_arrays[name]
+        if value.shape[1:] != reference.shape[1:] or value.dtype != reference.dtype:
+            return (f"rows of {name!r} are {value.dtype}{list(value.shape)}, "
+                    f"the global table is {reference.dtype}{list(reference.shape)}")
+        if not np.isfinite(value).all():
+            return f"rows of {name!r} hold {int((~np.isfinite(value)).sum())} non-finite value(s)"
+    for name in (n for n in global_arrays if n in expected):
+        reference, value = global_arrays[name], arrays[name]
         if value.shape != reference.shape or value.dtype != reference.dtype:
             return (f"array {name!r} is {value.dtype}{list(value.shape)}, "
                     f"the global model's is {reference.dtype}{list(reference.shape)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from logging import WARNING
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -13,6 +13,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from core import protocol
+from core.update_codec import decode_update
 from server_app.aggregation import ClientUpdate, RowCounts, aggregate
 from server_app.replies import RoundRules, reply_problem, required_replies, sample_clients
 from server_app.server_opt import ServerOptimizer
@@ -41,31 +42,40 @@ def numpy_to_arrays(arrays: Mapping) -> ArrayRecord:
     return ArrayRecord({name: Array(value) for name, value in arrays.items()})
 
 
-def _row_counts(reply: Message) -> dict[str, RowCounts]:
-    if protocol.ROW_COUNTS not in reply.content.array_records:
-        return {}
-    return {name: (pair[0], pair[1]) for name, pair in arrays_to_numpy(reply.content.array_records[protocol.ROW_COUNTS]).items()}
+def _records(content: RecordDict, key: str) -> dict[str, np.ndarray]:
+    records = content.array_records
+    return arrays_to_numpy(records[key]) if key in records else {}
 
 
-def _wide_stats(reply: Message) -> WideStats:
-    if protocol.WIDE_STATS not in reply.content.array_records:
-        return {}
+def _row_counts(content: RecordDict) -> dict[str, RowCounts]:
+    return {name: (pair[0], pair[1]) for name, pair in _records(content, protocol.ROW_COUNTS).items()}
+
+
+def _wide_stats(content: RecordDict) -> WideStats:
     return {name: (stacked[0].astype(np.int64), stacked[1], stacked[2])
-            for name, stacked in arrays_to_numpy(reply.content.array_records[protocol.WIDE_STATS]).items()}
+            for name, stacked in _records(content, protocol.WIDE_STATS).items()}
 
 
-def _train_update(reply: Message, current: Mapping[str, np.ndarray] | None
-                  ) -> tuple[ClientUpdate, WideStats] | str:
-    """A train reply as (update, Newton statistics), or why it cannot be aggregated."""
+def train_update(reply: RecordDict, current: Mapping[str, np.ndarray] | None, compression: str = "none",
+                 unsent: Collection[str] = ()) -> tuple[ClientUpdate, WideStats] | str:
+    """A train reply's content as (update, Newton statistics), or why it cannot be aggregated; its
+    arrays are decoded against the global model the node was sent (core/update_codec.py), the
+    `unsent` ones it left out (the node never changes them) taken as that global model's."""
     try:
-        arrays = arrays_to_numpy(reply.content.array_records[protocol.ARRAYS])
         rows, stats = _row_counts(reply), _wide_stats(reply)
-        flat = reply.content.metric_records[protocol.METRICS]
+        encoded = arrays_to_numpy(reply.array_records[protocol.ARRAYS])
+        arrays, row_values = encoded, {}
+        if current is not None:
+            arrays, row_values = decode_update(current, encoded, _records(reply, protocol.TABLE_ROWS),
+                                               {name: ids for name, (ids, _) in rows.items()},
+                                               _records(reply, protocol.SCALES), compression)
+            arrays.update({name: current[name] for name in unsent if name not in arrays and name in current})
+        flat = reply.metric_records[protocol.METRICS]
         _, task_counts = split_counts(unflatten(flat))
-        update = ClientUpdate(arrays, int(flat[protocol.NUM_EXAMPLES]), task_counts, rows)
+        update = ClientUpdate(arrays, int(flat[protocol.NUM_EXAMPLES]), task_counts, rows, row_values)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         return f"malformed reply ({type(exc).__name__}: {exc})"
-    problem = reply_problem(current if current is not None else arrays, arrays, rows, stats)
+    problem = reply_problem(current if current is not None else arrays, arrays, rows, stats, row_values)
     return problem if problem is not None else (update, stats)
 
 
@@ -89,14 +99,15 @@ class MultiTaskFedAvg(FedAvg):
     statistics (tasks/wide.py). `rules` sample the clients and reject unusable replies (replies.py);
     `server_opt` then steps from the global model towards the aggregate (server_opt.py). `combine`
     (default: aggregation.aggregate) turns the updates into new arrays; the privacy options pass their
-    own (server_app/privacy.py).
+    own (server_app/privacy.py). Replies are decoded by core/update_codec.py (`compression`; a row
+    table may come as its trained rows only, a Newton-fitted bias (`unsent`) not at all).
     """
 
     def __init__(self, parameter_tasks: Mapping[str, str | None], merchant_of: Callable[[int], str | None],
                  failures: list[dict[str, Any]], row_tables: Iterable[str] = (),
                  newton: tuple[float, float] | None = None, rules: RoundRules = RoundRules(),
                  server_opt: ServerOptimizer | None = None, combine: Callable[..., dict] = aggregate,
-                 **fedavg_options) -> None:
+                 compression: str = "none", unsent: Iterable[str] = (), **fedavg_options) -> None:
         super().__init__(**fedavg_options)
         self.parameter_tasks = dict(parameter_tasks)
         self.merchant_of = merchant_of
@@ -106,6 +117,8 @@ class MultiTaskFedAvg(FedAvg):
         self.rules = rules
         self.server_opt = server_opt
         self.combine = combine
+        self.compression = compression
+        self.unsent = set(unsent)
         self.participants: dict[int, int] = {}
         self.sent: list[Message] = []  # the latest phase's messages, to tell which node a reply answers for
         self.evaluations: dict[int, Evaluation] = {}
@@ -172,7 +185,7 @@ class MultiTaskFedAvg(FedAvg):
         current = arrays_to_numpy(self._global) if self._global is not None else None
         updates, wide, flats = [], [], []
         for msg in ok:
-            parsed = _train_update(msg, current)
+            parsed = train_update(msg.content, current, self.compression, self.unsent)
             if isinstance(parsed, str):
                 self._reject(server_round, msg, "train", f"update rejected: {parsed}")
                 continue

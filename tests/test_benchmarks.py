@@ -91,3 +91,15 @@ def test_per_merchant_section_sets_the_modes_side_by_side(tmp_path):
     assert "Federated better than the merchant alone (local) on: click auc: 2/3." in text
     plot_merchants(results, tmp_path / "merchants.png", {"click": ("auc", "logloss")})
     assert (tmp_path / "merchants.png").stat().st_size > 10_000
+
+
+def test_update_bytes_measures_each_wire_format_through_the_real_client_and_server_code(tiny_cfg):
+    from benchmarks.update_bytes import measure
+    figures = measure(tiny_cfg(), merchants=2)
+    sizes, deviation = figures["sizes"], figures["deviation"]
+    assert figures["merchants"] == 2 and figures["round"] == 2
+    # sparse: the same aggregate, bit for bit, from a fraction of the bytes (16384-row tables, 400 users)
+    assert deviation["sparse, float32"] == 0.0 and sizes["whole, float32"] > 10 * sizes["sparse, float32"]
+    assert sizes["sparse, float32"] > sizes["sparse, float16"] > sizes["sparse, int8"]
+    assert 0 < deviation["sparse, float16"] < deviation["sparse, int8"] < 0.01
+    assert figures["download"] >= figures["model_mb"] * 2**20  # the whole model goes down

@@ -17,10 +17,11 @@ from launch.recording import RecordingGrid
 from launch.simulation import run_federated_simulation
 from tasks.experiment import open_experiment
 from tasks.state import joint_state
+from tasks.wide import newton_fitted
 
 pytestmark = pytest.mark.slow
 
-ARRAY_RECORDS = {protocol.ARRAYS, protocol.WIDE_STATS, protocol.ROW_COUNTS}
+ARRAY_RECORDS = {protocol.ARRAYS, protocol.TABLE_ROWS, protocol.WIDE_STATS, protocol.ROW_COUNTS}
 METRIC_RECORDS = {protocol.METRICS, protocol.VAL_METRICS, protocol.ORACLE}
 CONFIG_RECORDS = {protocol.MERCHANT, protocol.SETUP}
 
@@ -74,7 +75,9 @@ def test_only_model_arrays_scalars_and_known_aggregates_reach_the_server(tmp_pat
     run_federated_simulation(cfg, tmp_path / "run", grid_view=record)
     received = recorder["grid"].received
     experiment = open_experiment(cfg)
-    model_state = {k: tuple(v.shape) for k, v in joint_state(experiment.new_model(), experiment.new_weighting()).items()}
+    model = experiment.new_model()
+    model_state = {k: tuple(v.shape) for k, v in joint_state(model, experiment.new_weighting()).items()}
+    fitted = newton_fitted(model, cfg["train"])
     buckets = bucket_counts(cfg["data"])
     data = merchants_data(cfg)
     raw_ids = {str(v) for raw, _ in data.values() for column in ("user_id", "item_id") for v in raw[column].unique()}
@@ -105,8 +108,14 @@ def test_only_model_arrays_scalars_and_known_aggregates_reach_the_server(tmp_pat
         labels = label_vectors(splits)
         for name, record in content.array_records.items():
             arrays = {k: a.numpy() for k, a in record.items()}
-            if name == protocol.ARRAYS:  # exactly the model's state, at the model's shapes
-                assert {k: a.shape for k, a in arrays.items()} == model_state
+            if name == protocol.ARRAYS:  # the model's state at the model's shapes; under privacy=none less
+                # the tables sent as their trained rows and the biases the server fits from statistics
+                apart = set(content.array_records.get(protocol.TABLE_ROWS, {})) | (fitted if privacy == "none" else set())
+                assert {k: a.shape for k, a in arrays.items()} == {k: v for k, v in model_state.items() if k not in apart}
+            if name == protocol.TABLE_ROWS:  # the values of exactly the rows its row counts name
+                counted = content.array_records[protocol.ROW_COUNTS]
+                for key, rows in arrays.items():
+                    assert rows.shape == (counted[key].numpy().shape[1],) + model_state[key][1:], key
             for key, array in arrays.items():
                 assert not holds_a_label_vector(array, labels), (name, key)
             if name == protocol.WIDE_STATS:  # per touched bias row: (id, gradient sum, curvature sum)
@@ -121,6 +130,6 @@ def test_only_model_arrays_scalars_and_known_aggregates_reach_the_server(tmp_pat
                     assert np.all(pair[1] >= 1) and pair[1].sum() <= len(splits["train"])
 
     if privacy == "none":  # what the default still reveals: the hashed rows each merchant touched
-        assert {protocol.WIDE_STATS, protocol.ROW_COUNTS} <= seen_records
+        assert {protocol.WIDE_STATS, protocol.ROW_COUNTS, protocol.TABLE_ROWS} <= seen_records
     else:  # under DP only the (clipped, noised) model leaves a merchant
-        assert not seen_records & {protocol.WIDE_STATS, protocol.ROW_COUNTS}
+        assert not seen_records & {protocol.WIDE_STATS, protocol.ROW_COUNTS, protocol.TABLE_ROWS}
