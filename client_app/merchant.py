@@ -21,6 +21,7 @@ from data.shards import PreparedMerchant, prepare_merchant
 from tasks.experiment import Experiment, experiment_for
 from tasks.metrics import flatten, with_counts
 from tasks.models import MultiTaskModel
+from tasks.personalization import personalization_of
 from tasks.plan import RunPlan
 from tasks.ranking import evaluate_merchant
 from tasks.registry import resolve_tasks
@@ -146,7 +147,8 @@ def evaluate_reply(msg: Message, node_config: Mapping[str, Any], manifest: str |
     data = node_data(node_config, manifest, cfg)
     model, _ = _trainable_from(msg.content, experiment)
     with_ranking = bool(int(msg.content.config_records[protocol.CONFIG].get(protocol.RANKING, 0)))
-    train = data.shard("train") if with_ranking else None  # ranking alone needs the user's train items
+    # ranking filters the user's train items; local_bias fits the merchant's offsets on them
+    train = data.shard("train") if with_ranking or personalization_of(cfg)[0] != "none" else None
     test, val = data.shard("test"), data.shard("val")
     scores = evaluate_merchant(model, experiment, train, test, val, with_ranking)
     content = RecordDict({protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: data.merchant_id})})

@@ -17,6 +17,7 @@ from data.partition import read_manifest, partition_table
 from data.features import feature_columns
 from data.shards import PreparedMerchant, Shard, feature_spec, prepare_merchant
 from tasks.models import MultiTaskModel, build_model
+from tasks.personalization import personalization_of
 from tasks.plan import RunPlan, plan_from_summaries
 from tasks.registry import TASKS, Task, resolve_tasks
 from tasks.weighting import LossWeighting, build_weighting
@@ -77,6 +78,7 @@ class Experiment:
 
 def experiment_for(cfg: Mapping[str, Any], plan: RunPlan, index: MerchantIndex | None = None) -> Experiment:
     """The experiment of a fixed plan: the same tasks, scales and model on every side."""
+    personalization_of(cfg)  # checked once, before any training
     labels = [TASKS[name].label for name in plan.tasks if name in TASKS]
     tasks = resolve_tasks(plan.tasks, labels, label_stats=plan.label_stats)
     return Experiment(cfg=cfg, plan=plan, tasks=tasks, index=index)

@@ -35,7 +35,8 @@ from data.shards import Shard
 from tasks.models import MultiTaskModel
 from tasks.registry import Task
 from tasks.metrics import RANKING
-from tasks.training import evaluate, predict
+from tasks.personalization import local_offsets, personal_metrics, personalization_of, shifted
+from tasks.training import predict, score, task_labels
 
 if TYPE_CHECKING:
     from tasks.experiment import Experiment
@@ -230,14 +231,25 @@ Scores = tuple[dict[str, dict[str, float]], dict[str, int]]  # per-task metrics,
 def evaluate_merchant(model: MultiTaskModel, experiment: "Experiment", train: Shard | None, test: Shard, val: Shard,
                       with_ranking: bool) -> tuple[Scores, Scores]:
     """One merchant's (test, validation) scores, the test ones with the ranking pseudo-task when asked:
-    the one scoring that federated clients and the centralized/local baselines both use."""
-    metrics, counts = evaluate(model, test, experiment.tasks, experiment.device)
+    the one scoring that federated clients and the centralized/local baselines both use. Under
+    personalization=local_bias the test metrics also hold `<metric>_personal`: the scores with this
+    merchant's own offsets (tasks/personalization.py), fitted on its validation split, its latest
+    rows, when that holds the task's labels (else on its train split)."""
+    tasks, device = experiment.tasks, experiment.device
+    test_predictions = predict(model, test.features, tasks, device)
+    val_predictions = predict(model, val.features, tasks, device) if len(val) else None
+    metrics, counts = score(test_predictions, test, tasks)
+    mode, l2, steps = personalization_of(experiment.cfg)
+    if mode == "local_bias":
+        offsets = local_offsets(model, tasks, device, (val, val_predictions), train, l2, steps)
+        personal, _ = score({t.name: shifted(t, test_predictions[t.name], offsets[t.name]) for t in tasks}, test, tasks)
+        for task, values in personal_metrics(personal).items():
+            metrics[task].update(values)
     if with_ranking:
         if train is None:
             raise ValueError("ranking filters the user's training items: pass the merchant's train split")
-        ranking, n = rank_merchant(model, train, test, experiment.tasks, experiment.features,
-                                   experiment.cfg["ranking"], experiment.device)
+        ranking, n = rank_merchant(model, train, test, tasks, experiment.features, experiment.cfg["ranking"], device)
         if n:
             metrics[RANKING], counts[RANKING] = ranking, n
-    validation = evaluate(model, val, experiment.tasks, experiment.device) if len(val) else ({}, {})
+    validation = score(val_predictions, val, tasks) if val_predictions is not None else ({}, {})
     return (metrics, counts), validation

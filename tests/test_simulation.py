@@ -73,18 +73,26 @@ def test_a_round_where_every_client_fails_fails_the_run(tmp_path):
 
 
 # Each architecture also carries one wire format end to end (core/update_codec.py; esmm: sparse rows of
-# its SGD-trained purchase biases).
-@pytest.mark.parametrize("model,compression", [("mmoe", "int8"), ("ple", "float16"), ("esmm", "none")])
-def test_every_architecture_trains_federated(tmp_path, model, compression):
+# its SGD-trained purchase biases) and esmm the merchants' local offsets (personalization=local_bias).
+@pytest.mark.parametrize("model,compression,personalization",
+                         [("mmoe", "int8", "none"), ("ple", "float16", "none"), ("esmm", "none", "local_bias")])
+def test_every_architecture_trains_federated(tmp_path, model, compression, personalization):
     out = tmp_path / "run"
     run = merchant_fl(f"model={model}", "tasks=[purchase,click]", f"federation.compression={compression}",
-                      f"hydra.run.dir={out}", cwd=tmp_path)
+                      f"personalization={personalization}", f"hydra.run.dir={out}", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["config"]["model"]["name"] == model and len(doc["rounds"]) == 3 and doc["failures"] == []
     untrained, trained = doc["rounds"][0]["tasks"], doc["rounds"][-1]["tasks"]
     for task in ("purchase", "click"):
         assert trained[task]["logloss"] < untrained[task]["logloss"], task
+        # the personalised scores travel beside the global ones; an offset cannot reorder a merchant's rows
+        personal = {k: v for k, v in doc["per_merchant"]["m00"][task].items() if k.endswith("_personal")}
+        if personalization == "none":
+            assert not personal
+        else:
+            assert set(personal) == {"auc_personal", "logloss_personal"}
+            assert personal["auc_personal"] == pytest.approx(doc["per_merchant"]["m00"][task]["auc"], abs=1e-3)
 
 
 def test_early_stopping_ends_federated_training_patience_rounds_after_the_best(tmp_path):

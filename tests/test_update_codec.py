@@ -97,3 +97,11 @@ def test_an_unreadable_update_is_refused():
         decode_update(GLOBAL, dense, rows, {"table": np.array([0, 99])}, scales, "int8")
     with pytest.raises(InputError, match="federation.compression must be one of none, float16, int8, got 'zip'"):
         check_compression("zip")
+
+
+def test_privacy_refuses_compression(tiny_cfg):
+    from core.privacy import PrivacySettings
+    cfg = tiny_cfg("privacy=dp", "train.first_order_fit=sgd", "federation.table_aggregation=dense",
+                   "federation.compression=int8")
+    with pytest.raises(InputError, match="privacy=dp needs federation.compression=none"):
+        PrivacySettings.from_config(cfg)
