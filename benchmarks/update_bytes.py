@@ -31,7 +31,7 @@ from core.errors import InputError
 from data.partition import partition_table, read_manifest
 from launch.recording import content_bytes
 from server_app.aggregation import aggregate
-from server_app.strategy import train_update, arrays_to_numpy
+from server_app.strategy import train_update
 from tasks.experiment import open_experiment
 from tasks.state import joint_owners, joint_state
 from tasks.wide import averaged_by_rows, newton_fitted

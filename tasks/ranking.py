@@ -36,7 +36,7 @@ from tasks.models import MultiTaskModel
 from tasks.registry import Task
 from tasks.metrics import RANKING
 from tasks.personalization import local_offsets, personal_metrics, personalization_of, shifted
-from tasks.training import predict, score, task_labels
+from tasks.training import predict, score
 
 if TYPE_CHECKING:
     from tasks.experiment import Experiment
