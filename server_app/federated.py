@@ -43,7 +43,7 @@ from tasks.plan import RunPlan, plan_from_summaries
 from tasks.ranking import wants_ranking
 from tasks.selection import RoundKeeper, resolve_rule, validation_loss
 from tasks.state import joint_owners, joint_state
-from tasks.training import newton_fit
+from tasks.training import bias_priors, newton_fit
 from tasks.wide import averaged_by_rows, newton_fitted
 
 
@@ -153,7 +153,8 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
     privacy = PrivateRounds.from_config(cfg)
     strategy = MultiTaskFedAvg(
         joint_owners(model, weighting), roster.merchant, failures, row_tables,
-        (float(cfg["train"]["bias_l2"]), float(cfg["train"]["newton_damping"])) if newton_fit(cfg["train"]) else None,
+        (bias_priors(cfg["train"], model.task_names), float(cfg["train"]["newton_damping"]))
+        if newton_fit(cfg["train"]) else None,
         rules=rules, server_opt=optimizer, combine=privacy.combine,
         compression=check_compression(str(fed.get("compression", "none"))),
         unsent=newton_fitted(model, cfg["train"]),

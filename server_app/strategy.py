@@ -95,7 +95,7 @@ class MultiTaskFedAvg(FedAvg):
     The loop sets `participants` (node id -> merchant index) before each phase: only set-up nodes that
     are connected now get a message, so a departed node is not waited for and a newcomer is used.
     Id-indexed tables in `row_tables` are averaged row by row (aggregation.aggregate_rows); with
-    `newton` = (prior rows, damping) the first-order biases take a Newton step on the replies' summed
+    `newton` = (prior rows per task, damping) the first-order biases take a Newton step on the replies' summed
     statistics (tasks/wide.py). `rules` sample the clients and reject unusable replies (replies.py);
     `server_opt` then steps from the global model towards the aggregate (server_opt.py). `combine`
     (default: aggregation.aggregate) turns the updates into new arrays; the privacy options pass their
@@ -105,7 +105,7 @@ class MultiTaskFedAvg(FedAvg):
 
     def __init__(self, parameter_tasks: Mapping[str, str | None], merchant_of: Callable[[int], str | None],
                  failures: list[dict[str, Any]], row_tables: Iterable[str] = (),
-                 newton: tuple[float, float] | None = None, rules: RoundRules = RoundRules(),
+                 newton: tuple[Mapping[str, float], float] | None = None, rules: RoundRules = RoundRules(),
                  server_opt: ServerOptimizer | None = None, combine: Callable[..., dict] = aggregate,
                  compression: str = "none", unsent: Iterable[str] = (), **fedavg_options) -> None:
         super().__init__(**fedavg_options)

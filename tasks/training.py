@@ -91,6 +91,23 @@ def newton_fit(train_cfg: Mapping[str, Any]) -> bool:
     return fit == "newton"
 
 
+def bias_priors(train_cfg: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, float]:
+    """Each task's prior (in rows) on its per-id biases: `train.bias_l2` is one number for every task,
+    or a mapping {task: rows} (tasks it leaves out take its `default`), since the tasks want different
+    strengths (the bias model tunes one per task on validation)."""
+    given = train_cfg.get("bias_l2", 0.0)
+    given = dict(given) if isinstance(given, Mapping) else {"default": given}
+    out = {}
+    for task in tasks:
+        value = given.get(task, given.get("default"))
+        if value is None:
+            raise InputError(f"train.bias_l2 names no prior for task {task!r} and has no default")
+        if not float(value) >= 0:
+            raise InputError(f"train.bias_l2 must be >= 0, got {value} for task {task!r}")
+        out[task] = float(value)
+    return out
+
+
 def sgd_bias_tasks(model: MultiTaskModel, train_cfg: Mapping[str, Any]) -> list[str]:
     """Tasks whose first-order biases this loop trains: all of them under sgd; under newton only those
     a Newton step cannot fit (ESMM's factorised purchase head)."""
@@ -176,7 +193,6 @@ def train_epochs(model: MultiTaskModel, weighting: LossWeighting, optimizer: tor
     FedProx's term towards the parameters as they were on entry (the round's global model)."""
     epochs, batch_size = int(train_cfg["local_epochs"]), int(train_cfg["batch_size"])
     embedding_l2 = float(train_cfg.get("embedding_l2", 0.0))
-    bias_l2 = float(train_cfg.get("bias_l2", 0.0))
     model.train()
     torch.manual_seed(seed)  # dropout masks: reproducible, and different per round and merchant
     features = torch.as_tensor(shard.features, device=device)
@@ -184,6 +200,11 @@ def train_epochs(model: MultiTaskModel, weighting: LossWeighting, optimizer: tor
     generator = torch.Generator().manual_seed(seed)
     row_weights = inverse_row_counts(shard, tasks, [t.num_embeddings for t in model.embedding.tables], device)
     bias_tasks = sgd_bias_tasks(model, train_cfg)  # Newton-fitted biases take their prior in tasks/wide.py
+    priors = set(bias_priors(train_cfg, bias_tasks).values())
+    if len(priors) > 1:
+        raise InputError("a per-task train.bias_l2 needs train.first_order_fit=newton (under sgd one prior "
+                         f"serves the biases of {', '.join(bias_tasks)})")
+    bias_l2 = priors.pop() if priors else 0.0
     shared = model.shared_parameters()
     proximal_term = ProximalTerm(model, optimizer, proximal) if proximal else None
     n = len(shard)

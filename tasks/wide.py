@@ -24,8 +24,8 @@ from core.errors import InputError
 from data.shards import Shard
 from tasks.models import MultiTaskModel
 from tasks.registry import Task
-from tasks.training import (TrainReport, label_counts, labelled_rows, newton_fit, sgd_bias_tasks, task_labels,
-                            train_epochs)
+from tasks.training import (TrainReport, bias_priors, label_counts, labelled_rows, newton_fit, sgd_bias_tasks,
+                            task_labels, train_epochs)
 from tasks.weighting import LossWeighting
 
 # parameter name -> (row ids [k], gradient sums [k], curvature sums [k]); a task's global bias has one row, id 0
@@ -75,17 +75,19 @@ def sum_statistics(parts: Sequence[WideStats]) -> WideStats:
     return total
 
 
-def newton_update(params: Mapping[str, np.ndarray], stats: WideStats, lam: float, damping: float
-                  ) -> dict[str, np.ndarray]:
+def newton_update(params: Mapping[str, np.ndarray], stats: WideStats, lam: float | Mapping[str, float],
+                  damping: float) -> dict[str, np.ndarray]:
     """One damped Newton step of every bias row the statistics cover; other rows keep their value.
 
-    Global biases carry no prior (lam applies to per-id rows only), like the bias model's mean.
+    `lam`: the prior in rows, one for all or per task (training.bias_priors). Global biases carry no
+    prior (lam applies to per-id rows only), like the bias model's mean.
     """
     updated = {}
     for name, (ids, g, h) in stats.items():
         value = np.array(params[name], dtype=np.float64, copy=True)
         flat = value.reshape(-1) if value.ndim < 2 else value[:, 0]
-        prior = 0.0 if name.startswith("first_order.bias.") else lam
+        task = name.split(".")[2]  # first_order.tables.<task>.<column>.weight
+        prior = 0.0 if name.startswith("first_order.bias.") else lam[task] if isinstance(lam, Mapping) else lam
         current = flat[ids]
         step = damping * (g - prior * current) / np.maximum(prior + h, 1e-12)
         flat[ids] = current + step  # a view: writes through to value
@@ -100,7 +102,7 @@ def apply_newton(model: MultiTaskModel, stats: WideStats, train_cfg: Mapping[str
         return
     state = model.state_dict()
     params = {name: state[name].cpu().numpy() for name in stats}
-    for name, value in newton_update(params, stats, float(train_cfg["bias_l2"]),
+    for name, value in newton_update(params, stats, bias_priors(train_cfg, model.task_names),
                                      float(train_cfg["newton_damping"])).items():
         state[name].copy_(torch.as_tensor(value))
 

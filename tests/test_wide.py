@@ -61,3 +61,17 @@ def test_a_logit_step_moves_towards_the_labels_and_the_prior_holds_rare_ids_back
     table = out["first_order.tables.click.0.weight"][:, 0]
     assert table[0] == pytest.approx(50 / 26) and table[1] == pytest.approx(0.5 / 1.25) and table[2] == 0
     assert float(out["first_order.bias.click"]) == pytest.approx(2.0)  # the global bias has no prior
+
+
+def test_each_task_takes_its_own_prior():
+    from core.errors import InputError
+    from tasks.training import bias_priors
+    priors = bias_priors({"bias_l2": {"purchase": 1.0, "default": 9.0}}, ["click", "purchase"])
+    assert priors == {"click": 9.0, "purchase": 1.0}
+    params = {f"first_order.tables.{t}.0.weight": np.zeros((1, 1), np.float32) for t in priors}
+    stats = {name: (np.array([0]), np.array([1.0]), np.array([1.0])) for name in params}
+    out = newton_update(params, stats, lam=priors, damping=1.0)
+    assert float(out["first_order.tables.purchase.0.weight"][0, 0]) == pytest.approx(1 / 2)
+    assert float(out["first_order.tables.click.0.weight"][0, 0]) == pytest.approx(1 / 10)
+    with pytest.raises(InputError, match="train.bias_l2 names no prior for task 'rating' and has no default"):
+        bias_priors({"bias_l2": {"purchase": 1.0}}, ["rating"])
