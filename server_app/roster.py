@@ -38,10 +38,12 @@ class Roster:
         """Identified nodes get their merchant's index in merchant order, so the first federation's indices
         follow merchant ids. A merchant that answers from a new node replaces its old one (a restarted
         SuperNode), which must then be set up again."""
-        for node, merchant in sorted(identified, key=lambda pair: pair[1]):
-            for old in [n for n, m in self.merchant_of_node.items() if m == merchant and n != node]:
-                del self.merchant_of_node[old]
-                self.ready.discard(old)
+        identified = sorted(identified, key=lambda pair: pair[1])
+        merchants = {merchant for _, merchant in identified}
+        for old in [n for n, m in self.merchant_of_node.items() if m in merchants]:
+            del self.merchant_of_node[old]
+            self.ready.discard(old)
+        for node, merchant in identified:
             self.merchant_of_node[node] = merchant
             self.index_of_merchant.setdefault(merchant, len(self.index_of_merchant))
 

@@ -9,7 +9,7 @@ import pytest
 from core.config import compose_config, to_plain
 from data.partition import partition_table, read_manifest
 from launch.recording import RecordingGrid
-from launch.simulation import run_federated_simulation
+from launch.simulation import SimulatedNodes, pending_only_dispatch, run_federated_simulation
 from server_app.cohorts import evaluation_cohort, evaluation_order, train_cohort
 
 SMALL = ["data.synthetic.n_merchants=30", "data.synthetic.n_rows=6000", "data.synthetic.n_users=300",
@@ -32,6 +32,17 @@ def test_the_evaluation_cohort_is_a_fixed_seeded_order_that_passes_over_failed_n
     # Training draws by merchant index, so other node ids draw the same merchants.
     other_ids = {7000 - 3 * i: i for i in range(20)}
     assert sorted(train_cohort(nodes, 1.0, 4, 0, 2).values()) == sorted(train_cohort(other_ids, 1.0, 4, 0, 2).values())
+
+
+def test_the_simulation_engine_hooks_take_on_this_flower_version():
+    """launch/simulation.py adjusts two functions of Flower's simulation engine (which partition each
+    node got; dispatch to nodes with a message only); without them a run still works, just slowly."""
+    from flwr.server.superlink.fleet.vce import vce_api
+    original = vce_api.add_messages_to_queue, vce_api._register_nodes
+    with SimulatedNodes(["m0"]).recording() as directory, pending_only_dispatch() as adjusted:
+        assert adjusted and directory.hooked
+        assert (vce_api.add_messages_to_queue, vce_api._register_nodes) != original
+    assert (vce_api.add_messages_to_queue, vce_api._register_nodes) == original
 
 
 @pytest.mark.slow
