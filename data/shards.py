@@ -216,7 +216,7 @@ def merchant_of_file(path: str | Path, data_cfg: Mapping[str, Any]) -> str:
     if not path.is_file():
         raise InputError(f"data-path: no such file: {path}")
     mapping = column_mapping(data_cfg)
-    raw = apply_column_mapping(read_table(path, source_columns([MERCHANT], mapping) + [MERCHANT]),
+    raw = apply_column_mapping(read_table(path, list(dict.fromkeys(source_columns([MERCHANT], mapping) + [MERCHANT]))),
                                {k: v for k, v in mapping.items() if k == MERCHANT}, str(path))
     merchant = _merchant_of_rows(raw, str(path))
     if merchant is None:

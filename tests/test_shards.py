@@ -91,6 +91,8 @@ def test_a_node_identifies_from_its_merchant_column_alone_and_prepares_nothing(t
     cfg = data_cfg(tiny_cfg, f"data.cache_dir={tmp_path / 'cache'}")
     path = write_table(tmp_path / "a.csv", merchants=("a",) * 4, purchase=[0, 1, 7, 0])  # a bad label: still "a"
     assert merchant_of_file(path, cfg) == "a" and not (tmp_path / "cache").exists()
+    pd.read_csv(path).to_parquet(tmp_path / "a.parquet")
+    assert merchant_of_file(tmp_path / "a.parquet", cfg) == "a"
     renamed = tmp_path / "shop.csv"
     pd.read_csv(path).rename(columns={"merchant_id": "shop"}).to_csv(renamed, index=False)
     assert merchant_of_file(renamed, data_cfg(tiny_cfg, "data.columns.merchant_id=shop")) == "a"
