@@ -12,7 +12,13 @@ ratios, not the seconds.
    scoring throughput over the pooled train split, and the peak memory of a process that trains it,
    each in a fresh process; ratios to shared_bottom.
 4. How fast `merchant-fl-score` scores a 1,000,000-row table end to end (benchmarks/scoring.py).
-Writes outputs/bench/speed/report.md.
+5. The training loop against a bare PyTorch loop, as a client and as mode=centralized run it
+   (benchmarks/loop.py).
+6. A simulated federation from 10 to 10,000 merchants, 100 trained and evaluated per round: the
+   simulation's overhead over the clients' own time, Ray's start-up, set-up, end to end and memory
+   (benchmarks/scale.py; `--scale 10,100,1000,10000` for the whole table, default 10,100).
+7. Generating, partitioning, preparing and loading 1,000,000 interactions; loading one merchant's shard.
+`--sections` picks some of them (default all). Writes outputs/bench/speed/report.md.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from typing import Any, Mapping
 
 import torch
 
+from benchmarks.loop import loop_cost
 from benchmarks.report import make_command, markdown, publish
+from benchmarks.scale import PER_ROUND, ROUNDS, ROWS_PER_MERCHANT, data_cost, simulation_cost
 from benchmarks.scoring import scoring_cost, scoring_table
 from core.config import CONF_DIR, compose_config, to_plain
 from core.errors import InputError
@@ -111,54 +119,140 @@ def architecture_cost(overrides: list[str]) -> dict[str, dict[str, float]]:
     return figures
 
 
-def report(command: str, rounds: int, federation: dict[str, float], aggregation: dict[str, float],
-           architectures: dict[str, dict[str, float]], scoring: list[dict[str, float | str]]) -> str:
-    fed_rows = [[mode, f"{s:.1f}", f"{s / federation['local']:.2f}", f"{s / federation['centralized']:.2f}"]
-                for mode, s in federation.items()]
-    agg = aggregation
-    agg_rows = [[str(agg["updates"]), f"{agg['train_s']:.2f}", f"{agg['aggregate_s']:.3f}",
-                 f"{agg['aggregate_s'] / agg['train_s']:.3f}"]]
+SECTIONS = ("federation", "aggregation", "architectures", "scoring", "loop", "scale", "data")
+
+
+def federation_section(rounds: int, federation: dict[str, float]) -> list[str]:
+    rows = [[mode, f"{s:.1f}", f"{s / federation['local']:.2f}", f"{s / federation['centralized']:.2f}"]
+            for mode, s in federation.items()]
+    return [f"What federation costs ({rounds} rounds; wall seconds of one run each, Ray start-up included for "
+            "federated):", markdown(["mode", "seconds", "x local", "x centralized"], rows)]
+
+
+def aggregation_section(agg: dict[str, float]) -> list[str]:
+    rows = [[str(agg["updates"]), f"{agg['train_s']:.2f}", f"{agg['aggregate_s']:.3f}",
+             f"{agg['aggregate_s'] / agg['train_s']:.3f}"]]
+    return ["What the server's aggregation costs (one round, every merchant, one process):",
+            markdown(["updates", "client training s", "aggregation s", "aggregation / training"], rows)]
+
+
+def architecture_section(architectures: dict[str, dict[str, float]]) -> list[str]:
     ref = architectures[REFERENCE_MODEL]
-    arch_rows = [[name, f"{f['parameters']:,}", f"{f['update_mb']:.2f}",
-                  *(x for key in ("train_rows_s", "predict_rows_s", "peak_rss_mb")
-                    for x in (f"{f[key]:.0f}", f"{f[key] / ref[key]:.2f}"))]
-                 for name, f in architectures.items()]
-    return "\n\n".join([
-        f"Command: `{command}` ({rounds} rounds)",
-        "What federation costs (wall seconds of one run each, Ray start-up included for federated):",
-        markdown(["mode", "seconds", "x local", "x centralized"], fed_rows),
-        "What the server's aggregation costs (one round, every merchant, one process):",
-        markdown(["updates", "client training s", "aggregation s", "aggregation / training"], agg_rows),
-        f"What each architecture costs (one epoch over the pooled train split, one thread, a fresh process "
-        f"each; ratios to {REFERENCE_MODEL}):",
-        markdown(["model", "parameters", "update MB", "train rows/s", "x", "score rows/s", "x",
-                  "peak RSS MB", "x"], arch_rows),
-        "What scoring traffic costs (merchant-fl-score: a 1,000,000-row table read, scored and written in "
-        "batches, with a one-round centralized model of this config):",
-        scoring_table(scoring),
-    ]) + "\n"
+    rows = [[name, f"{f['parameters']:,}", f"{f['update_mb']:.2f}",
+             *(x for key in ("train_rows_s", "predict_rows_s", "peak_rss_mb")
+               for x in (f"{f[key]:.0f}", f"{f[key] / ref[key]:.2f}"))]
+            for name, f in architectures.items()]
+    return [f"What each architecture costs (one epoch over the pooled train split, one thread, a fresh process "
+            f"each; ratios to {REFERENCE_MODEL}):",
+            markdown(["model", "parameters", "update MB", "train rows/s", "x", "score rows/s", "x",
+                      "peak RSS MB", "x"], rows)]
+
+
+def scoring_section(scoring: list[dict[str, float | str]]) -> list[str]:
+    return ["What scoring traffic costs (merchant-fl-score: a 1,000,000-row table read, scored and written in "
+            "batches, with a one-round centralized model of this config):", scoring_table(scoring)]
+
+
+def loop_section(loop: dict[str, Any]) -> list[str]:
+    labels = {"round": "train_round, as {}", "epochs": "train_epochs alone (the epochs of every mode)",
+              "bare_l2": "bare PyTorch loop + the run's L2 prior", "bare": "bare PyTorch loop"}
+    rows = []
+    for where, split, runner in (("client", f"merchant {loop['client_merchant']}'s train split", "a client runs it"),
+                                 ("centralized", "every train split pooled", "mode=centralized runs it")):
+        figures = loop[where]
+        for key in ("round", "epochs", "bare_l2", "bare"):
+            if key in figures:
+                rows.append([split, labels[key].format(runner), f"{figures['rows']:,}", f"{figures[key]:.0f}",
+                             f"{figures[key] / figures['bare']:.2f}", f"{figures[key] / figures['bare_l2']:.2f}"])
+    return [f"The training loop against a bare PyTorch loop (same tensors, model, optimizer, batch size, batch "
+            f"order and steps; one epoch, one thread, {loop['device']}; rows/s of {loop['clock']} time, the "
+            f"fastest of interleaved repeats; benchmarks/loop.py):",
+            markdown(["rows of", "loop", "rows", "rows/s", "x bare", "x bare + L2"], rows)]
+
+
+def scale_section(scale: dict[int, dict[str, Any]]) -> list[str]:
+    rows = [[f"{n:,}", f"{f['rows']:,}", f"{f['partition_s']:.1f}", f"{f['ray_start_s']:.1f}",
+             f"{f['prepared']} / {f['setup_s']:.1f}", f"{f['federated_s']:.1f}",
+             f"{f['train_s'] + f['evaluate_s']:.1f}", f"{f['overhead']:.2f}", f"{f['overhead_per_actor']:.2f}",
+             f"{f['ray_stop_s']:.1f}", f"{f['wall_s']:.0f}", f"{f['peak_pss_mb']:,.0f} ({f['peak_rss_mb']:,.0f})"]
+            for n, f in scale.items()]
+    actors = sorted({f["actors"] for f in scale.values()})
+    return [f"A simulated federation as the platform grows ({ROWS_PER_MERCHANT} rows per merchant on average, "
+            f"{PER_ROUND} merchants trained and {PER_ROUND} evaluated per round (all of them below {PER_ROUND}), "
+            f"{ROUNDS} rounds, an empty cache; {'/'.join(map(str, actors))} Ray actors; benchmarks/scale.py). "
+            "federated = wall seconds from the first client message to the outputs; overhead = federated / the "
+            "clients' own train + evaluate seconds (summed over the actors working in parallel), per actor = "
+            "overhead x actors; end to end = the process, from start to exit; memory = its whole process tree:",
+            markdown(["merchants", "rows", "partition s", "Ray start-up s", "set up: merchants / client s",
+                      "federated s", "client train+eval s", "overhead x", "per actor x", "Ray shut-down s",
+                      "end to end s", "peak PSS MB (RSS)"], rows)]
+
+
+def data_section(data: dict[str, Any]) -> list[str]:
+    rows_of = lambda n, s: f"{n / s:,.0f}" if s else "-"  # noqa: E731
+    median, largest = data["median_merchant"], data["largest_merchant"]
+    rows = [["generate (data/synthetic.py)", f"{data['generate_s']:.1f}", rows_of(data["rows"], data["generate_s"])],
+            [f"partition: generate, validate, write {data['merchants']} merchant files", f"{data['partition_s']:.1f}",
+             rows_of(data["rows"], data["partition_s"])],
+            ["prepare every merchant (validate, hash, split, cache)", f"{data['prepare_s']:.1f}",
+             rows_of(data["rows"], data["prepare_s"])],
+            ["load every prepared split", f"{data['load_s']:.2f}", rows_of(data["loaded_rows"], data["load_s"])],
+            [f"load one merchant's train split: the median ({median[0]}, {median[1]:,} rows)",
+             f"{median[2]:.4f}", rows_of(median[1], median[2])],
+            [f"load one merchant's train split: the largest ({largest[0]}, {largest[1]:,} rows)",
+             f"{largest[2]:.4f}", rows_of(largest[1], largest[2])]]
+    return [f"Data, {data['rows']:,} interactions of the default platform ({data['merchants']} merchants), from an "
+            "empty cache, one process:", markdown(["step", "seconds", "rows/s"], rows)]
+
+
+def report(command: str, parts: list[list[str]]) -> str:
+    return "\n\n".join([f"Command: `{command}`", *(text for part in parts for text in part)]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every measurement")
     parser.add_argument("--out", default="outputs/bench/speed")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated, any of {', '.join(SECTIONS)} (default all)")
+    parser.add_argument("--scale", default="10,100", help="merchant counts of the scale section (comma-separated)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each loop (fastest counts)")
     args = parser.parse_args(argv)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        print(f"bench-speed: error: unknown section(s) {', '.join(unknown)} (known: {', '.join(SECTIONS)})",
+              file=sys.stderr)
+        return 2
     logging.getLogger("flwr").setLevel(logging.WARNING)
     out = Path(args.out).resolve()
+    parts: list[list[str]] = []
     try:
         cfg = to_plain(compose_config(args.overrides))
-        aggregation = aggregation_cost(cfg)  # also builds the shard cache the other parts read
-        architectures = architecture_cost(args.overrides)
-        federation = federation_cost(args.overrides, out)
-        scoring = scoring_cost(args.overrides, out / "scoring")
+        if "aggregation" in sections:  # also builds the shard cache the other parts read
+            parts.append(aggregation_section(aggregation_cost(cfg)))
+        if "architectures" in sections:
+            parts.append(architecture_section(architecture_cost(args.overrides)))
+        if "federation" in sections:
+            parts.insert(0, federation_section(int(cfg["federation"]["rounds"]), federation_cost(args.overrides, out)))
+        if "scoring" in sections:
+            parts.append(scoring_section(scoring_cost(args.overrides, out / "scoring")))
+        if "loop" in sections:
+            parts.append(loop_section(loop_cost(open_experiment(cfg), args.repeats)))
+        if "scale" in sections:
+            counts = [int(n) for n in args.scale.split(",") if n.strip()]
+            parts.append(scale_section({n: simulation_cost(n, out / "scale" / str(n), args.overrides)
+                                        for n in counts}))
+        if "data" in sections:
+            parts.append(data_section(data_cost(out / "data")))
     except InputError as exc:
         print(f"bench-speed: error: {exc}", file=sys.stderr)
         return 2
-    command = make_command("bench-speed", args.overrides)
-    publish(report(command, int(cfg["federation"]["rounds"]), federation, aggregation, architectures, scoring), out)
+    flags = [] if args.sections == ",".join(SECTIONS) else [f"--sections {args.sections}"]
+    flags += [f"--scale {args.scale}"] if "scale" in sections and args.scale != "10,100" else []
+    publish(report(make_command("bench-speed", [*flags, *args.overrides]), parts), out)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -10,6 +10,7 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
+from client_app.identity import identify_reply
 from client_app.merchant import evaluate_reply, setup_reply, train_reply
 from client_app.secure_aggregation import is_secure_round, secure_aggregation_mod, secure_train_reply
 from core import protocol
@@ -36,7 +37,11 @@ def make_client_app(config_of: Callable[[Context], dict],
         except InputError as exc:
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(exc)), reply_to=msg)
 
-    @app.query()
+    @app.query(protocol.IDENTIFY)  # who this node is: its merchant id only (server_app/setup.py)
+    def identify(msg: Message, context: Context) -> Message:
+        return answer(identify_reply, msg, context)
+
+    @app.query()  # its data's aggregates, when a round first addresses it
     def setup(msg: Message, context: Context) -> Message:
         return answer(setup_reply, msg, context)
 

@@ -18,6 +18,7 @@ MERCHANT_ID = "merchant-id"    # key in MERCHANT, and the node-config key naming
 NUM_EXAMPLES = "num-examples"  # FedAvg weight of shared parameters
 WEIGHT_BOUND = "weight-bound"  # key in a SecAgg+ round's FitIns config: the public bound weights are divided by
 
+IDENTIFY = "identify"          # query action ("query.identify"): the node answers MERCHANT with its MERCHANT_ID only
 SETUP = "setup"                # ConfigRecord of a setup (query) reply: the node's data summary, flat
 SETUP_ERROR = "error"          # key in SETUP when the node cannot take part: one line saying why
 ORACLE = "oracle"              # MetricRecord of a setup reply: ground truth scored on its test split

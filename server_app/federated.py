@@ -1,9 +1,13 @@
 """The federated run: one Flower node per merchant, multi-task FedAvg, evaluation after every round.
 
 The server learns the federation from the nodes, never from files: it waits for `federation.min_nodes`,
-asks each node for its data's aggregates (setup), fixes the run plan from them, and sends the plan with
-every message. Each round goes to the set-up nodes connected at that moment; a node that joins later
-is set up first and trains from the next round, one that leaves is simply no longer addressed.
+learns which merchant each node is (identify: the merchant id only; in a simulation the launcher's
+record of Flower's partitions, server_app/setup.py), and sets a node up (its data prepared, its
+aggregates learned) only when a round first addresses it. The run plan is fixed from the first set-up
+cohort, everyone round 0 evaluates and round 1 trains (with every merchant in every round that is
+every node, as before), and sent with every message. Each round draws its clients among the nodes
+connected at that moment (server_app/cohorts.py); a node that joins later is identified and can be
+drawn from the next round, one that leaves is simply no longer addressed.
 After every round a checkpoint goes to the output folder (server_app/checkpoint.py); `resume=` continues
 from one, `init_from=` starts a new run from a trained model.
 """
@@ -11,10 +15,10 @@ from one, `init_from=` starts a new run from a trained model.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from logging import INFO, WARNING
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
@@ -30,11 +34,12 @@ from server_app.checkpoint import (CHECKPOINT, Checkpoint, check_resumable, init
 from server_app.outputs import RoundRecord, RunResult
 from server_app.privacy import PrivateRounds
 from server_app.progress import RunProgress
-from server_app.replies import round_rules, sample_count
+from server_app.replies import RoundRules, round_rules, sample_count
 from server_app.roster import Roster
 from server_app.server_opt import ServerOptimizer, server_optimizer
 from server_app.secure_round import secure_train_round
-from server_app.setup import addressees, failure, node_of, set_up_newcomers
+from server_app.cohorts import evaluation_cohort, evaluation_count, train_cohort
+from server_app.setup import Directory, addressees, failure, identify_newcomers, node_of, set_up_nodes
 from server_app.strategy import (Evaluation, MultiTaskFedAvg, RoundFailed, arrays_to_numpy, combined_train_metrics,
                                  numpy_to_arrays)
 from tasks.experiment import Experiment, experiment_for
@@ -79,28 +84,81 @@ def _exchange(grid: Grid, messages, timeout: float, server_round: int, phase: st
     return replies
 
 
-def oracle_of(roster: Roster, experiment: Experiment) -> dict[str, Metrics] | None:
-    """The nodes' ground-truth scores (synthetic data only) over the run's tasks, merchants combined."""
+def oracle_of(roster: Roster, experiment: Experiment, merchants: Iterable[str]) -> dict[str, Metrics] | None:
+    """The ground truth's scores (synthetic data only) over the run's tasks, combined over `merchants`
+    (those the reported metrics cover, so that both describe the same rows)."""
     names = set(experiment.task_names)
-    scored = sorted(roster.oracle.items())  # merchant order, as the replies: the same float sums every run
+    merchants = set(merchants)
+    # merchant order, as the replies: the same float sums every run
+    scored = sorted((m, s) for m, s in roster.oracle.items() if m in merchants)
     per_merchant = {m: {t: v for t, v in metrics.items() if t in names} for m, (metrics, _) in scored}
     counts = {m: counts for m, (_, counts) in scored}
     return combine_merchants(per_merchant, counts) or None
 
 
+@dataclass(frozen=True)
+class Cohorts:
+    """Whom each phase addresses (server_app/cohorts.py), from the federation settings."""
+    fraction_train: float
+    per_round: int | None
+    fraction_evaluate: float
+    per_evaluation: int | None
+    seed: int
+
+    @staticmethod
+    def from_config(cfg: Mapping[str, Any], rules: RoundRules) -> "Cohorts":
+        fed = cfg["federation"]
+        return Cohorts(float(fed["fraction_train"]), rules.clients_per_round, float(fed["fraction_evaluate"]),
+                       evaluation_count(fed), rules.seed)
+
+    def train(self, roster: Roster, connected: Iterable[int], server_round: int) -> dict[int, int]:
+        return train_cohort(roster.identified(connected), self.fraction_train, self.per_round, self.seed, server_round)
+
+    def evaluate(self, roster: Roster, connected: Iterable[int]) -> dict[int, int]:
+        return evaluation_cohort(roster.identified(connected), self.fraction_evaluate, self.per_evaluation,
+                                 self.seed, roster.refused)
+
+
+def addressed(grid: Grid, roster: Roster, drawn: dict[int, int], failures: list[dict[str, Any]], server_round: int,
+              timeout: float) -> dict[int, int]:
+    """The drawn nodes a phase sends to: those not set up yet are set up first; those whose set-up
+    failed sit it out (a drawn merchant keeps its place, so runs and resumes draw alike)."""
+    set_up_nodes(grid, roster, drawn, failures, server_round, timeout)
+    return roster.usable(drawn)
+
+
+def evaluated(grid: Grid, roster: Roster, cohorts: Cohorts, failures: list[dict[str, Any]], server_round: int,
+              timeout: float) -> dict[int, int]:
+    """The evaluation cohort, set up: a merchant whose set-up fails is replaced by the next in order."""
+    while True:
+        cohort = cohorts.evaluate(roster, grid.get_node_ids())
+        if not roster.unprepared(cohort):
+            return roster.usable(cohort)
+        set_up_nodes(grid, roster, cohort, failures, server_round, timeout)
+
+
 def set_up_federation(grid: Grid, cfg: Mapping[str, Any], roster: Roster, failures: list[dict[str, Any]],
-                      plan: RunPlan | None = None) -> Experiment:
-    """Wait for the first nodes, learn their merchants, and fix the plan every node will build from
+                      cohorts: Cohorts, first_round: int, plan: RunPlan | None = None,
+                      directory: Directory | None = None) -> Experiment:
+    """Wait for the first nodes, learn their merchants, set up the first cohort (whom `first_round`'s
+    evaluation and its first training round address) and fix from it the plan every node will build from
     (a resumed run keeps its checkpoint's `plan`)."""
     fed = cfg["federation"]
+    timeout = float(fed["round_timeout_s"])
     wait_for_nodes(grid, int(fed["min_nodes"]), float(fed["wait_for_nodes_s"]))
-    queried = set_up_newcomers(grid, roster, failures, 0, float(fed["round_timeout_s"]))
+    identify_newcomers(grid, roster, failures, 0, timeout, directory)
+    connected = list(grid.get_node_ids())
+    first_train = max(first_round, 1)
+    drawn = cohorts.train(roster, connected, first_train) if first_train <= int(fed["rounds"]) else {}
+    set_up_nodes(grid, roster, {**drawn, **cohorts.evaluate(roster, connected)}, failures, 0, timeout)
+    evaluated(grid, roster, cohorts, failures, 0, timeout)  # replaces any evaluation node that failed
     if not roster.summaries:
-        raise RoundFailed(f"setup: every one of {queried} nodes failed to set up; "
+        raise RoundFailed(f"setup: every one of {len(roster.refused)} nodes failed to set up; "
                           f"first error: {failures[0]['reason'] if failures else '?'}")
     plan = plan or plan_from_summaries(cfg.get("tasks"), roster.summaries.values())
     rule = resolve_rule(str(cfg["select_round"]), sum(s.rows["val"] for s in roster.summaries.values()))
-    log(INFO, "setup: %d merchant(s), tasks %s", len(roster.summaries), ", ".join(plan.tasks))
+    log(INFO, "setup: %d node(s) identified, the plan fixed from %d merchant(s); tasks %s",
+        len(roster.merchant_of_node), len(roster.summaries), ", ".join(plan.tasks))
     return experiment_for({**cfg, "select_round": rule}, plan)
 
 
@@ -131,35 +189,41 @@ def _checkpoint(server_round: int, arrays: ArrayRecord, optimizer: ServerOptimiz
                       dict(roster.index_of_merchant), failures, dict(started_with), rng_state())
 
 
-def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, output_dir: Path | None = None) -> RunResult:
-    """The federated job; with `output_dir`, a checkpoint is written there after every round."""
+def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, output_dir: Path | None = None,
+                  directory: Directory | None = None) -> RunResult:
+    """The federated job; with `output_dir`, a checkpoint is written there after every round; `directory`
+    names the nodes' merchants without a message where the launcher knows them (a simulation)."""
     fed = cfg["federation"]
     timeout = float(fed["round_timeout_s"])
     started_with = cfg
     # Every setting and file is checked before any node is waited for.
     rules = round_rules(cfg)
+    cohorts = Cohorts.from_config(cfg, rules)
     server_optimizer(cfg["strategy"], [])
     resumed = _resumed(cfg)
     trained = trained_state(cfg["init_from"]) if cfg.get("init_from") else None
     roster, failures = Roster(), list(resumed.failures) if resumed else []
     if resumed:  # the same merchants keep the same indices, so their batch orders replay
         roster.index_of_merchant.update(resumed.merchant_indices)
-    experiment = set_up_federation(grid, cfg, roster, failures, RunPlan.from_json(resumed.plan) if resumed else None)
+    first = resumed.round + 1 if resumed else 0
+    experiment = set_up_federation(grid, cfg, roster, failures, cohorts, first,
+                                   RunPlan.from_json(resumed.plan) if resumed else None, directory)
     cfg = experiment.cfg  # select_round resolved now that the validation rows are known
     plan = ConfigRecord({protocol.PLAN: experiment.plan.to_json()})
     model, weighting = experiment.new_model(), experiment.new_weighting()
     row_tables = averaged_by_rows(model, cfg)
     optimizer = server_optimizer(cfg["strategy"], _optimised(model, cfg))
     privacy = PrivateRounds.from_config(cfg)
+    # The loop draws each phase's nodes (`cohorts`, which sets them up first) and hands the strategy
+    # exactly those: it addresses every node in `participants`.
     strategy = MultiTaskFedAvg(
         joint_owners(model, weighting), roster.merchant, failures, row_tables,
         (bias_priors(cfg["train"], model.task_names), float(cfg["train"]["newton_damping"]))
         if newton_fit(cfg["train"]) else None,
-        rules=rules, server_opt=optimizer, combine=privacy.combine,
+        rules=replace(rules, clients_per_round=None), server_opt=optimizer, combine=privacy.combine,
         compression=check_compression(str(fed.get("compression", "none"))),
         unsent=newton_fitted(model, cfg["train"]),
-        fraction_train=float(fed["fraction_train"]), fraction_evaluate=float(fed["fraction_evaluate"]),
-        min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1,
+        fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1,
     )
     arrays = ArrayRecord(joint_state(model, weighting))
     if trained is not None:
@@ -168,9 +232,8 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
     rounds: list[RoundRecord] = []
     keeper: RoundKeeper[ArrayRecord] = RoundKeeper.from_config(cfg)
     n_rounds = int(fed["rounds"])
-    first = 0
     if resumed:
-        arrays, rounds, first = numpy_to_arrays(resumed.arrays), list(resumed.rounds), resumed.round + 1
+        arrays, rounds = numpy_to_arrays(resumed.arrays), list(resumed.rounds)
         optimizer.state = resumed.optimizer
         keeper.restore(resumed.keeper, None if resumed.kept_arrays is None else numpy_to_arrays(resumed.kept_arrays),
                        lambda: arrays)
@@ -178,7 +241,7 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
         log(INFO, "resume: continuing %s after round %d", cfg["resume"], resumed.round)
 
     def evaluate(server_round: int, state: ArrayRecord, final: bool = False) -> Evaluation:
-        strategy.participants = roster.participants(grid.get_node_ids())
+        strategy.participants = evaluated(grid, roster, cohorts, failures, server_round, timeout)
         config = ConfigRecord({**plan, protocol.RANKING: int(wants_ranking(cfg, final))})
         replies = _exchange(grid, strategy.configure_evaluate(server_round, state, config, grid),
                             timeout, server_round, "evaluate", roster, failures)
@@ -190,12 +253,14 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
         if keeper.stop:
             break
         if server_round:
-            set_up_newcomers(grid, roster, failures, server_round, timeout)
-            strategy.participants = roster.participants(grid.get_node_ids())
-            n_nodes = len(strategy.participants)
-            if not privacy.may_play(server_round, sample_count(n_nodes, strategy.fraction_train, rules.clients_per_round),
+            identify_newcomers(grid, roster, failures, server_round, timeout, directory)
+            connected = list(grid.get_node_ids())
+            n_nodes = len(roster.identified(connected))
+            if not privacy.may_play(server_round, sample_count(n_nodes, cohorts.fraction_train, cohorts.per_round),
                                     n_nodes):
                 break
+            strategy.participants = addressed(grid, roster, cohorts.train(roster, connected, server_round), failures,
+                                              server_round, timeout)
             messages = strategy.configure_train(server_round, arrays, plan, grid)
             if privacy.settings.mode == "secagg":  # the server sees only the sum (server_app/secure_round.py)
                 new_arrays, flats = secure_train_round(grid, list(messages), arrays, strategy.parameter_tasks,
@@ -225,7 +290,7 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
     return RunResult(
         mode="federated", tasks=experiment.task_names, rounds=rounds, final=kept.overall,
         per_merchant=kept.per_merchant, selected_round=keeper.round, model_state=state, config=dict(cfg),
-        oracle=oracle_of(roster, experiment), failures=failures, plan=asdict(experiment.plan),
+        oracle=oracle_of(roster, experiment, kept.per_merchant), failures=failures, plan=asdict(experiment.plan),
         merchant_rows={m: s.rows["train"] for m, s in sorted(roster.summaries.items())},
         bad_rows=pooled_bad_rows(roster.summaries.values()),
     )

@@ -21,13 +21,17 @@ from server_app.baselines import run_baseline
 from server_app.federated import run_federated
 from server_app.outputs import RunResult, write_outputs
 from server_app.progress import RunProgress
+from server_app.setup import Directory
 from tasks.registry import TASKS
 from tasks.selection import check_rule
 
 MODES = ("federated", "centralized", "local")
 
 
-def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None) -> RunResult:
+def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None,
+            directory: Directory | None = None) -> RunResult:
+    """One job; federated, `grid` is Flower's and `directory` (optional) names the nodes' merchants
+    without a message (a simulation's launcher knows them: launch/simulation.py)."""
     mode = cfg["mode"]
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
@@ -44,7 +48,7 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None) 
     if mode == "federated" and grid is None:
         raise RuntimeError("mode=federated needs a Flower grid; run it through a ServerApp")
     with RunProgress.for_run(cfg, output_dir) as progress:
-        result = run_federated(grid, cfg, progress, output_dir) if mode == "federated" else run_baseline(cfg, progress)
+        result = run_federated(grid, cfg, progress, output_dir, directory) if mode == "federated" else run_baseline(cfg, progress)
     if result.bad_rows:  # every node counted its own; the one line a user sees (and metrics.json bad_rows)
         log(WARNING, "data, all merchants: %s (data.on_bad_rows=skip)", format_bad_rows(result.bad_rows))
     write_outputs(result, output_dir, {t: TASKS[t].metric_names for t in result.tasks})

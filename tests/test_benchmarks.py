@@ -103,3 +103,56 @@ def test_update_bytes_measures_each_wire_format_through_the_real_client_and_serv
     assert sizes["sparse, float32"] > sizes["sparse, float16"] > sizes["sparse, int8"]
     assert 0 < deviation["sparse, float16"] < deviation["sparse, int8"] < 0.01
     assert figures["download"] >= figures["model_mb"] * 2**20  # the whole model goes down
+
+
+def test_the_loop_comparison_times_every_loop_on_the_same_rows(tiny_cfg):
+    from benchmarks.loop import loop_cost
+    from benchmarks.speed import loop_section
+
+    figures = loop_cost(open_experiment(tiny_cfg()), repeats=1)
+    assert set(figures["client"]) == {"rows", "bare", "bare_l2", "round", "epochs"}
+    assert set(figures["centralized"]) == {"rows", "bare", "bare_l2", "round"}
+    assert figures["centralized"]["rows"] > figures["client"]["rows"] > 0
+    assert all(v > 0 for part in ("client", "centralized") for v in figures[part].values())
+    text = "\n".join(loop_section(figures))
+    assert "| train_round, as a client runs it |" in text and "| 1.00 |" in text
+
+
+def test_data_cost_times_each_step_from_an_empty_cache(tmp_path):
+    from benchmarks.scale import data_cost
+    from benchmarks.speed import data_section
+
+    figures = data_cost(tmp_path / "data", rows=4000, repeats=1)
+    assert figures["rows"] == 4000 and figures["merchants"] == 20 and figures["loaded_rows"] == 4000
+    assert all(figures[k] > 0 for k in ("generate_s", "partition_s", "prepare_s", "load_s"))
+    assert "| prepare every merchant (validate, hash, split, cache) |" in "\n".join(data_section(figures))
+
+
+def test_the_client_clock_and_the_tree_memory_sampler(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from benchmarks.client_clock import client_seconds, clock_mod, first_start
+    from benchmarks.memory import TreeMemory, descendants
+
+    class Metadata:
+        message_type = "train"
+
+    class Msg:
+        metadata = Metadata()
+
+    mod = clock_mod(tmp_path / "clock.tsv")
+    assert mod(Msg(), None, lambda msg, context: "reply") == "reply"
+    mod(Msg(), None, lambda msg, context: time.sleep(0.01))
+    seconds = client_seconds(tmp_path / "clock.tsv")
+    assert seconds["messages"] == 2 and seconds["train"] >= 0.01 and first_start(tmp_path / "clock.tsv") > 0
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
+    try:
+        with TreeMemory(every_s=0.05) as memory:
+            time.sleep(0.2)
+            assert child.pid in descendants(memory.root)
+        assert memory.peak_processes >= 2 and memory.peak_rss_mb >= memory.peak_pss_mb > 0
+    finally:
+        child.kill()
+        child.wait()

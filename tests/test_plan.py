@@ -70,17 +70,25 @@ def test_the_plan_builds_the_same_model_on_every_side(tiny_cfg):
 
 def test_roster_orders_the_first_merchants_and_replaces_a_restarted_node():
     roster = Roster()
+    roster.identify([(30, "m1"), (10, "m2"), (20, "m0")])
+    assert roster.identified([10, 20, 30]) == {10: 2, 20: 0, 30: 1}  # indices follow merchant ids
+    assert roster.participants([10, 20, 30]) == {} and roster.unprepared([10, 30]) == [10, 30]  # none set up yet
     roster.admit([(30, summary("m1", click=[1])), (10, summary("m2", click=[1])), (20, summary("m0", click=[1]))])
-    assert roster.participants([10, 20, 30]) == {10: 2, 20: 0, 30: 1}  # indices follow merchant ids
+    assert roster.participants([10, 20, 30]) == {10: 2, 20: 0, 30: 1} and roster.unprepared([10, 30]) == []
     roster.refuse(40)
     assert roster.newcomers([10, 20, 30, 40, 50]) == [50]
-    roster.admit([(50, summary("m1", click=[1]))])  # m1's SuperNode came back with a new node id
-    assert roster.participants([10, 20, 50]) == {10: 2, 20: 0, 50: 1} and roster.merchant(30) is None
+    roster.identify([(50, "m1")])  # m1's SuperNode came back with a new node id: set it up again
+    assert roster.identified([10, 20, 50]) == {10: 2, 20: 0, 50: 1} and roster.merchant(30) is None
+    assert roster.unprepared([50]) == [50] and roster.participants([10, 20, 50]) == {10: 2, 20: 0}
+    roster.admit([(50, summary("m1", click=[1]))])
+    assert roster.participants([10, 20, 50]) == {10: 2, 20: 0, 50: 1}
     assert roster.participants([20]) == {20: 0}  # a node that left is not addressed
     assert roster.newcomers([10, 20]) == [] and roster.merchant(50) is None  # ... and is forgotten
     assert roster.newcomers([10, 20, 40, 50]) == [40, 50]  # so it is asked again when it is back
-    roster.admit([(50, summary("m1", click=[1]))])
-    assert roster.participants([10, 20, 50]) == {10: 2, 20: 0, 50: 1}  # with its merchant's index
+    roster.identify([(50, "m1")])
+    assert roster.identified([10, 20, 50]) == {10: 2, 20: 0, 50: 1}  # with its merchant's index
+    roster.refuse(10)  # its set-up failed: it keeps its place in the draw but is not addressed
+    assert roster.identified([10, 20]) == {10: 2, 20: 0} and roster.usable({10: 2, 20: 0}) == {20: 0}
 
 
 class GridWithNodes:

@@ -7,7 +7,7 @@ import pytest
 
 from core.errors import InputError
 from data.partition import partition_for_node, partition_table, read_manifest
-from data.shards import SUMMARY_FILE, merchant_cache_dir, prepare_merchant
+from data.shards import SUMMARY_FILE, merchant_cache_dir, merchant_of_file, prepare_merchant
 from data.splits import split_positions
 
 
@@ -85,6 +85,21 @@ def test_merchant_id_comes_from_the_node_config_or_a_single_valued_column(tmp_pa
         prepare_merchant(path, data_cfg(tiny_cfg))
     assert prepare_merchant(path, data_cfg(tiny_cfg), merchant_id="m42").summary.rows == {"train": 8, "val": 0,
                                                                                          "test": 2}
+
+
+def test_a_node_identifies_from_its_merchant_column_alone_and_prepares_nothing(tmp_path, tiny_cfg):
+    cfg = data_cfg(tiny_cfg, f"data.cache_dir={tmp_path / 'cache'}")
+    path = write_table(tmp_path / "a.csv", merchants=("a",) * 4, purchase=[0, 1, 7, 0])  # a bad label: still "a"
+    assert merchant_of_file(path, cfg) == "a" and not (tmp_path / "cache").exists()
+    pd.read_csv(path).to_parquet(tmp_path / "a.parquet")
+    assert merchant_of_file(tmp_path / "a.parquet", cfg) == "a"
+    renamed = tmp_path / "shop.csv"
+    pd.read_csv(path).rename(columns={"merchant_id": "shop"}).to_csv(renamed, index=False)
+    assert merchant_of_file(renamed, data_cfg(tiny_cfg, "data.columns.merchant_id=shop")) == "a"
+    with pytest.raises(InputError, match=r"holds 2 merchants \('a', 'b'\).*set merchant-id in the node config"):
+        merchant_of_file(write_table(tmp_path / "ab.csv"), cfg)
+    with pytest.raises(InputError, match="no column 'merchant_id' to tell its merchant"):
+        merchant_of_file(renamed, cfg)
 
 
 def test_a_bad_file_is_one_line_naming_file_column_and_row(tmp_path, tiny_cfg):
