@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 from core.config import compose_config, to_plain
 
@@ -16,15 +18,31 @@ TINY = ["data.synthetic.n_merchants=4", "data.synthetic.n_rows=3000", "data.synt
 DENSE = ["data.synthetic.n_rows=8000", "data.synthetic.n_users=200", "data.synthetic.n_items=80"]
 
 
-@pytest.fixture(autouse=True)
-def isolated_env(tmp_path_factory, monkeypatch):
-    cache = tmp_path_factory.getbasetemp() / "shard-cache"
-    monkeypatch.setenv("MERCHANT_FL_CACHE", str(cache))
-    monkeypatch.setenv("FLWR_HOME", str(tmp_path_factory.getbasetemp() / "flwr-home"))
+def set_test_env(env: pytest.MonkeyPatch, base: Path) -> None:
+    env.setenv("MERCHANT_FL_CACHE", str(base / "shard-cache"))
+    env.setenv("FLWR_HOME", str(base / "flwr-home"))
+    # One torch/OpenMP thread in this process and in every process it starts: the test models are
+    # tiny, and two OpenMP threads on a busy 2-core machine spin against each other (tens of times
+    # slower). Ray gives each simulated client its own setting (federation.client_cpus) regardless.
+    env.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
     for key, value in {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}.items():
-        monkeypatch.setenv(key, value)
+        env.setenv(key, value)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory, monkeypatch):
+    set_test_env(monkeypatch, tmp_path_factory.getbasetemp())
     yield
+
+
+@contextmanager
+def isolated(tmp_path_factory):
+    """isolated_env's environment for a module- or session-scoped fixture (set up before isolated_env)."""
+    with pytest.MonkeyPatch.context() as env:
+        set_test_env(env, tmp_path_factory.getbasetemp())
+        yield
 
 
 @pytest.fixture
@@ -44,12 +62,11 @@ def cli_env() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory):
     """mode -> the output directory of a finished tiny run (centralized, local), for tests that use a
-    trained model; the shard cache is the one isolated_env gives every test."""
+    trained model."""
     from server_app.orchestration import run_job
 
     out = {}
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MERCHANT_FL_CACHE", str(tmp_path_factory.getbasetemp() / "shard-cache"))
+    with isolated(tmp_path_factory):
         for mode in ("centralized", "local"):
             cfg = to_plain(compose_config([*TINY, f"mode={mode}", "ranking.enabled=false"]))
             out[mode] = tmp_path_factory.mktemp(f"run-{mode}")
