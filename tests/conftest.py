@@ -60,15 +60,16 @@ def cli_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_runs(tmp_path_factory):
+def tiny_runs(tmp_path_factory) -> dict[str, Path]:
     """mode -> the output directory of a finished tiny run (centralized, local), for tests that use a
-    trained model."""
+    trained model or read its outputs: a validation split (select_round auto: best_val), logger=tensorboard."""
     from server_app.orchestration import run_job
 
     out = {}
     with isolated(tmp_path_factory):
         for mode in ("centralized", "local"):
-            cfg = to_plain(compose_config([*TINY, f"mode={mode}", "ranking.enabled=false"]))
+            cfg = to_plain(compose_config([*TINY, f"mode={mode}", "data.val_fraction=0.2", "logger=tensorboard",
+                                           "ranking.enabled=false"]))
             out[mode] = tmp_path_factory.mktemp(f"run-{mode}")
             run_job(cfg, out[mode])
     return out
