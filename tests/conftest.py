@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,34 @@ def tiny_runs(tmp_path_factory) -> dict[str, Path]:
             out[mode] = tmp_path_factory.mktemp(f"run-{mode}")
             run_job(cfg, out[mode])
     return out
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    dir: Path
+    cfg: dict
+    received: list  # every Flower Message that reached the server, in order (launch.recording.RecordingGrid)
+
+
+@pytest.fixture(scope="session")
+def recorded_federated_run(tmp_path_factory):
+    """privacy -> a finished real federated simulation (TINY, a validation split, logger=tensorboard) with
+    every reply that reached the server recorded; each privacy setting asked for is run once a session,
+    and every test that reads a federated run's wire, outputs or tensorboard shares it."""
+    from launch.recording import RecordingGrid
+    from launch.simulation import run_federated_simulation
+
+    runs: dict[str, RecordedRun] = {}
+
+    def run(privacy: str) -> RecordedRun:
+        if privacy not in runs:  # called from a test: isolated_env's cache and Flower home are set
+            cfg = to_plain(compose_config([*TINY, f"privacy={privacy}", "data.val_fraction=0.2", "logger=tensorboard"]))
+            out = tmp_path_factory.mktemp(f"federated-{privacy}")
+            grids: list[RecordingGrid] = []
+            run_federated_simulation(cfg, out, grid_view=lambda grid: grids.append(RecordingGrid(grid)) or grids[-1])
+            runs[privacy] = RecordedRun(out, cfg, grids[0].received)
+        return runs[privacy]
+    return run
 
 
 def merchant_files(run_dir: Path) -> dict:
