@@ -104,6 +104,27 @@ def recorded_federated_run(tmp_path_factory):
     return run
 
 
+@contextmanager
+def flower_log():
+    """The messages Flower's logger (`flwr`, which every part of a run logs through) gives while inside:
+    what a run prints, for a run in this process."""
+    import logging
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Keep(logging.DEBUG)
+    logger = logging.getLogger("flwr")
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+
+
 def merchant_files(run_dir: Path) -> dict:
     """merchant -> its rows (a DataFrame) in the run's own data, as the simulation partitioned it."""
     import json
