@@ -46,6 +46,24 @@ def isolated(tmp_path_factory):
         yield
 
 
+@pytest.fixture(scope="module")
+def shared_ray():
+    """One Ray cluster for every in-process Flower simulation of a test module (use it with
+    `pytestmark = pytest.mark.usefixtures("shared_ray")`). Flower's Ray backend starts Ray when it is
+    not running and shuts it down after each simulation (several seconds each way); here the first
+    simulation starts it and it is shut down after the module. Each simulation still builds its own
+    pool of ClientApp actors and kills it at its end; only the cluster under them stays up."""
+    import ray
+
+    shutdown = ray.shutdown
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ray, "shutdown", lambda *args, **kwargs: None)
+        try:
+            yield
+        finally:
+            shutdown()
+
+
 @pytest.fixture
 def tiny_cfg():
     """A plain run config on a 4-merchant synthetic platform, with extra overrides."""

@@ -17,7 +17,7 @@ from tasks.experiment import open_experiment
 from tasks.state import joint_state
 from tasks.wide import newton_fitted
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
 ARRAY_RECORDS = {protocol.ARRAYS, protocol.TABLE_ROWS, protocol.WIDE_STATS, protocol.ROW_COUNTS}
 METRIC_RECORDS = {protocol.METRICS, protocol.VAL_METRICS, protocol.ORACLE}

@@ -16,7 +16,7 @@ from server_app.strategy import RoundFailed
 from tests.conftest import TINY, flower_log
 from tests.faulty_clients import fault_mod
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
 
 def merchant_fl(out, *overrides) -> list[str]:

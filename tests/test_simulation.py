@@ -15,7 +15,7 @@ from tasks.experiment import open_experiment
 from tasks.selection import validation_loss
 from tests.conftest import DENSE, ROOT, TINY, cli_env, flower_log, isolated
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
 
 def merchant_fl(*args, cwd):
@@ -46,7 +46,7 @@ def test_federated_training_improves_every_task(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def early_stopped(tmp_path_factory):
+def early_stopped(tmp_path_factory, shared_ray):
     """One run with a validation split (select_round auto: best_val), patience=1 and a learning rate high
     enough to overfit within a few of its 12 rounds: (metrics.json, the lines Flower logged)."""
     out = tmp_path_factory.mktemp("early-stopped") / "run"
