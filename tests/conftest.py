@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from core.config import compose_config, to_plain
 
@@ -16,15 +19,49 @@ TINY = ["data.synthetic.n_merchants=4", "data.synthetic.n_rows=3000", "data.synt
 DENSE = ["data.synthetic.n_rows=8000", "data.synthetic.n_users=200", "data.synthetic.n_items=80"]
 
 
-@pytest.fixture(autouse=True)
-def isolated_env(tmp_path_factory, monkeypatch):
-    cache = tmp_path_factory.getbasetemp() / "shard-cache"
-    monkeypatch.setenv("MERCHANT_FL_CACHE", str(cache))
-    monkeypatch.setenv("FLWR_HOME", str(tmp_path_factory.getbasetemp() / "flwr-home"))
+def set_test_env(env: pytest.MonkeyPatch, base: Path) -> None:
+    env.setenv("MERCHANT_FL_CACHE", str(base / "shard-cache"))
+    env.setenv("FLWR_HOME", str(base / "flwr-home"))
+    # One torch/OpenMP thread in this process and in every process it starts: the test models are
+    # tiny, and two OpenMP threads on a busy 2-core machine spin against each other (tens of times
+    # slower). Ray gives each simulated client its own setting (federation.client_cpus) regardless.
+    env.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
     for key, value in {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}.items():
-        monkeypatch.setenv(key, value)
+        env.setenv(key, value)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory, monkeypatch):
+    set_test_env(monkeypatch, tmp_path_factory.getbasetemp())
     yield
+
+
+@contextmanager
+def isolated(tmp_path_factory):
+    """isolated_env's environment for a module- or session-scoped fixture (set up before isolated_env)."""
+    with pytest.MonkeyPatch.context() as env:
+        set_test_env(env, tmp_path_factory.getbasetemp())
+        yield
+
+
+@pytest.fixture(scope="module")
+def shared_ray():
+    """One Ray cluster for every in-process Flower simulation of a test module (use it with
+    `pytestmark = pytest.mark.usefixtures("shared_ray")`). Flower's Ray backend starts Ray when it is
+    not running and shuts it down after each simulation (several seconds each way); here the first
+    simulation starts it and it is shut down after the module. Each simulation still builds its own
+    pool of ClientApp actors and kills it at its end; only the cluster under them stays up."""
+    import ray
+
+    shutdown = ray.shutdown
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ray, "shutdown", lambda *args, **kwargs: None)
+        try:
+            yield
+        finally:
+            shutdown()
 
 
 @pytest.fixture
@@ -42,19 +79,68 @@ def cli_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_runs(tmp_path_factory):
+def tiny_runs(tmp_path_factory) -> dict[str, Path]:
     """mode -> the output directory of a finished tiny run (centralized, local), for tests that use a
-    trained model; the shard cache is the one isolated_env gives every test."""
+    trained model or read its outputs: a validation split (select_round auto: best_val), logger=tensorboard."""
     from server_app.orchestration import run_job
 
     out = {}
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MERCHANT_FL_CACHE", str(tmp_path_factory.getbasetemp() / "shard-cache"))
+    with isolated(tmp_path_factory):
         for mode in ("centralized", "local"):
-            cfg = to_plain(compose_config([*TINY, f"mode={mode}", "ranking.enabled=false"]))
+            cfg = to_plain(compose_config([*TINY, f"mode={mode}", "data.val_fraction=0.2", "logger=tensorboard",
+                                           "ranking.enabled=false"]))
             out[mode] = tmp_path_factory.mktemp(f"run-{mode}")
             run_job(cfg, out[mode])
     return out
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    dir: Path
+    cfg: dict
+    received: list  # every Flower Message that reached the server, in order (launch.recording.RecordingGrid)
+
+
+@pytest.fixture(scope="session")
+def recorded_federated_run(tmp_path_factory):
+    """privacy -> a finished real federated simulation (TINY, a validation split, logger=tensorboard) with
+    every reply that reached the server recorded; each privacy setting asked for is run once a session,
+    and every test that reads a federated run's wire, outputs or tensorboard shares it."""
+    from launch.recording import RecordingGrid
+    from launch.simulation import run_federated_simulation
+
+    runs: dict[str, RecordedRun] = {}
+
+    def run(privacy: str) -> RecordedRun:
+        if privacy not in runs:  # called from a test: isolated_env's cache and Flower home are set
+            cfg = to_plain(compose_config([*TINY, f"privacy={privacy}", "data.val_fraction=0.2", "logger=tensorboard"]))
+            out = tmp_path_factory.mktemp(f"federated-{privacy}")
+            grids: list[RecordingGrid] = []
+            run_federated_simulation(cfg, out, grid_view=lambda grid: grids.append(RecordingGrid(grid)) or grids[-1])
+            runs[privacy] = RecordedRun(out, cfg, grids[0].received)
+        return runs[privacy]
+    return run
+
+
+@contextmanager
+def flower_log():
+    """The messages Flower's logger (`flwr`, which every part of a run logs through) gives while inside:
+    what a run prints, for a run in this process."""
+    import logging
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Keep(logging.DEBUG)
+    logger = logging.getLogger("flwr")
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
 
 
 def merchant_files(run_dir: Path) -> dict:

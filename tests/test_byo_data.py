@@ -3,14 +3,13 @@ a table without merchants, and merchant-at-a-time reading of Parquet; then one r
 
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from core.config import compose_config
 from core.errors import InputError
 from data.features import MISSING, FeatureSpec, feature_columns, pack_numerical, unpack_numerical
 from data.partition import ASSIGNMENT_FILE, partition_table, read_manifest
@@ -18,9 +17,10 @@ from data.schema import clean_interactions
 from data.shards import encode_features, feature_spec, prepare_merchant
 from data.silos import dirichlet_silos, iid_silos
 from data.summary import pooled_bad_rows
+from launch.cli import run as cli_run
 from tasks.models import MODELS
 from tasks.plan import plan_from_summaries
-from tests.conftest import ROOT, TINY, cli_env
+from tests.conftest import TINY, flower_log
 
 
 def own_table(n=40, merchants=("a", "b")):
@@ -221,17 +221,15 @@ def test_a_federated_run_on_an_own_table_reports_bad_rows_and_its_partition(tmp_
     table.loc[[11], "customer"] = ""
     table.to_csv(tmp_path / "t.csv", index=False)
     out = tmp_path / "run"
-    run = subprocess.run([sys.executable, "-m", "launch.cli", *TINY, "data=table", f"data.path={tmp_path / 't.csv'}",
-                          "data.columns.user_id=customer", "data.columns.item_id=product", "data.columns.purchase=bought",
-                          "data.on_bad_rows=skip", "data.partition=iid", "data.partition_merchants=3",
-                          "data.features.categorical=[brand]", "data.features.numerical=[price]",
-                          "federation.rounds=1", "ranking.enabled=false", f"hydra.run.dir={out}"],
-                         cwd=tmp_path, capture_output=True, text=True, env={**cli_env(), "PYTHONPATH": str(ROOT)},
-                         timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
+    with flower_log() as log:  # through launch.cli.run, what `merchant-fl` runs, in this process
+        cli_run(compose_config([*TINY, "data=table", f"data.path={tmp_path / 't.csv'}",
+                                "data.columns.user_id=customer", "data.columns.item_id=product",
+                                "data.columns.purchase=bought", "data.on_bad_rows=skip", "data.partition=iid",
+                                "data.partition_merchants=3", "data.features.categorical=[brand]",
+                                "data.features.numerical=[price]", "federation.rounds=1", "ranking.enabled=false"]), out)
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["failures"] == [] and doc["bad_rows"] == {"unparsable_value": 2, "missing_id": 1}
-    assert "data, all merchants: 3 bad row(s) skipped: missing_id 1, unparsable_value 2" in run.stdout + run.stderr
+    assert any("data, all merchants: 3 bad row(s) skipped: missing_id 1, unparsable_value 2" in line for line in log)
     assert sorted(doc["per_merchant"]) == ["silo-000", "silo-001", "silo-002"]
     assert (out / "partition" / "manifest.json").is_file() and (out / "partition" / ASSIGNMENT_FILE).is_file()
     state = torch.load(out / "model.pt", weights_only=False)["state"]

@@ -8,15 +8,19 @@ import pandas as pd
 import pytest
 import torch
 
+from core.config import compose_config
+from core.errors import InputError
+from launch.cli import run as cli_run
 from server_app.orchestration import run_job
 from tasks.experiment import open_experiment
 from tasks.selection import validation_loss
-from tests.conftest import DENSE, TINY, cli_env
+from tests.conftest import DENSE, ROOT, TINY, cli_env
 
 
 def merchant_fl(*args, cwd):
+    # This checkout's code, whichever checkout the environment's editable install points at.
     return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env=cli_env(), timeout=600)
+                          env={**cli_env(), "PYTHONPATH": str(ROOT)}, timeout=600)
 
 
 def good_table(path, **overrides):
@@ -28,7 +32,7 @@ def good_table(path, **overrides):
     return path
 
 
-@pytest.mark.parametrize("setup, args, expected", [
+BAD_INPUT = [
     (None, ["data=table", "data.path={tmp}/missing.csv"], "data.path: no such file: {tmp}/missing.csv"),
     (lambda p: pd.DataFrame({"merchant_id": [1], "item_id": [1], "click": [1]}).to_csv(p, index=False),
      ["data=table", "data.path={tmp}/t.csv"], "{tmp}/t.csv: missing required column 'user_id'"),
@@ -43,17 +47,39 @@ def good_table(path, **overrides):
      "select_round=best_val needs validation rows: set data.val_fraction > 0"),
     (None, [*TINY, "train.optimizer=sgd", "train.lr=1e30", "train.wide_rounds=0"], "training diverged: the "),
     (None, [*TINY, "train.lr=1e300"], "train.lr must be a positive number a float32 can hold, got 1e+300"),
-])
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, setup, args, expected):
+]
+
+
+def bad_input_overrides(tmp_path, setup, args) -> list[str]:
     if setup is not None:
         setup(tmp_path / "t.csv")
-    out = tmp_path / "out"
     mode = [] if any(a.startswith("mode=") for a in args) else ["mode=centralized"]
-    run = merchant_fl(*[a.format(tmp=tmp_path) for a in args], *mode, f"hydra.run.dir={out}", cwd=tmp_path)
+    return [*(a.format(tmp=tmp_path) for a in args), *mode]
+
+
+# The door itself, as a real `merchant-fl` process: an input error found before any training (a missing
+# file) and one found while training (divergence). Every other bad input takes the same door: the
+# test below raises each one through the door's own run().
+@pytest.mark.parametrize("setup, args, expected", [BAD_INPUT[0], BAD_INPUT[7]], ids=["missing-file", "diverged"])
+def test_the_door_prints_bad_input_as_one_line_exits_2_and_writes_nothing(tmp_path, setup, args, expected):
+    out = tmp_path / "out"
+    run = merchant_fl(*bad_input_overrides(tmp_path, setup, args), f"hydra.run.dir={out}", cwd=tmp_path)
     assert run.returncode == 2, run.stderr
     lines = [line for line in run.stderr.strip().splitlines() if line.strip()]
     assert lines[-1].startswith(f"merchant-fl: error: {expected.format(tmp=tmp_path)}")
     assert "Traceback" not in run.stderr + run.stdout
+    assert not (out / "metrics.json").exists() and not (out / "model.pt").exists()
+
+
+@pytest.mark.parametrize("setup, args, expected", BAD_INPUT)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, setup, args, expected):
+    """launch.cli.run, which `merchant-fl` runs: the InputError its door prints as `merchant-fl: error:
+    <message>` with exit code 2 (test above), and no output."""
+    out = tmp_path / "out"
+    with pytest.raises(InputError) as caught:
+        cli_run(compose_config(bad_input_overrides(tmp_path, setup, args)), out)
+    message = str(caught.value)
+    assert message.startswith(expected.format(tmp=tmp_path)) and "\n" not in message
     assert not (out / "metrics.json").exists() and not (out / "model.pt").exists()
 
 

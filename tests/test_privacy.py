@@ -194,16 +194,15 @@ def test_secure_aggregation_refuses_the_per_row_statistics(tiny_cfg):
 
 
 def test_the_cli_refuses_dp_with_newton_statistics_in_one_line_before_any_run(tmp_path):
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT, TINY, cli_env
+    """launch.cli.run, what `merchant-fl` runs: the InputError its door prints as one line with exit code 2
+    (tests/test_cli.py runs the door's process)."""
+    from core.config import compose_config
+    from launch.cli import run
+    from tests.conftest import TINY
 
     out = tmp_path / "run"
-    run = subprocess.run([sys.executable, "-m", "launch.cli", *TINY, "privacy=dp", "train.first_order_fit=newton",
-                          f"hydra.run.dir={out}"], cwd=tmp_path, capture_output=True, text=True,
-                         env={**cli_env(), "PYTHONPATH": str(ROOT)}, timeout=300)
-    assert run.returncode == 2
-    assert run.stderr.strip().splitlines()[-1] == ("merchant-fl: error: privacy=dp needs train.first_order_fit=sgd "
-                                                   "(the Newton statistics are unclipped per-row sums), got newton")
-    assert not (out / "metrics.json").exists()
+    with pytest.raises(InputError) as caught:
+        run(compose_config([*TINY, "privacy=dp", "train.first_order_fit=newton"]), out)
+    assert str(caught.value) == ("privacy=dp needs train.first_order_fit=sgd "
+                                 "(the Newton statistics are unclipped per-row sums), got newton")
+    assert not out.exists()  # refused before anything ran or was written

@@ -13,13 +13,11 @@ import pytest
 from core import protocol
 from data.partition import partition_table, read_manifest
 from data.shards import bucket_counts, prepare_merchant
-from launch.recording import RecordingGrid
-from launch.simulation import run_federated_simulation
 from tasks.experiment import open_experiment
 from tasks.state import joint_state
 from tasks.wide import newton_fitted
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
 ARRAY_RECORDS = {protocol.ARRAYS, protocol.TABLE_ROWS, protocol.WIDE_STATS, protocol.ROW_COUNTS}
 METRIC_RECORDS = {protocol.METRICS, protocol.VAL_METRICS, protocol.ORACLE}
@@ -64,16 +62,12 @@ def holds_a_label_vector(array: np.ndarray, labels: list[np.ndarray]) -> bool:
 
 
 @pytest.mark.parametrize("privacy", ["none", "ldp"])
-def test_only_model_arrays_scalars_and_known_aggregates_reach_the_server(tmp_path, tiny_cfg, privacy):
-    cfg = tiny_cfg(f"privacy={privacy}", "data.val_fraction=0.2")
-    recorder: dict[str, RecordingGrid] = {}
-
-    def record(grid):
-        recorder["grid"] = RecordingGrid(grid)
-        return recorder["grid"]
-
-    run_federated_simulation(cfg, tmp_path / "run", grid_view=record)
-    received = recorder["grid"].received
+def test_only_model_arrays_scalars_and_known_aggregates_reach_the_server(recorded_federated_run, privacy):
+    """On the shared recorded run of each privacy setting (tests/conftest.py recorded_federated_run:
+    TINY, a validation split, the default wire format)."""
+    run = recorded_federated_run(privacy)
+    cfg, received = run.cfg, run.received
+    assert cfg["privacy"]["mode"] == privacy and cfg["data"]["val_fraction"] == 0.2
     experiment = open_experiment(cfg)
     model = experiment.new_model()
     model_state = {k: tuple(v.shape) for k, v in joint_state(model, experiment.new_weighting()).items()}

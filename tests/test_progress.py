@@ -13,7 +13,6 @@ import sys
 import pytest
 from rich.console import Console
 
-from server_app.orchestration import run_job
 from server_app.outputs import RoundRecord
 from server_app.progress import RunProgress
 from tests.conftest import ROOT, TINY, cli_env
@@ -76,11 +75,12 @@ def scalars(path):
 
 
 @pytest.mark.parametrize("mode", ["centralized", "local"])
-def test_tensorboard_holds_every_rounds_metrics_combined_and_per_merchant(tiny_cfg, tmp_path, mode):
-    cfg = tiny_cfg(f"mode={mode}", "logger=tensorboard", "data.val_fraction=0.2", "ranking.enabled=false")
-    run_job(cfg, tmp_path)
-    doc = json.loads((tmp_path / "metrics.json").read_text())
-    logged = scalars(tmp_path / "tensorboard")
+def test_tensorboard_holds_every_rounds_metrics_combined_and_per_merchant(tiny_runs, mode):
+    """On the shared tiny run of each baseline mode (tests/conftest.py tiny_runs: logger=tensorboard, a validation split)."""
+    run_dir = tiny_runs[mode]
+    doc = json.loads((run_dir / "metrics.json").read_text())
+    assert doc["mode"] == mode and doc["config"]["logger"]["name"] == "tensorboard"
+    logged = scalars(run_dir / "tensorboard")
     for record in doc["rounds"]:
         for task, metrics in record["tasks"].items():
             for name, value in metrics.items():

@@ -1,37 +1,42 @@
-"""Failures, exact resume and init_from through real Flower simulations (4 merchants)."""
+"""Failures, exact resume and init_from through real Flower simulations (4 merchants), run in this process
+through what the `merchant-fl` door runs (launch.cli.run; faulty merchants: run_federated_simulation with
+tests/faulty_clients.py's mod); the door's own process, exit code and error line are tested in
+test_simulation.py and test_cli.py."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ROOT, TINY, cli_env
+from core.config import compose_config, to_plain
+from launch.cli import run as cli_run
+from launch.simulation import run_federated_simulation
+from server_app.strategy import RoundFailed
+from tests.conftest import TINY, flower_log
+from tests.faulty_clients import fault_mod
 
-pytestmark = pytest.mark.slow
-
-
-def run(module, *args, cwd):
-    # This checkout's code, whichever checkout the environment's editable install points at.
-    env = {**cli_env(), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
-                          env=env, timeout=900)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
 
-def merchant_fl(out, *overrides, cwd):
-    return run("launch.cli", *TINY, "ranking.enabled=false", *overrides, f"hydra.run.dir={out}", cwd=cwd)
+def merchant_fl(out, *overrides) -> list[str]:
+    """A finished federated run into `out`; the lines Flower logged."""
+    with flower_log() as lines:
+        cli_run(compose_config([*TINY, "ranking.enabled=false", *overrides]), out)
+    return lines
 
 
-def faulty(out, faults, *overrides, cwd):
-    return run("tests.faulty_clients", faults, str(out), *TINY, "ranking.enabled=false", *overrides, cwd=cwd)
+def faulty(out, faults: str, *overrides) -> list[str]:
+    """A federated run whose nodes named in `faults` (partition id=raise|nan|shape) break their replies."""
+    cfg = to_plain(compose_config([*TINY, "ranking.enabled=false", *overrides]))
+    with flower_log() as lines:
+        run_federated_simulation(cfg, out, [fault_mod({int(k): v for k, v in (f.split("=") for f in faults.split(","))})])
+    return lines
 
 
 def test_a_raising_and_a_nan_client_are_rejected_and_the_run_finishes(tmp_path):
     out = tmp_path / "run"
-    done = faulty(out, "1=raise,2=nan", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    log = faulty(out, "1=raise,2=nan")
     doc = json.loads((out / "metrics.json").read_text())
     assert [r["round"] for r in doc["rounds"]] == [0, 1, 2]
     by_round = {r: [f for f in doc["failures"] if f["round"] == r] for r in (1, 2)}
@@ -42,7 +47,7 @@ def test_a_raising_and_a_nan_client_are_rejected_and_the_run_finishes(tmp_path):
         assert len(crashed) == len(poisoned) == 1 and len(failures) == 2, doc["failures"]
         assert all(f["merchant"] for f in failures)
     assert len({f["merchant"] for f in doc["failures"]}) == 2
-    assert "failed: update rejected" in done.stdout + done.stderr  # logged with its merchant
+    assert any("failed: update rejected" in line for line in log)  # logged with its merchant
     state = torch.load(out / "model.pt", weights_only=True)["state"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     assert doc["rounds"][2]["tasks"]["click"]["auc"] > doc["rounds"][0]["tasks"]["click"]["auc"]
@@ -50,10 +55,11 @@ def test_a_raising_and_a_nan_client_are_rejected_and_the_run_finishes(tmp_path):
 
 def test_too_few_usable_replies_fail_the_round_with_a_clear_line_and_keep_the_last_checkpoint(tmp_path):
     out = tmp_path / "run"
-    done = faulty(out, "0=shape", "federation.min_replies=4", cwd=tmp_path)
-    assert done.returncode == 2
-    assert ("merchant-fl: error: round 1: 3 of 4 clients sent a usable update, federation.min_replies=4 "
-            "needs 4; latest failure: update rejected: array") in done.stderr
+    with pytest.raises(RoundFailed) as caught:  # what the door prints as `merchant-fl: error: ...`, exit 2
+        faulty(out, "0=shape", "federation.min_replies=4")
+    assert str(caught.value).startswith("round 1: 3 of 4 clients sent a usable update, federation.min_replies=4 "
+                                        "needs 4; latest failure: update rejected: array")
+    assert "\n" not in str(caught.value)
     assert not (out / "metrics.json").exists()
     assert torch.load(out / "checkpoint.pt", weights_only=True)["round"] == 0  # round 0 survives to resume from
 
@@ -65,9 +71,8 @@ def test_a_run_stopped_after_round_2_of_4_and_resumed_ends_as_the_uninterrupted_
     whole, half, resumed = tmp_path / "whole", tmp_path / "half", tmp_path / "resumed"
     for out, extra in ((whole, ["federation.rounds=4"]), (half, ["federation.rounds=2"]),
                        (resumed, ["federation.rounds=4", f"resume={half}"])):
-        done = merchant_fl(out, *RESUMABLE, *extra, cwd=tmp_path)
-        assert done.returncode == 0, done.stderr[-3000:]
-    assert "resume: continuing" in done.stdout + done.stderr
+        log = merchant_fl(out, *RESUMABLE, *extra)
+    assert any("resume: continuing" in line for line in log)
     a, b = (json.loads((out / "metrics.json").read_text()) for out in (whole, resumed))
     assert [r["round"] for r in b["rounds"]] == [0, 1, 2, 3, 4] and b["selected_round"] == a["selected_round"]
     for ra, rb in zip(a["rounds"], b["rounds"]):
@@ -84,8 +89,7 @@ def test_a_run_stopped_after_round_2_of_4_and_resumed_ends_as_the_uninterrupted_
 
     # A new run from the trained model: its untrained round 0 is the trained model's test metrics.
     fresh = tmp_path / "fresh"
-    done = merchant_fl(fresh, *RESUMABLE, "federation.rounds=0", f"init_from={whole}", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    merchant_fl(fresh, *RESUMABLE, "federation.rounds=0", f"init_from={whole}")
     c = json.loads((fresh / "metrics.json").read_text())
     for task, metrics in a["tasks"].items():
         assert c["rounds"][0]["tasks"][task] == pytest.approx(metrics, rel=1e-5, abs=1e-6)

@@ -8,7 +8,7 @@ from flwr.app import MessageType
 from launch.recording import RecordingGrid
 from launch.simulation import run_federated_simulation
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
 
 def test_secure_aggregation_gives_the_plain_multitask_average(tmp_path, tiny_cfg):

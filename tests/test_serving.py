@@ -4,8 +4,6 @@ local: one per merchant), scores rows exactly as the run's own evaluation did, a
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -15,7 +13,7 @@ from core.errors import InputError
 from data.shards import merchant_seed
 from data.splits import split_positions
 from serving import load, prediction_column
-from tests.conftest import ROOT, TINY, cli_env, merchant_files
+from tests.conftest import ROOT, merchant_files
 
 
 @pytest.fixture
@@ -39,11 +37,11 @@ def test_scores_reproduce_the_runs_own_test_metrics(runs, mode):
 
 
 @pytest.mark.slow
-def test_a_federated_run_is_served_and_logged_per_merchant(tmp_path):
-    out = tmp_path / "run"
-    run = subprocess.run([sys.executable, "-m", "launch.cli", *TINY, "logger=tensorboard", "ranking.enabled=false",
-                          f"hydra.run.dir={out}"], cwd=ROOT, capture_output=True, text=True, env=cli_env(), timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
+def test_a_federated_run_is_served_and_logged_per_merchant(recorded_federated_run):
+    """On the shared federated run (tests/conftest.py recorded_federated_run: a real simulation, logger=tensorboard)."""
+    run = recorded_federated_run("none")
+    out = run.dir
+    assert run.cfg["mode"] == "federated" and run.cfg["logger"]["name"] == "tensorboard"
     assert_scores_reproduce_test_metrics(out, "federated")
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1 and b"merchant/m03/click/auc" in events[0].read_bytes()

@@ -3,9 +3,12 @@ one line `merchant-fl-...: error: ...`, exit code 2, no traceback and no output 
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
+import warnings
+from functools import partial
 
 import pandas as pd
 import pytest
@@ -14,11 +17,31 @@ from serving import load
 from tests.conftest import ROOT, cli_env, merchant_files
 
 
+def absolute(args, cwd) -> list[str]:
+    """Relative file names given are made absolute (in `cwd`)."""
+    return [str(cwd / a) if str(a).endswith((".csv", ".txt")) and "/" not in str(a) else str(a) for a in args]
+
+
 def command(module: str, *args, cwd) -> subprocess.CompletedProcess:
-    """Run from the repository root (this checkout's code; relative paths given are made absolute)."""
-    args = [str(cwd / a) if str(a).endswith((".csv", ".txt")) and "/" not in str(a) else str(a) for a in args]
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
-                          env=cli_env(), timeout=300)
+    """Run from the repository root (this checkout's code)."""
+    return subprocess.run([sys.executable, "-m", module, *absolute(args, cwd)], cwd=ROOT, capture_output=True,
+                          text=True, env=cli_env(), timeout=300)
+
+
+def command_in_process(module: str, *args, cwd, capsys) -> subprocess.CompletedProcess:
+    """The command's main() in this process: its return code (the process's exit code), stdout and stderr,
+    where stderr also gets each Python warning the command's process would have printed (every category
+    but the ones Python ignores by default)."""
+    main = importlib.import_module(module).main
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(absolute(args, cwd))
+    out = capsys.readouterr()
+    quiet = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
+    shown = "".join(f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n" for w in caught
+                    if not issubclass(w.category, quiet))
+    return subprocess.CompletedProcess([module, *args], code, out.out, out.err + shown)
 
 
 @pytest.fixture
@@ -75,7 +98,7 @@ def bad_tables(tmp_path):
     traffic().to_csv(tmp_path / "good.csv", index=False)
 
 
-@pytest.mark.parametrize("run, args, expected", [
+SCORE_BAD_INPUT = [
     ("{tmp}/nowhere", ["good.csv"], "{tmp}/nowhere: no such run directory"),
     ("{tmp}", ["good.csv"], "{tmp}: no model.pt (a run writes it when it finishes"),
     ("local", ["missing.csv"], "{tmp}/missing.csv: no such file"),
@@ -84,20 +107,33 @@ def bad_tables(tmp_path):
      "{tmp}/empty_item.csv: column 'item_id' has 1 empty cell(s), first at row 250"),
     ("local", ["other_merchant.csv"], "unknown merchant 'm77': this mode=local run has one model per merchant"),
     ("local", ["good.txt"], "{tmp}/good.txt: unsupported file type '.txt'"),
-])
-def test_score_bad_input_is_one_line_and_writes_nothing(tiny_runs, tmp_path, run, args, expected):
+]
+
+
+def score_bad_input(tiny_runs, tmp_path, run, args, expected, runner):
     bad_tables(tmp_path)
     (tmp_path / "good.txt").write_text("x")
     run_dir = tiny_runs.get(run, run.format(tmp=tmp_path))
     out = tmp_path / "scored.parquet"
-    result = command("launch.score", run_dir, args[0], out, *args[1:], cwd=tmp_path)
+    result = runner("launch.score", run_dir, args[0], out, *args[1:], cwd=tmp_path)
     assert result.returncode == 2
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith(f"merchant-fl-score: error: {expected.format(tmp=tmp_path)}")
     assert not out.exists() and not list(tmp_path.glob("*.partial")) and result.stdout == ""
 
 
-@pytest.mark.parametrize("run, args, expected", [
+# Every bad input through the command's main() in this process (exit code = its return value); the
+# command's own process for the first (and for every good input above).
+@pytest.mark.parametrize("run, args, expected", SCORE_BAD_INPUT)
+def test_score_bad_input_is_one_line_and_writes_nothing(tiny_runs, tmp_path, capsys, run, args, expected):
+    score_bad_input(tiny_runs, tmp_path, run, args, expected, partial(command_in_process, capsys=capsys))
+
+
+def test_the_score_process_prints_bad_input_as_one_line_and_exits_2(tiny_runs, tmp_path):
+    score_bad_input(tiny_runs, tmp_path, *SCORE_BAD_INPUT[0], runner=command)
+
+
+RECOMMEND_BAD_INPUT = [
     ("{tmp}/nowhere", ["--merchant", "m01", "--user", "USER"], "{tmp}/nowhere: no such run directory"),
     ("centralized", ["--merchant", "m77", "--user", "USER"],
      "unknown merchant 'm77': the run's synthetic data has 4 merchants (m00, m01, m02, m03)"),
@@ -109,11 +145,22 @@ def test_score_bad_input_is_one_line_and_writes_nothing(tiny_runs, tmp_path, run
     ("centralized", ["--merchant", "m01", "--user", "USER", "--k", "0"], "k must be at least 1, got 0"),
     ("centralized", ["--merchant", "m01", "--user", "USER", "--by", "clicks"],
      "ranking.task=clicks is not a task of this run"),
-])
-def test_recommend_bad_input_is_one_line(tiny_runs, tmp_path, user, run, args, expected):
+]
+
+
+def recommend_bad_input(tiny_runs, tmp_path, user, run, args, expected, runner):
     bad_tables(tmp_path)
     args = [user if a == "USER" else a for a in args]
-    result = command("launch.recommend", tiny_runs.get(run, run.format(tmp=tmp_path)), *args, cwd=tmp_path)
+    result = runner("launch.recommend", tiny_runs.get(run, run.format(tmp=tmp_path)), *args, cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith(f"merchant-fl-recommend: error: {expected.format(tmp=tmp_path)}")
+
+
+@pytest.mark.parametrize("run, args, expected", RECOMMEND_BAD_INPUT)
+def test_recommend_bad_input_is_one_line(tiny_runs, tmp_path, user, capsys, run, args, expected):
+    recommend_bad_input(tiny_runs, tmp_path, user, run, args, expected, partial(command_in_process, capsys=capsys))
+
+
+def test_the_recommend_process_prints_bad_input_as_one_line_and_exits_2(tiny_runs, tmp_path, user):
+    recommend_bad_input(tiny_runs, tmp_path, user, *RECOMMEND_BAD_INPUT[0], runner=command)

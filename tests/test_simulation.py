@@ -1,4 +1,5 @@
-"""A real Flower simulation through the `merchant-fl` door: 4 merchants, 2 rounds."""
+"""Real Flower simulations, 4 merchants: through the `merchant-fl` door as a process (its log, exit code and
+error line), and through launch.cli.run, what the door runs, in this process."""
 
 import json
 import math
@@ -9,16 +10,18 @@ import sys
 import pytest
 
 from core.config import compose_config, to_plain
+from launch.cli import run as cli_run
 from tasks.experiment import open_experiment
 from tasks.selection import validation_loss
-from tests.conftest import DENSE, TINY, cli_env
+from tests.conftest import DENSE, ROOT, TINY, cli_env, flower_log, isolated
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
 
 def merchant_fl(*args, cwd):
+    # This checkout's code, whichever checkout the environment's editable install points at.
     return subprocess.run([sys.executable, "-m", "launch.cli", *TINY, *args], cwd=cwd, capture_output=True,
-                          text=True, env=cli_env(), timeout=900)
+                          text=True, env={**cli_env(), "PYTHONPATH": str(ROOT)}, timeout=900)
 
 
 def test_federated_training_improves_every_task(tmp_path):
@@ -42,18 +45,26 @@ def test_federated_training_improves_every_task(tmp_path):
     assert "purchase.auc" in run.stdout + run.stderr
 
 
-def test_best_val_keeps_the_round_with_the_lowest_validation_loss(tmp_path):
-    out = tmp_path / "run"
-    run = merchant_fl(*DENSE, "federation.rounds=3", "data.val_fraction=0.2", "select_round=best_val",
-                      "ranking.enabled=false", f"hydra.run.dir={out}", cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    doc = json.loads((out / "metrics.json").read_text())
+@pytest.fixture(scope="module")
+def early_stopped(tmp_path_factory, shared_ray):
+    """One run with a validation split (select_round auto: best_val), patience=1 and a learning rate high
+    enough to overfit within a few of its 12 rounds: (metrics.json, the lines Flower logged)."""
+    out = tmp_path_factory.mktemp("early-stopped") / "run"
+    with isolated(tmp_path_factory), flower_log() as log:
+        cli_run(compose_config([*TINY, "data.val_fraction=0.2", "federation.rounds=12", "patience=1", "train.lr=0.3",
+                                "ranking.enabled=false"]), out)
+    return json.loads((out / "metrics.json").read_text()), log
+
+
+def test_best_val_keeps_the_round_with_the_lowest_validation_loss(early_stopped):
+    doc, log = early_stopped
+    assert doc["config"]["select_round"] == "best_val"
     experiment = open_experiment(doc["config"])
     losses = [validation_loss(r["validation"], experiment.tasks, doc["rounds"][0]["validation"]) for r in doc["rounds"]]
     assert all(math.isfinite(v) for v in losses) and set(doc["rounds"][0]["validation"]) == {"rating", "purchase", "click"}
     kept = losses.index(min(losses))
     assert doc["selected_round"] == kept and doc["tasks"] == doc["rounds"][kept]["tasks"]
-    assert f"kept round {kept} (select_round=best_val)" in run.stdout + run.stderr
+    assert any(f"kept round {kept} (select_round=best_val)" in line for line in log)
 
 
 def test_a_round_where_every_client_fails_fails_the_run(tmp_path):
@@ -74,15 +85,16 @@ def test_a_round_where_every_client_fails_fails_the_run(tmp_path):
 
 # Each architecture also carries one wire format end to end (core/update_codec.py; esmm: sparse rows of
 # its SGD-trained purchase biases) and esmm the merchants' local offsets (personalization=local_bias).
+# Through the door's own run() (the process door is proven above).
 @pytest.mark.parametrize("model,compression,personalization",
                          [("mmoe", "int8", "none"), ("ple", "float16", "none"), ("esmm", "none", "local_bias")])
 def test_every_architecture_trains_federated(tmp_path, model, compression, personalization):
     out = tmp_path / "run"
-    run = merchant_fl(f"model={model}", "tasks=[purchase,click]", f"federation.compression={compression}",
-                      f"personalization={personalization}", f"hydra.run.dir={out}", cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
+    cli_run(compose_config([*TINY, f"model={model}", "tasks=[purchase,click]", f"federation.compression={compression}",
+                            f"personalization={personalization}"]), out)
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["config"]["model"]["name"] == model and len(doc["rounds"]) == 3 and doc["failures"] == []
+    assert doc["config"]["federation"]["compression"] == compression
     untrained, trained = doc["rounds"][0]["tasks"], doc["rounds"][-1]["tasks"]
     for task in ("purchase", "click"):
         assert trained[task]["logloss"] < untrained[task]["logloss"], task
@@ -95,12 +107,8 @@ def test_every_architecture_trains_federated(tmp_path, model, compression, perso
             assert personal["auc_personal"] == pytest.approx(doc["per_merchant"]["m00"][task]["auc"], abs=1e-3)
 
 
-def test_early_stopping_ends_federated_training_patience_rounds_after_the_best(tmp_path):
-    out = tmp_path / "run"
-    run = merchant_fl("data.val_fraction=0.2", "federation.rounds=12", "patience=1", "train.lr=0.3",
-                      "ranking.enabled=false", f"hydra.run.dir={out}", cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    doc = json.loads((out / "metrics.json").read_text())
+def test_early_stopping_ends_federated_training_patience_rounds_after_the_best(early_stopped):
+    doc, _ = early_stopped
     played = doc["rounds"][-1]["round"]
     assert doc["config"]["select_round"] == "best_val"  # auto, with a validation split
     assert played < 12 and played == doc["selected_round"] + 1
