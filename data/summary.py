@@ -126,7 +126,7 @@ def pooled_bad_rows(summaries: Iterable[DataSummary]) -> dict[str, int]:
     for summary in summaries:
         for reason, n in summary.bad_rows.items():
             total[reason] = total.get(reason, 0) + int(n)
-    return total
+    return dict(sorted(total.items()))  # by reason: the same line whichever merchant set up first
 
 
 def available_labels(summaries: Iterable[DataSummary]) -> list[str]:
