@@ -73,21 +73,28 @@ def identify_newcomers(grid: Grid, roster: Roster, failures: list[dict[str, Any]
     identified = list(known.items())
     for node, reply in (_ask(grid, asked, f"{MessageType.QUERY}.{protocol.IDENTIFY}", server_round, timeout).items()
                         if asked else ()):
-        if reply is None:
-            _refuse(roster, failures, server_round, node, None, f"no identify reply within {timeout:.0f} s")
-        elif reply.has_error():
-            _refuse(roster, failures, server_round, node, None, reply.error.reason)
+        answer, why, merchant = _answer(reply, protocol.MERCHANT, "identify", timeout)
+        if answer is None:
+            _refuse(roster, failures, server_round, node, merchant, why)
         else:
-            answer = reply.content.config_records[protocol.MERCHANT]
-            if protocol.SETUP_ERROR in answer:
-                _refuse(roster, failures, server_round, node, str(answer[protocol.MERCHANT_ID]) or None,
-                        str(answer[protocol.SETUP_ERROR]))
-            else:
-                identified.append((node, str(answer[protocol.MERCHANT_ID])))
+            identified.append((node, str(answer[protocol.MERCHANT_ID])))
     roster.identify(identified)
     log(INFO, "identify: %d new node(s), %d by the simulation's directory, %d asked", len(nodes), len(known),
         len(asked))
     return len(nodes)
+
+
+def _answer(reply: Message | None, record: str, phase: str, timeout: float
+            ) -> tuple[ConfigRecord | None, str, str | None]:
+    """(the reply's `record`, "", None), or (None, why the node cannot take part, the merchant it named)."""
+    if reply is None:
+        return None, f"no {phase} reply within {timeout:.0f} s", None
+    if reply.has_error():
+        return None, reply.error.reason, None
+    answer = reply.content.config_records[record]
+    if protocol.SETUP_ERROR in answer:
+        return None, str(answer[protocol.SETUP_ERROR]), str(answer[protocol.MERCHANT_ID]) or None
+    return answer, "", None
 
 
 def set_up_nodes(grid: Grid, roster: Roster, nodes: Iterable[int], failures: list[dict[str, Any]],
@@ -102,24 +109,18 @@ def set_up_nodes(grid: Grid, roster: Roster, nodes: Iterable[int], failures: lis
     joined = []
     for node, reply in _ask(grid, nodes, MessageType.QUERY, server_round, timeout).items():
         merchant = roster.merchant(node)
-        if reply is None:
-            _refuse(roster, failures, server_round, node, merchant, f"no setup reply within {timeout:.0f} s")
-        elif reply.has_error():
-            _refuse(roster, failures, server_round, node, merchant, reply.error.reason)
-        else:
-            setup = reply.content.config_records[protocol.SETUP]
-            if protocol.SETUP_ERROR in setup:
-                _refuse(roster, failures, server_round, node, str(setup[protocol.MERCHANT_ID]) or merchant,
-                        str(setup[protocol.SETUP_ERROR]))
-                continue
-            summary = DataSummary.from_flat(dict(setup))
-            if summary.merchant_id != merchant:
-                _refuse(roster, failures, server_round, node, merchant,
-                        f"set up as merchant {summary.merchant_id!r}, identified as {merchant!r}")
-                continue
-            joined.append((node, summary))
-            if protocol.ORACLE in reply.content.metric_records:
-                roster.oracle[summary.merchant_id] = split_counts(unflatten(reply.content.metric_records[protocol.ORACLE]))
+        setup, why, named = _answer(reply, protocol.SETUP, "setup", timeout)
+        if setup is None:
+            _refuse(roster, failures, server_round, node, named or merchant, why)
+            continue
+        summary = DataSummary.from_flat(dict(setup))
+        if summary.merchant_id != merchant:
+            _refuse(roster, failures, server_round, node, merchant,
+                    f"set up as merchant {summary.merchant_id!r}, identified as {merchant!r}")
+            continue
+        joined.append((node, summary))
+        if protocol.ORACLE in reply.content.metric_records:
+            roster.oracle[summary.merchant_id] = split_counts(unflatten(reply.content.metric_records[protocol.ORACLE]))
     roster.admit(joined)
     for node, summary in joined:
         log(DEBUG, "setup: node %d is merchant %s (%d train rows)", node, summary.merchant_id, summary.rows["train"])
