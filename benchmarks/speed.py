@@ -40,6 +40,7 @@ from benchmarks.scale import PER_ROUND, ROUNDS, ROWS_PER_MERCHANT, data_cost, si
 from benchmarks.scoring import scoring_cost, scoring_table
 from core.config import CONF_DIR, compose_config, to_plain
 from core.errors import InputError
+from core.runtime import torch_threads
 from data.shards import Shard
 from launch.simulation import run_federated_simulation
 from server_app.aggregation import ClientUpdate, aggregate_multitask
@@ -78,8 +79,9 @@ def aggregation_cost(cfg: Mapping[str, Any]) -> dict[str, float]:
     for k, merchant in enumerate(experiment.index.merchant_ids):
         load_joint_state(model, weighting, start_state)
         optimizer = make_optimizer(model, weighting, cfg["train"])
-        report, seconds = _timed(train_epochs, model, weighting, optimizer, experiment.shard(merchant, "train"),
-                                 experiment.tasks, cfg["train"], shuffle_seed(0, 1, k), torch.device("cpu"))
+        with torch_threads(int(cfg["federation"]["client_cpus"])):  # as a simulated client trains
+            report, seconds = _timed(train_epochs, model, weighting, optimizer, experiment.shard(merchant, "train"),
+                                     experiment.tasks, cfg["train"], shuffle_seed(0, 1, k), torch.device("cpu"))
         train_s += seconds
         updates.append(ClientUpdate({n: v.numpy().copy() for n, v in joint_state(model, weighting).items()},
                                     report.examples, report.label_counts))
