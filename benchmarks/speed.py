@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     flags = [] if args.sections == ",".join(SECTIONS) else [f"--sections {args.sections}"]
     flags += [f"--scale {args.scale}"] if "scale" in sections and args.scale != "10,100" else []
+    flags += [f"--repeats {args.repeats}"] if "loop" in sections and args.repeats != 3 else []
+    flags += [f"--out {args.out}"] if args.out != "outputs/bench/speed" else []
     publish(report(make_command("bench-speed", [*flags, *args.overrides]), parts), out)
     return 0
 
