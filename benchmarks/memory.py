@@ -56,6 +56,7 @@ class TreeMemory:
     peak_pss_mb: float = 0.0
     peak_rss_mb: float = 0.0
     peak_processes: int = 0
+    loads: list[float] = field(default_factory=list)  # the machine's 1-minute load average, each sample
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -65,6 +66,12 @@ class TreeMemory:
         self.peak_pss_mb = max(self.peak_pss_mb, sum(s["Pss"] for s in sizes) / 1024)
         self.peak_rss_mb = max(self.peak_rss_mb, sum(s["Rss"] for s in sizes) / 1024)
         self.peak_processes = max(self.peak_processes, len(pids))
+        self.loads.append(os.getloadavg()[0])
+
+    @property
+    def mean_load(self) -> float:
+        """How busy the machine was meanwhile (other jobs included): the mean 1-minute load average."""
+        return sum(self.loads) / len(self.loads) if self.loads else float("nan")
 
     def _run(self) -> None:
         while not self._stop.is_set():

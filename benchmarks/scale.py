@@ -14,7 +14,8 @@ inside the actors (benchmarks/client_clock.py), which splits the wall time into
 - Ray start-up: from the simulation's start to the first client handler (Ray, its actors, their
   imports), and Ray shut-down: from the run's outputs to the simulation's return;
 - federated: from the first client handler to the run's outputs, against the clients' own seconds
-  (setup, train, evaluate), summed over the actors that ran them in parallel.
+  (set-up, train, evaluate), summed over the actors that ran them in parallel.
+The machine's load average is sampled alongside: on a shared machine it says how much else ran.
 `data_cost()`: generating, partitioning, preparing and loading 1,000,000 interactions (the default
 platform's 20 merchants), and loading one merchant's shard.
 """
@@ -90,13 +91,15 @@ def simulation_cost(n_merchants: int, out: Path, extra: list[str] = ()) -> dict[
         raise RuntimeError(f"the {n_merchants}-merchant run failed (exit {code}); see {out.with_suffix('.log')}")
     figures = json.loads((out / "figures.json").read_text())
     figures.update({"wall_s": wall, "peak_pss_mb": memory.peak_pss_mb, "peak_rss_mb": memory.peak_rss_mb,
-                    "processes": memory.peak_processes})
+                    "processes": memory.peak_processes, "load": memory.mean_load})
     client = figures["train_s"] + figures["evaluate_s"]
+    everything = client + figures["setup_s"]
     figures["overhead"] = figures["federated_s"] / client if client else float("nan")
-    figures["overhead_per_actor"] = figures["overhead"] * max(1, figures["actors"])
+    figures["overhead_all"] = figures["federated_s"] / everything if everything else float("nan")
+    figures["overhead_per_actor"] = figures["overhead_all"] * max(1, figures["actors"])
     print(f"scale: {n_merchants} merchants: {wall:.0f} s end to end, federated {figures['federated_s']:.1f} s for "
-          f"{client:.1f} client train+evaluate s ({figures['overhead']:.2f}x), peak {memory.peak_pss_mb:.0f} MB",
-          flush=True)
+          f"{client:.1f} client train+evaluate s ({figures['overhead']:.2f}x; with set-up {figures['overhead_all']:.2f}x), "
+          f"peak {memory.peak_pss_mb:.0f} MB, load {memory.mean_load:.1f}", flush=True)
     return figures
 
 

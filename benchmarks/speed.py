@@ -40,6 +40,7 @@ from benchmarks.scale import PER_ROUND, ROUNDS, ROWS_PER_MERCHANT, data_cost, si
 from benchmarks.scoring import scoring_cost, scoring_table
 from core.config import CONF_DIR, compose_config, to_plain
 from core.errors import InputError
+from core.runtime import torch_threads
 from data.shards import Shard
 from launch.simulation import run_federated_simulation
 from server_app.aggregation import ClientUpdate, aggregate_multitask
@@ -78,8 +79,9 @@ def aggregation_cost(cfg: Mapping[str, Any]) -> dict[str, float]:
     for k, merchant in enumerate(experiment.index.merchant_ids):
         load_joint_state(model, weighting, start_state)
         optimizer = make_optimizer(model, weighting, cfg["train"])
-        report, seconds = _timed(train_epochs, model, weighting, optimizer, experiment.shard(merchant, "train"),
-                                 experiment.tasks, cfg["train"], shuffle_seed(0, 1, k), torch.device("cpu"))
+        with torch_threads(int(cfg["federation"]["client_cpus"])):  # as a simulated client trains
+            report, seconds = _timed(train_epochs, model, weighting, optimizer, experiment.shard(merchant, "train"),
+                                     experiment.tasks, cfg["train"], shuffle_seed(0, 1, k), torch.device("cpu"))
         train_s += seconds
         updates.append(ClientUpdate({n: v.numpy().copy() for n, v in joint_state(model, weighting).items()},
                                     report.examples, report.label_counts))
@@ -172,20 +174,24 @@ def loop_section(loop: dict[str, Any]) -> list[str]:
 
 def scale_section(scale: dict[int, dict[str, Any]]) -> list[str]:
     rows = [[f"{n:,}", f"{f['rows']:,}", f"{f['partition_s']:.1f}", f"{f['ray_start_s']:.1f}",
-             f"{f['prepared']} / {f['setup_s']:.1f}", f"{f['federated_s']:.1f}",
-             f"{f['train_s'] + f['evaluate_s']:.1f}", f"{f['overhead']:.2f}", f"{f['overhead_per_actor']:.2f}",
-             f"{f['ray_stop_s']:.1f}", f"{f['wall_s']:.0f}", f"{f['peak_pss_mb']:,.0f} ({f['peak_rss_mb']:,.0f})"]
+             f"{f['prepared']}", f"{f['setup_s']:.1f} / {f['train_s']:.1f} / {f['evaluate_s']:.1f}",
+             f"{f['federated_s']:.1f}", f"{f['overhead']:.2f}", f"{f['overhead_all']:.2f}",
+             f"{f['overhead_per_actor']:.2f}", f"{f['ray_stop_s']:.1f}", f"{f['wall_s']:.0f}",
+             f"{f['peak_pss_mb']:,.0f} ({f['peak_rss_mb']:,.0f})", f"{f['load']:.1f}"]
             for n, f in scale.items()]
     actors = sorted({f["actors"] for f in scale.values()})
     return [f"A simulated federation as the platform grows ({ROWS_PER_MERCHANT} rows per merchant on average, "
             f"{PER_ROUND} merchants trained and {PER_ROUND} evaluated per round (all of them below {PER_ROUND}), "
             f"{ROUNDS} rounds, an empty cache; {'/'.join(map(str, actors))} Ray actors; benchmarks/scale.py). "
-            "federated = wall seconds from the first client message to the outputs; overhead = federated / the "
-            "clients' own train + evaluate seconds (summed over the actors working in parallel), per actor = "
-            "overhead x actors; end to end = the process, from start to exit; memory = its whole process tree:",
-            markdown(["merchants", "rows", "partition s", "Ray start-up s", "set up: merchants / client s",
-                      "federated s", "client train+eval s", "overhead x", "per actor x", "Ray shut-down s",
-                      "end to end s", "peak PSS MB (RSS)"], rows)]
+            "set up = merchants whose data was prepared; client s = the clients' own seconds inside the actors "
+            "(set-up / train / evaluate, summed over the actors working in parallel); federated = wall seconds "
+            "from the first client message to the outputs; x train+eval = federated / (train + evaluate), x all = "
+            "federated / (set-up + train + evaluate), per actor = x all times the actors; end to end = the "
+            "process, start to exit; memory = its whole process tree; load = the machine's mean load average "
+            "meanwhile (other jobs included):",
+            markdown(["merchants", "rows", "partition s", "Ray start-up s", "set up", "client s",
+                      "federated s", "x train+eval", "x all", "per actor", "Ray shut-down s",
+                      "end to end s", "peak PSS MB (RSS)", "load"], rows)]
 
 
 def data_section(data: dict[str, Any]) -> list[str]:
@@ -250,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     flags = [] if args.sections == ",".join(SECTIONS) else [f"--sections {args.sections}"]
     flags += [f"--scale {args.scale}"] if "scale" in sections and args.scale != "10,100" else []
+    flags += [f"--repeats {args.repeats}"] if "loop" in sections and args.repeats != 3 else []
+    flags += [f"--out {args.out}"] if args.out != "outputs/bench/speed" else []
     publish(report(make_command("bench-speed", [*flags, *args.overrides]), parts), out)
     return 0
 

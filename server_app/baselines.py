@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 import torch
 
+from core.runtime import torch_threads
 from data.shards import Shard
 from data.summary import pooled_bad_rows
 from server_app.outputs import RoundRecord, RunResult
@@ -60,7 +61,11 @@ def run_baseline(cfg: Mapping[str, Any], progress: RunProgress) -> RunResult:
                                                           sum(m.n_val for m in experiment.index.merchants))}
     splits = _splits(experiment)
     run = run_centralized if cfg["mode"] == "centralized" else run_local
-    result = run(experiment, splits, progress)
+    # The threads a simulated client trains with (federation.client_cpus), so the modes compare like
+    # for like. torch's default, a thread per core, ran this loop 2.2-2.5x slower than one thread on a
+    # 2-core machine (256-row batches of a small model do not split well; README, Benchmarks).
+    with torch_threads(int(cfg["federation"]["client_cpus"])):
+        result = run(experiment, splits, progress)
     result.oracle = oracle_metrics(experiment, splits)
     result.plan = asdict(experiment.plan)
     result.merchant_rows = {m.merchant_id: m.n_train for m in experiment.index.merchants}

@@ -4,8 +4,9 @@ so every mode trains and scores the same way."""
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -186,6 +187,21 @@ def shuffle_seed(seed: int, server_round: int, merchant_index: int) -> int:
     return seed * 1_000_003 + server_round * 7_919 + merchant_index
 
 
+@contextmanager
+def only_trained_parameters(model: MultiTaskModel, optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Within the block autograd skips the model's parameters the optimizer does not train (the
+    Newton-fitted biases, tasks/wide.py): their gradients were computed every batch and never used."""
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in trained]
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
+
+
 def train_epochs(model: MultiTaskModel, weighting: LossWeighting, optimizer: torch.optim.Optimizer,
                  shard: Shard, tasks: Sequence[Task], train_cfg: Mapping[str, Any], seed: int,
                  device: torch.device, proximal: float = 0.0) -> TrainReport:
@@ -210,28 +226,30 @@ def train_epochs(model: MultiTaskModel, weighting: LossWeighting, optimizer: tor
     n = len(shard)
     sums: dict[str, float] = {}
     batches: dict[str, int] = {}
-    for _ in range(epochs):
-        sums, batches = {}, {}
-        for idx in torch.randperm(n, generator=generator).split(batch_size):
-            idx = idx.to(device)
-            outputs = model(features[idx])
-            losses = masked_task_losses(outputs, {k: v[idx] for k, v in labels.items()}, tasks)
-            if not losses:
-                continue
-            optimizer.zero_grad(set_to_none=True)
-            weighting.backward(losses, shared)
-            if embedding_l2 > 0 or (bias_l2 > 0 and bias_tasks):
-                embedding_penalty, bias_penalty = model.lookup_l2(features[idx], row_weights, bias_tasks)
-                (embedding_l2 * embedding_penalty + bias_l2 * bias_penalty).backward()
-            if proximal_term is not None:
-                proximal_term.add_gradient(features[idx])
-            optimizer.step()
-            for name, loss in losses.items():
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise TrainingDiverged.of(f"the {name} loss is {value}")
-                sums[name] = sums.get(name, 0.0) + value
-                batches[name] = batches.get(name, 0) + 1
+    with only_trained_parameters(model, optimizer):
+        for _ in range(epochs):
+            sums, batches = {}, {}
+            for idx in torch.randperm(n, generator=generator).split(batch_size):
+                idx = idx.to(device)
+                outputs = model(features[idx])
+                losses = masked_task_losses(outputs, {k: v[idx] for k, v in labels.items()}, tasks)
+                if not losses:
+                    continue
+                optimizer.zero_grad(set_to_none=True)
+                penalty = None
+                if embedding_l2 > 0 or (bias_l2 > 0 and bias_tasks):
+                    embedding_penalty, bias_penalty = model.lookup_l2(features[idx], row_weights, bias_tasks)
+                    penalty = embedding_l2 * embedding_penalty + bias_l2 * bias_penalty
+                weighting.backward(losses, shared, penalty)
+                if proximal_term is not None:
+                    proximal_term.add_gradient(features[idx])
+                optimizer.step()
+                for name, loss in losses.items():
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise TrainingDiverged.of(f"the {name} loss is {value}")
+                    sums[name] = sums.get(name, 0.0) + value
+                    batches[name] = batches.get(name, 0) + 1
     return TrainReport(examples=int(labelled_rows(shard, tasks).sum()), label_counts=label_counts(shard, tasks),
                        losses={k: sums[k] / batches[k] for k in sums})
 

@@ -28,6 +28,10 @@ def weighted_sum(losses: Mapping[str, torch.Tensor], weights: Mapping[str, float
     return sum(weights[t] * loss for t, loss in losses.items())  # type: ignore[return-value]
 
 
+def with_penalty(loss: torch.Tensor, penalty: torch.Tensor | None) -> torch.Tensor:
+    return loss if penalty is None else loss + penalty
+
+
 def number_option(name: str, value: Any, *, integer: bool = False, minimum: float | None = None,
                   exclusive: bool = False) -> float:
     """A numeric option checked to one clear InputError line (`exclusive`: strictly above `minimum`)."""
@@ -73,9 +77,11 @@ class LossWeighting(nn.Module):
     def weights(self) -> dict[str, float]:
         raise NotImplementedError
 
-    def backward(self, losses: Mapping[str, torch.Tensor], shared_parameters: Sequence[nn.Parameter]) -> None:
-        """Accumulate gradients for this batch's task losses (only tasks with labels in the batch)."""
-        weighted_sum(losses, self.weights()).backward()
+    def backward(self, losses: Mapping[str, torch.Tensor], shared_parameters: Sequence[nn.Parameter],
+                 penalty: torch.Tensor | None = None) -> None:
+        """Accumulate gradients for this batch's task losses (only tasks with labels in the batch), and
+        of `penalty` (a regulariser outside the weighting, e.g. the L2 prior), in one backward pass."""
+        with_penalty(weighted_sum(losses, self.weights()), penalty).backward()
 
 
 class Equal(LossWeighting):
@@ -114,8 +120,10 @@ class Uncertainty(LossWeighting):
     def weights(self) -> dict[str, float]:
         return {t: math.exp(-float(s.detach())) for t, s in self.log_variance.items()}
 
-    def backward(self, losses: Mapping[str, torch.Tensor], shared_parameters: Sequence[nn.Parameter]) -> None:
-        sum(torch.exp(-self.log_variance[t]) * loss + self.log_variance[t] for t, loss in losses.items()).backward()
+    def backward(self, losses: Mapping[str, torch.Tensor], shared_parameters: Sequence[nn.Parameter],
+                 penalty: torch.Tensor | None = None) -> None:
+        with_penalty(sum(torch.exp(-self.log_variance[t]) * loss + self.log_variance[t] for t, loss in losses.items()),
+                     penalty).backward()
 
 
 class GradNorm(LossWeighting):
@@ -161,11 +169,12 @@ class GradNorm(LossWeighting):
             seen.fill_(1.0)
         return (mass / seen).clamp_min(1e-12)
 
-    def backward(self, losses: Mapping[str, torch.Tensor], shared_parameters: Sequence[nn.Parameter]) -> None:
+    def backward(self, losses: Mapping[str, torch.Tensor], shared_parameters: Sequence[nn.Parameter],
+                 penalty: torch.Tensor | None = None) -> None:
         weights = self.weight_tensors()
         layer = trainable(shared_parameters)[-1:]
         norms = task_gradients(losses, layer) if layer else {}
-        weighted_sum(losses, {t: w.detach() for t, w in weights.items()}).backward()
+        with_penalty(weighted_sum(losses, {t: w.detach() for t, w in weights.items()}), penalty).backward()
         if not norms:
             return
         tasks = list(losses)
@@ -229,8 +238,9 @@ class DynamicWeightAverage(LossWeighting):
             for buffer in (self.period_loss_sum, self.period_loss_count, self.period_progress):
                 buffer.zero_()
 
-    def backward(self, losses: Mapping[str, torch.Tensor], shared_parameters: Sequence[nn.Parameter]) -> None:
-        weighted_sum(losses, self.weights()).backward()
+    def backward(self, losses: Mapping[str, torch.Tensor], shared_parameters: Sequence[nn.Parameter],
+                 penalty: torch.Tensor | None = None) -> None:
+        with_penalty(weighted_sum(losses, self.weights()), penalty).backward()
         self.record(losses)
 
 
@@ -266,7 +276,10 @@ class PCGrad(LossWeighting):
             total += projected
         return total
 
-    def backward(self, losses: Mapping[str, torch.Tensor], shared_parameters: Sequence[nn.Parameter]) -> None:
+    def backward(self, losses: Mapping[str, torch.Tensor], shared_parameters: Sequence[nn.Parameter],
+                 penalty: torch.Tensor | None = None) -> None:
+        if penalty is not None:  # its own backward first: the surgery below keeps the shared grads it finds
+            penalty.backward()
         shared = trainable(shared_parameters)
         if len(losses) < 2 or not shared:
             sum(losses.values()).backward()

@@ -156,3 +156,15 @@ def test_the_client_clock_and_the_tree_memory_sampler(tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_scale_table_reads_its_figures():
+    from benchmarks.speed import scale_section
+
+    figures = {"rows": 2_000_000, "partition_s": 20.0, "ray_start_s": 12.0, "prepared": 395, "setup_s": 30.0,
+               "train_s": 20.0, "evaluate_s": 20.0, "federated_s": 60.0, "overhead": 1.5, "overhead_all": 60 / 70,
+               "overhead_per_actor": 2 * 60 / 70, "ray_stop_s": 2.0, "wall_s": 100.0, "peak_pss_mb": 2900.0,
+               "peak_rss_mb": 3900.0, "load": 2.5, "actors": 2}
+    text = "\n".join(scale_section({10_000: figures}))
+    assert "| 10,000 | 2,000,000 | 20.0 | 12.0 | 395 | 30.0 / 20.0 / 20.0 | 60.0 | 1.50 | 0.86 | 1.71 | 2.0 | 100 |" \
+        " 2,900 (3,900) | 2.5 |" in text and "2 Ray actors" in text

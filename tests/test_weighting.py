@@ -224,3 +224,33 @@ def test_bad_options_raise_input_error(options):
     with pytest.raises(InputError) as info:
         build_weighting(options, TASKS)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_penalty_in_the_same_backward_adds_its_plain_gradient(method):
+    """The training loop hands the L2 prior to the weighting's backward: every weighting adds the
+    penalty's own gradient, untouched (PCGrad's surgery and GradNorm's weights apply to the tasks only)."""
+    def grads(with_penalty: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        w, h = nn.Parameter(torch.tensor([0.5, -1.0])), nn.Parameter(torch.tensor(2.0))
+        weighting = build_weighting({"name": method}, TASKS)
+        losses = {"rating": (w @ torch.tensor([1.0, 0.0]) + h) ** 2, "click": (w @ torch.tensor([-1.0, 1.0])) ** 2}
+        penalty = 0.5 * (w ** 2).sum() + h ** 2 if with_penalty else None
+        weighting.backward(losses, [w], penalty)
+        return [w.grad.clone(), h.grad.clone()]
+    plain, penalised = grads(False), grads(True)
+    torch.testing.assert_close(penalised[0] - plain[0], torch.tensor([0.5, -1.0]))  # d/dw 0.5|w|^2 = w
+    torch.testing.assert_close(penalised[1] - plain[1], torch.tensor(4.0))           # d/dh h^2 = 2h
+
+
+def test_training_skips_and_restores_the_parameters_the_optimizer_does_not_train():
+    from tasks.training import only_trained_parameters
+
+    trained, fitted = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))
+    model = nn.Module()
+    model.a, model.b = trained, fitted
+    optimizer = torch.optim.SGD([trained], lr=0.1)
+    with only_trained_parameters(model, optimizer):
+        (trained.sum() * fitted.sum()).backward()
+        assert not fitted.requires_grad and fitted.grad is None and trained.grad is not None
+    assert fitted.requires_grad
