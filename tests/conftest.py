@@ -46,13 +46,15 @@ def isolated(tmp_path_factory):
         yield
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shared_ray():
-    """One Ray cluster for every in-process Flower simulation of a test module (use it with
-    `pytestmark = pytest.mark.usefixtures("shared_ray")`). Flower's Ray backend starts Ray when it is
-    not running and shuts it down after each simulation (several seconds each way); here the first
-    simulation starts it and it is shut down after the module. Each simulation still builds its own
-    pool of ClientApp actors and kills it at its end; only the cluster under them stays up."""
+    """One Ray cluster for the in-process Flower simulations of the session: a module that runs them
+    says `pytestmark = pytest.mark.usefixtures("shared_ray")`. Flower's Ray backend starts Ray when it
+    is not running and shuts it down after each simulation (several seconds each way); from the first
+    module that uses this fixture on, ray.shutdown is a no-op and the real one runs at the session's
+    end. Each simulation still builds its own pool of ClientApp actors on the cluster and kills it.
+    The cluster's processes keep the environment of its start: isolated_env's, the same for every test
+    (a test that needs other environment variables in its simulated clients must not share it)."""
     import ray
 
     shutdown = ray.shutdown
