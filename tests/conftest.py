@@ -96,6 +96,24 @@ def tiny_runs(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.fixture(scope="session")
+def door_run(tmp_path_factory):
+    """A finished `merchant-fl` process (the console script's main(), this checkout's code) whose output
+    is a pipe: a federated simulation of DENSE data with every other setting at its default (logger none,
+    select_round last, ranking on). (run directory, the CompletedProcess); as it exits the process
+    prints whether torch.utils.tensorboard was ever imported."""
+    import subprocess
+    import sys
+
+    work = tmp_path_factory.mktemp("door-run")
+    code = ("import sys; from launch.cli import main; sys.argv = ['merchant-fl', *sys.argv[1:]]\n"
+            "try:\n    main()\nfinally:\n    print('tensorboard imported:', 'torch.utils.tensorboard' in sys.modules)")
+    with isolated(tmp_path_factory):
+        run = subprocess.run([sys.executable, "-c", code, *TINY, *DENSE, f"hydra.run.dir={work / 'run'}"], cwd=work,
+                             capture_output=True, text=True, env={**cli_env(), "PYTHONPATH": str(ROOT)}, timeout=900)
+    return work / "run", run
+
+
 @dataclass(frozen=True)
 class RecordedRun:
     dir: Path
