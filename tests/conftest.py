@@ -46,13 +46,15 @@ def isolated(tmp_path_factory):
         yield
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shared_ray():
-    """One Ray cluster for every in-process Flower simulation of a test module (use it with
-    `pytestmark = pytest.mark.usefixtures("shared_ray")`). Flower's Ray backend starts Ray when it is
-    not running and shuts it down after each simulation (several seconds each way); here the first
-    simulation starts it and it is shut down after the module. Each simulation still builds its own
-    pool of ClientApp actors and kills it at its end; only the cluster under them stays up."""
+    """One Ray cluster for the in-process Flower simulations of the session: a module that runs them
+    says `pytestmark = pytest.mark.usefixtures("shared_ray")`. Flower's Ray backend starts Ray when it
+    is not running and shuts it down after each simulation (several seconds each way); from the first
+    module that uses this fixture on, ray.shutdown is a no-op and the real one runs at the session's
+    end. Each simulation still builds its own pool of ClientApp actors on the cluster and kills it.
+    The cluster's processes keep the environment of its start: isolated_env's, the same for every test
+    (a test that needs other environment variables in its simulated clients must not share it)."""
     import ray
 
     shutdown = ray.shutdown
@@ -92,6 +94,24 @@ def tiny_runs(tmp_path_factory) -> dict[str, Path]:
             out[mode] = tmp_path_factory.mktemp(f"run-{mode}")
             run_job(cfg, out[mode])
     return out
+
+
+@pytest.fixture(scope="session")
+def door_run(tmp_path_factory):
+    """A finished `merchant-fl` process (the console script's main(), this checkout's code) whose output
+    is a pipe: a federated simulation of DENSE data with every other setting at its default (logger none,
+    select_round last, ranking on). (run directory, the CompletedProcess); as it exits the process
+    prints whether torch.utils.tensorboard was ever imported."""
+    import subprocess
+    import sys
+
+    work = tmp_path_factory.mktemp("door-run")
+    code = ("import sys; from launch.cli import main; sys.argv = ['merchant-fl', *sys.argv[1:]]\n"
+            "try:\n    main()\nfinally:\n    print('tensorboard imported:', 'torch.utils.tensorboard' in sys.modules)")
+    with isolated(tmp_path_factory):
+        run = subprocess.run([sys.executable, "-c", code, *TINY, *DENSE, f"hydra.run.dir={work / 'run'}"], cwd=work,
+                             capture_output=True, text=True, env={**cli_env(), "PYTHONPATH": str(ROOT)}, timeout=900)
+    return work / "run", run
 
 
 @dataclass(frozen=True)

@@ -211,6 +211,7 @@ def test_parquet_is_split_merchant_by_merchant_with_the_same_result_as_csv(tmp_p
 # --- one real federated run -------------------------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")
 def test_a_federated_run_on_an_own_table_reports_bad_rows_and_its_partition(tmp_path):
     rng = np.random.default_rng(1)
     n = 1200

@@ -11,7 +11,7 @@ from launch.cli import run as cli_run
 from server_app.accounting import PrivacyBudget
 from tests.conftest import TINY, flower_log
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
 
 def test_dp_run_reports_epsilon_every_round_and_stops_at_the_target(tmp_path):

@@ -7,15 +7,12 @@ from __future__ import annotations
 import io
 import json
 import logging
-import subprocess
-import sys
 
 import pytest
 from rich.console import Console
 
 from server_app.outputs import RoundRecord
 from server_app.progress import RunProgress
-from tests.conftest import ROOT, TINY, cli_env
 
 NAMES = {"purchase": ("auc", "logloss"), "click": ("auc", "logloss")}
 
@@ -52,13 +49,10 @@ def test_a_non_terminal_gets_the_per_round_table_as_log_lines(caplog):
     assert [line.split()[:2] for line in lines[2:]] == [["0", "0.5000"], ["1", "0.6000"], ["2", "0.7000"]]
 
 
-def test_a_piped_run_prints_plain_lines_writes_no_tensorboard_and_imports_none(tmp_path):
-    """A real job whose output is a pipe: the table as plain lines, no bar; logger=none by default."""
-    out = tmp_path / "run"
-    code = ("import sys; from launch.cli import main; sys.argv = ['merchant-fl', *sys.argv[1:]]\n"
-            "try:\n    main()\nfinally:\n    print('tensorboard imported:', 'torch.utils.tensorboard' in sys.modules)")
-    run = subprocess.run([sys.executable, "-c", code, *TINY, "mode=centralized", "ranking.enabled=false",
-                          f"hydra.run.dir={out}"], cwd=ROOT, capture_output=True, text=True, env=cli_env(), timeout=600)
+def test_a_piped_run_prints_plain_lines_writes_no_tensorboard_and_imports_none(door_run):
+    """A real job whose output is a pipe (the `merchant-fl` process of tests/conftest.py door_run): the table
+    as plain lines, no bar; logger=none by default."""
+    out, run = door_run
     assert run.returncode == 0, run.stderr[-3000:]
     output = run.stdout + run.stderr
     assert "per-round test metrics" in output and "purchase.auc" in output

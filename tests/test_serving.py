@@ -37,6 +37,7 @@ def test_scores_reproduce_the_runs_own_test_metrics(runs, mode):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")
 def test_a_federated_run_is_served_and_logged_per_merchant(recorded_federated_run):
     """On the shared federated run (tests/conftest.py recorded_federated_run: a real simulation, logger=tensorboard)."""
     run = recorded_federated_run("none")

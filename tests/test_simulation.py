@@ -13,7 +13,7 @@ from core.config import compose_config, to_plain
 from launch.cli import run as cli_run
 from tasks.experiment import open_experiment
 from tasks.selection import validation_loss
-from tests.conftest import DENSE, ROOT, TINY, cli_env, flower_log, isolated
+from tests.conftest import ROOT, TINY, cli_env, flower_log, isolated
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
@@ -24,9 +24,9 @@ def merchant_fl(*args, cwd):
                           text=True, env={**cli_env(), "PYTHONPATH": str(ROOT)}, timeout=900)
 
 
-def test_federated_training_improves_every_task(tmp_path):
-    out = tmp_path / "run"
-    run = merchant_fl(*DENSE, f"hydra.run.dir={out}", cwd=tmp_path)
+def test_federated_training_improves_every_task(door_run):
+    """The `merchant-fl` process of tests/conftest.py door_run (DENSE, the defaults)."""
+    out, run = door_run
     assert run.returncode == 0, run.stderr[-3000:]
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["mode"] == "federated" and doc["failures"] == []

@@ -98,7 +98,8 @@ def test_cli_without_jobs_is_one_line_and_exit_2(tmp_path, make):
 
 @pytest.mark.slow
 def test_real_sweep_writes_the_summary(tmp_path):
-    env = {**cli_env(), "MERCHANT_FL_CACHE": str(tmp_path / "cache")}
+    # This checkout's code, whichever checkout the environment's editable install points at.
+    env = {**cli_env(), "MERCHANT_FL_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     overrides = [o for o in TINY if o.startswith("data.")]
     run = subprocess.run([sys.executable, "-m", "launch.cli", "-m", "mode=centralized",
                           "tasks=[click],[click,purchase]", *overrides, "federation.rounds=1",
