@@ -100,7 +100,8 @@ def train_content(request: RecordDict, node_config: Mapping[str, Any], manifest:
     seed = shuffle_seed(int(cfg["seed"]), server_round, merchant_index)
     shard = data.shard("train")
     report, wide = train_round(model, weighting, optimizer, shard, experiment.tasks, cfg["train"], seed,
-                               experiment.device, server_round, proximal_mu(cfg.get("strategy")))
+                               experiment.device, server_round, proximal_mu(cfg.get("strategy")),
+                               row_totals_of(request, model))
     metrics = flatten(with_counts({t: {"loss": v} for t, v in report.losses.items()}, report.label_counts))
     metrics[protocol.NUM_EXAMPLES] = report.examples
     content = RecordDict({protocol.METRICS: MetricRecord(metrics),
@@ -119,6 +120,15 @@ def train_content(request: RecordDict, node_config: Mapping[str, Any], manifest:
                                   {name: ids for name, (ids, _) in rows.items()}, newton_fitted(model, cfg["train"]),
                                   cfg, server_round, merchant_index))
     return content
+
+
+def row_totals_of(request: RecordDict, model: MultiTaskModel) -> dict[int, np.ndarray] | None:
+    """The server's row totals (protocol.ROW_TOTALS) by feature column; None before it has any."""
+    if protocol.ROW_TOTALS not in request.array_records:
+        return None
+    columns = {name: column for name, (column, _) in model.id_tables().items()}
+    return {columns[name]: array.numpy() for name, array in request.array_records[protocol.ROW_TOTALS].items()
+            if name in columns}
 
 
 def update_records(sent: ArrayRecord, trained: Mapping[str, torch.Tensor], rows: Mapping[str, np.ndarray],

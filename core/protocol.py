@@ -5,6 +5,8 @@ ARRAYS = "arrays"              # ArrayRecord: the model's state_dict (in a train
 WIDE_STATS = "wide-stats"      # ArrayRecord of a train reply: bias table -> float64 [3, k] (row ids; gradient and curvature sums)
 ROW_COUNTS = "row-counts"      # ArrayRecord of a train reply: id-indexed table -> int64 [2, k] (row ids; counts)
 TABLE_ROWS = "table-rows"      # ArrayRecord of a sparse train reply: id-indexed table -> its ROW_COUNTS rows' values
+ROW_TOTALS = "row-totals"      # ArrayRecord of a train request: embedding table -> float32 [rows], labelled rows per row
+                               # over every merchant counted so far (server_app/aggregation.py RowTotals)
 SCALES = "scales"              # ArrayRecord of an int8 train reply: array name -> float32 scales (core/update_codec.py)
 METRICS = "metrics"            # MetricRecord: "num-examples" plus flattened "task.metric" values
 VAL_METRICS = "val-metrics"    # MetricRecord of an evaluate reply: the same, on the validation split

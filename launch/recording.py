@@ -1,6 +1,6 @@
-"""A pass-through wrapper around Flower's grid that keeps every reply reaching the server and, per
-exchange, its message type, wall seconds and serialized bytes each way: what the wire test checks and
-what the SecAgg+ cost is measured from. Hand it to `run_federated_simulation(..., grid_view=...)`."""
+"""A pass-through wrapper around Flower's grid that keeps every message sent and every reply reaching
+the server and, per exchange, its message type, wall seconds and serialized bytes each way: what the
+wire tests check and what the SecAgg+ cost is measured from. Hand it to `run_federated_simulation(..., grid_view=...)`."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ class Exchange:
 class RecordingGrid:
     grid: Any
     received: list[Message] = field(default_factory=list)
+    sent: list[Message] = field(default_factory=list)
     exchanges: list[Exchange] = field(default_factory=list)
 
     def __getattr__(self, name: str) -> Any:
@@ -38,6 +39,7 @@ class RecordingGrid:
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         messages = list(messages)
+        self.sent.extend(messages)
         out = sum(recorddict_to_proto(m.content).ByteSize() for m in messages)
         start = time.perf_counter()
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))

@@ -114,6 +114,33 @@ def aggregate_rows(current: np.ndarray, updates: Sequence[ClientUpdate], name: s
     return base.astype(current.dtype)
 
 
+@dataclass
+class RowTotals:
+    """Labelled rows per embedding row over every merchant that has trained so far, summed from the
+    row counts their replies already carry (nothing new reaches the server). Sent with each train
+    request, they let a merchant apply only its share of each row's L2 prior (tasks/training.py
+    inverse_row_counts), so the merchants' objectives add up to the pooled one."""
+    tables: Mapping[str, tuple[int, int]]  # embedding table -> (feature column, rows)
+    totals: dict[str, np.ndarray] = field(default_factory=dict)
+    counted: set[str] = field(default_factory=set)  # merchants whose counts are in (a shard never changes)
+
+    def add(self, merchant: str, row_counts: Mapping[str, RowCounts]) -> None:
+        if merchant in self.counted or not all(name in row_counts for name in self.tables):
+            return
+        self.counted.add(merchant)
+        for name, (_, rows) in self.tables.items():
+            ids, counts = row_counts[name]
+            np.add.at(self.totals.setdefault(name, np.zeros(rows)), np.asarray(ids, np.int64),
+                      np.asarray(counts, np.float64))
+
+    def state(self) -> dict[str, object]:
+        return {"totals": dict(self.totals), "counted": sorted(self.counted)}
+
+    def restore(self, state: Mapping[str, object]) -> None:
+        self.totals = {k: np.asarray(v, np.float64) for k, v in dict(state.get("totals", {})).items()}
+        self.counted = set(state.get("counted", []))
+
+
 def aggregate(current: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate],
               owners: Mapping[str, str | None], row_tables: Sequence[str] = (), method: str = "mean",
               trim_fraction: float = 0.0) -> dict[str, np.ndarray]:

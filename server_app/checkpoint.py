@@ -53,6 +53,7 @@ class Checkpoint:
     failures: list[dict[str, Any]]
     config: dict[str, Any]                       # as the run was started (select_round unresolved)
     rng: dict[str, Any] = field(default_factory=dict)
+    row_totals: dict[str, Any] = field(default_factory=dict)  # RowTotals.state()
 
 
 def _tensors(arrays: Mapping[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:
@@ -90,6 +91,8 @@ def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "kept_arrays": _tensors(checkpoint.kept_arrays), "plan": checkpoint.plan,
         "merchant_indices": dict(checkpoint.merchant_indices), "failures": list(checkpoint.failures),
         "config": checkpoint.config, "rng": checkpoint.rng,
+        "row_totals": {"totals": _tensors(checkpoint.row_totals.get("totals", {})),
+                       "counted": list(checkpoint.row_totals.get("counted", []))},
     }
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as handle:
@@ -130,7 +133,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         rounds=[RoundRecord(**r) for r in document["rounds"]], keeper=document["keeper"],
         kept_arrays=_arrays(document["kept_arrays"]), plan=document["plan"],
         merchant_indices=document["merchant_indices"], failures=document["failures"],
-        config=document["config"], rng=document["rng"])
+        config=document["config"], rng=document["rng"],
+        row_totals={"totals": _arrays(document.get("row_totals", {}).get("totals", {})),
+                    "counted": list(document.get("row_totals", {}).get("counted", []))})
 
 
 def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

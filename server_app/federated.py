@@ -29,6 +29,7 @@ from core import protocol
 from core.errors import InputError
 from core.update_codec import check_compression
 from data.summary import pooled_bad_rows
+from server_app.aggregation import RowTotals
 from server_app.checkpoint import (CHECKPOINT, Checkpoint, check_resumable, initial_arrays, read_checkpoint,
                                    restore_rng, rng_state, trained_state, write_checkpoint)
 from server_app.outputs import RoundRecord, RunResult
@@ -182,11 +183,11 @@ def _optimised(model, cfg: Mapping[str, Any]) -> list[str]:
 
 def _checkpoint(server_round: int, arrays: ArrayRecord, optimizer: ServerOptimizer, rounds: list[RoundRecord],
                 keeper: RoundKeeper[ArrayRecord], experiment: Experiment, roster: Roster,
-                failures: list[dict[str, Any]], started_with: Mapping[str, Any]) -> Checkpoint:
+                failures: list[dict[str, Any]], started_with: Mapping[str, Any], row_totals: RowTotals) -> Checkpoint:
     best = keeper.best_state
     return Checkpoint(server_round, arrays_to_numpy(arrays), optimizer.state, rounds, keeper.progress(),
                       None if best is None else arrays_to_numpy(best), experiment.plan.to_json(),
-                      dict(roster.index_of_merchant), failures, dict(started_with), rng_state())
+                      dict(roster.index_of_merchant), failures, dict(started_with), rng_state(), row_totals.state())
 
 
 def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, output_dir: Path | None = None,
@@ -212,6 +213,10 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
     plan = ConfigRecord({protocol.PLAN: experiment.plan.to_json()})
     model, weighting = experiment.new_model(), experiment.new_weighting()
     row_tables = averaged_by_rows(model, cfg)
+    id_tables = model.id_tables()
+    row_totals = RowTotals({name: (id_tables[name][0], len(arrays_of_table))
+                            for name, arrays_of_table in model.state_dict().items()
+                            if name in row_tables and id_tables[name][1] is None})
     optimizer = server_optimizer(cfg["strategy"], _optimised(model, cfg))
     privacy = PrivateRounds.from_config(cfg)
     # The loop draws each phase's nodes (`cohorts`, which sets them up first) and hands the strategy
@@ -222,7 +227,7 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
         if newton_fit(cfg["train"]) else None,
         rules=replace(rules, clients_per_round=None), server_opt=optimizer, combine=privacy.combine,
         compression=check_compression(str(fed.get("compression", "none"))),
-        unsent=newton_fitted(model, cfg["train"]),
+        unsent=newton_fitted(model, cfg["train"]), row_totals=row_totals,
         fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1,
     )
     arrays = ArrayRecord(joint_state(model, weighting))
@@ -235,6 +240,7 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
     if resumed:
         arrays, rounds = numpy_to_arrays(resumed.arrays), list(resumed.rounds)
         optimizer.state = resumed.optimizer
+        row_totals.restore(resumed.row_totals)
         keeper.restore(resumed.keeper, None if resumed.kept_arrays is None else numpy_to_arrays(resumed.kept_arrays),
                        lambda: arrays)
         restore_rng(resumed.rng)
@@ -281,7 +287,7 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
                      lambda: arrays)
         if output_dir is not None:
             write_checkpoint(Path(output_dir) / CHECKPOINT, _checkpoint(
-                server_round, arrays, optimizer, rounds, keeper, experiment, roster, failures, started_with))
+                server_round, arrays, optimizer, rounds, keeper, experiment, roster, failures, started_with, row_totals))
 
     # The kept model, scored once more with ranking, as the evaluation after the last round played.
     kept_arrays = keeper.state

@@ -14,7 +14,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from core import protocol
 from core.update_codec import decode_update
-from server_app.aggregation import ClientUpdate, RowCounts, aggregate
+from server_app.aggregation import ClientUpdate, RowCounts, RowTotals, aggregate
 from server_app.replies import RoundRules, reply_problem, required_replies, sample_clients
 from server_app.server_opt import ServerOptimizer
 from server_app.setup import addressees, failure, node_of
@@ -100,14 +100,16 @@ class MultiTaskFedAvg(FedAvg):
     `server_opt` then steps from the global model towards the aggregate (server_opt.py). `combine`
     (default: aggregation.aggregate) turns the updates into new arrays; the privacy options pass their
     own (server_app/privacy.py). Replies are decoded by core/update_codec.py (`compression`; a row
-    table may come as its trained rows only, a Newton-fitted bias (`unsent`) not at all).
+    table may come as its trained rows only, a Newton-fitted bias (`unsent`) not at all). `row_totals`
+    sums the merchants' embedding row counts and goes out with every train request.
     """
 
     def __init__(self, parameter_tasks: Mapping[str, str | None], merchant_of: Callable[[int], str | None],
                  failures: list[dict[str, Any]], row_tables: Iterable[str] = (),
                  newton: tuple[Mapping[str, float], float] | None = None, rules: RoundRules = RoundRules(),
                  server_opt: ServerOptimizer | None = None, combine: Callable[..., dict] = aggregate,
-                 compression: str = "none", unsent: Iterable[str] = (), **fedavg_options) -> None:
+                 compression: str = "none", unsent: Iterable[str] = (), row_totals: RowTotals | None = None,
+                 **fedavg_options) -> None:
         super().__init__(**fedavg_options)
         self.parameter_tasks = dict(parameter_tasks)
         self.merchant_of = merchant_of
@@ -119,6 +121,7 @@ class MultiTaskFedAvg(FedAvg):
         self.combine = combine
         self.compression = compression
         self.unsent = set(unsent)
+        self.row_totals = row_totals
         self.participants: dict[int, int] = {}
         self.sent: list[Message] = []  # the latest phase's messages, to tell which node a reply answers for
         self.evaluations: dict[int, Evaluation] = {}
@@ -131,8 +134,13 @@ class MultiTaskFedAvg(FedAvg):
         chosen = sample_clients(list(node_of_index), fraction, self.rules.clients_per_round if train else None,
                                 self.rules.seed, server_round, "train" if train else "evaluate")
         nodes = sorted(node_of_index[index] for index in chosen)
+        extra = {}
+        if train and self.row_totals is not None and self.row_totals.totals:
+            extra[protocol.ROW_TOTALS] = ArrayRecord({name: Array(total.astype(np.float32))
+                                                      for name, total in self.row_totals.totals.items()})
         self.sent = [Message(RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: ConfigRecord(
-                         {**config, protocol.SERVER_ROUND: server_round, protocol.MERCHANT_INDEX: self.participants[node]})}),
+                         {**config, protocol.SERVER_ROUND: server_round, protocol.MERCHANT_INDEX: self.participants[node]}),
+                                         **extra}),
                              dst_node_id=node, message_type=message_type) for node in nodes]
         return self.sent
 
@@ -190,6 +198,8 @@ class MultiTaskFedAvg(FedAvg):
                 self._reject(server_round, msg, "train", f"update rejected: {parsed}")
                 continue
             update, stats = parsed
+            if self.row_totals is not None:
+                self.row_totals.add(self._merchant_of_reply(msg), update.row_counts)
             flats.append(msg.content.metric_records[protocol.METRICS])
             updates.append(update)
             wide.append(stats)

@@ -44,15 +44,25 @@ def label_counts(shard: Shard, tasks: Sequence[Task]) -> dict[str, int]:
     return {name: int(np.isfinite(y).sum()) for name, y in task_labels(shard, tasks).items()}
 
 
-def inverse_row_counts(shard: Shard, tasks: Sequence[Task], buckets: Sequence[int], device: torch.device
-                       ) -> list[torch.Tensor]:
-    """Per feature, 1 / how often each row occurs among the shard's labelled rows (0 where never):
-    the weights that make per-lookup L2 a per-row prior of the same strength for every row."""
+def inverse_row_counts(shard: Shard, tasks: Sequence[Task], buckets: Sequence[int], device: torch.device,
+                       totals: Mapping[int, np.ndarray] | None = None) -> list[torch.Tensor]:
+    """Per feature, 1 / how often each row occurs among the labelled rows (0 where the shard has none):
+    the weights that make per-lookup L2 a per-row prior of the same strength for every row.
+
+    `totals` (feature -> labelled rows per row id over every merchant, RowTotals) makes a merchant
+    apply only its share of a row's prior (its count / the total), so the merchants' objectives add
+    up to the pooled one. Counted on the shard alone, an item that ten merchants share would be
+    shrunk with the full prior by each of them: ten times the pooled prior once averaged, which
+    kept the embeddings at zero for rounds on sparse data.
+    """
     rows = shard.features[labelled_rows(shard, tasks)]
     out = []
     for j, n in enumerate(buckets):
         counts = np.bincount(rows[:, j], minlength=n).astype(np.float32)
-        out.append(torch.as_tensor(np.divide(1.0, counts, out=np.zeros_like(counts), where=counts > 0), device=device))
+        seen = counts > 0
+        if totals is not None and j in totals:
+            counts = np.maximum(counts, np.asarray(totals[j], np.float32)[:n])
+        out.append(torch.as_tensor(np.divide(1.0, counts, out=np.zeros_like(counts), where=seen), device=device))
     return out
 
 
@@ -204,9 +214,11 @@ def only_trained_parameters(model: MultiTaskModel, optimizer: torch.optim.Optimi
 
 def train_epochs(model: MultiTaskModel, weighting: LossWeighting, optimizer: torch.optim.Optimizer,
                  shard: Shard, tasks: Sequence[Task], train_cfg: Mapping[str, Any], seed: int,
-                 device: torch.device, proximal: float = 0.0) -> TrainReport:
+                 device: torch.device, proximal: float = 0.0, row_totals: Mapping[int, np.ndarray] | None = None
+                 ) -> TrainReport:
     """`train_cfg.local_epochs` passes over the shard in seeded random batches; `proximal` > 0 adds
-    FedProx's term towards the parameters as they were on entry (the round's global model)."""
+    FedProx's term towards the parameters as they were on entry (the round's global model);
+    `row_totals` share each row's prior among the merchants (inverse_row_counts)."""
     epochs, batch_size = int(train_cfg["local_epochs"]), int(train_cfg["batch_size"])
     embedding_l2 = float(train_cfg.get("embedding_l2", 0.0))
     model.train()
@@ -214,7 +226,8 @@ def train_epochs(model: MultiTaskModel, weighting: LossWeighting, optimizer: tor
     features = torch.as_tensor(shard.features, device=device)
     labels = {k: torch.as_tensor(v, device=device) for k, v in task_labels(shard, tasks).items()}
     generator = torch.Generator().manual_seed(seed)
-    row_weights = inverse_row_counts(shard, tasks, [t.num_embeddings for t in model.embedding.tables], device)
+    row_weights = inverse_row_counts(shard, tasks, [t.num_embeddings for t in model.embedding.tables], device,
+                                     row_totals)
     bias_tasks = sgd_bias_tasks(model, train_cfg)  # Newton-fitted biases take their prior in tasks/wide.py
     priors = set(bias_priors(train_cfg, bias_tasks).values())
     if len(priors) > 1:

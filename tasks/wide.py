@@ -109,20 +109,22 @@ def apply_newton(model: MultiTaskModel, stats: WideStats, train_cfg: Mapping[str
 
 def train_round(model: MultiTaskModel, weighting: LossWeighting, optimizer: torch.optim.Optimizer | None,
                 shard: Shard, tasks: Sequence[Task], train_cfg: Mapping[str, object], seed: int,
-                device: torch.device, server_round: int, proximal: float = 0.0) -> tuple[TrainReport, WideStats]:
+                device: torch.device, server_round: int, proximal: float = 0.0,
+                row_totals: Mapping[int, np.ndarray] | None = None) -> tuple[TrainReport, WideStats]:
     """One trainer's round, the same for a federated client and the centralized/local baselines.
 
     Under first_order_fit=newton: the deep part's epochs (none during the first `wide_rounds`), then
     the wide statistics at the model they leave; whoever aggregates applies the Newton step.
-    Under sgd: the epochs train every parameter and there are no statistics. `proximal`: FedProx's mu.
+    Under sgd: the epochs train every parameter and there are no statistics. `proximal`: FedProx's mu;
+    `row_totals`: every merchant's row counts (tasks/training.py inverse_row_counts).
     """
     if not newton_fit(train_cfg):
-        return train_epochs(model, weighting, optimizer, shard, tasks, train_cfg, seed, device, proximal), {}
+        return train_epochs(model, weighting, optimizer, shard, tasks, train_cfg, seed, device, proximal, row_totals), {}
     if server_round <= int(train_cfg.get("wide_rounds", 0)):
         report = TrainReport(examples=int(labelled_rows(shard, tasks).sum()), label_counts=label_counts(shard, tasks),
                              losses={})
     else:
-        report = train_epochs(model, weighting, optimizer, shard, tasks, train_cfg, seed, device, proximal)
+        report = train_epochs(model, weighting, optimizer, shard, tasks, train_cfg, seed, device, proximal, row_totals)
     # After the deep part's epochs: the biases then correct only the residual the deep part left. Taken
     # before them, both parts would chase the same residual and overshoot, round after round.
     return report, wide_statistics(model, shard, tasks, device)

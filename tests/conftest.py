@@ -119,6 +119,7 @@ class RecordedRun:
     dir: Path
     cfg: dict
     received: list  # every Flower Message that reached the server, in order (launch.recording.RecordingGrid)
+    sent: list      # every Flower Message the server sent, in order
 
 
 @pytest.fixture(scope="session")
@@ -137,7 +138,7 @@ def recorded_federated_run(tmp_path_factory):
             out = tmp_path_factory.mktemp(f"federated-{privacy}")
             grids: list[RecordingGrid] = []
             run_federated_simulation(cfg, out, grid_view=lambda grid: grids.append(RecordingGrid(grid)) or grids[-1])
-            runs[privacy] = RecordedRun(out, cfg, grids[0].received)
+            runs[privacy] = RecordedRun(out, cfg, grids[0].received, grids[0].sent)
         return runs[privacy]
     return run
 

@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+import torch
 
-from server_app.aggregation import ClientUpdate, aggregate_multitask
+from server_app.aggregation import ClientUpdate, RowTotals, aggregate_multitask
 
 OWNERS = {"shared": None, "towers.rating.w": "rating", "towers.click.w": "click"}
 
@@ -112,3 +113,56 @@ def test_a_client_without_a_tasks_labels_sends_no_rows_for_its_table():
     tables = {"emb0": (0, None), "emb1": (1, None), "click1": (1, "click"), "rating1": (1, "rating")}
     got = {k: (ids.tolist(), counts.tolist()) for k, (ids, counts) in trained_rows(shard, tasks, tables).items()}
     assert got == {"emb0": ([0, 1], [1, 1]), "emb1": ([5], [2]), "click1": ([5], [2]), "rating1": ([], [])}
+
+
+def test_row_totals_count_each_merchant_once_and_restore_from_their_state():
+    totals = RowTotals({"emb0": (0, 4)})
+    totals.add("a", {"emb0": (np.array([0, 2]), np.array([3, 1]))})
+    totals.add("a", {"emb0": (np.array([0, 2]), np.array([3, 1]))})  # its shard again, next round
+    totals.add("b", {"emb0": (np.array([2, 3]), np.array([2, 5]))})
+    totals.add("c", {})  # a reply without row counts (dense tables) is not counted
+    np.testing.assert_array_equal(totals.totals["emb0"], [3, 0, 3, 5])
+    assert totals.counted == {"a", "b"}
+    again = RowTotals({"emb0": (0, 4)})
+    again.restore(totals.state())
+    np.testing.assert_array_equal(again.totals["emb0"], totals.totals["emb0"])
+    assert again.counted == totals.counted
+
+
+def test_with_row_totals_the_merchants_row_priors_add_up_to_the_pooled_prior():
+    """Per row, sum over merchants of (its lookups there x the per-lookup weight) is what the pooled
+    trainer applies (1 per row); counted on each shard alone a row shared by k merchants gets k."""
+    from data.shards import Shard
+    from tasks.registry import resolve_tasks
+    from tasks.training import inverse_row_counts, trained_rows
+    tasks = resolve_tasks(["click"], ["click"])
+    features = np.array([[0, 5], [0, 6], [1, 5], [2, 5], [2, 7], [3, 6]], np.int64)
+    clicks = np.array([1, 0, 0, 1, 1, 0], np.float32)
+    parts = [slice(0, 2), slice(2, 5), slice(5, 6)]
+    shards = [Shard(features[p], {"click": clicks[p]}, {}) for p in parts]
+    pooled = Shard(features, {"click": clicks}, {})
+    buckets = [4, 8]
+    tables = {"embedding.tables.0.weight": (0, None), "embedding.tables.1.weight": (1, None)}
+    totals = RowTotals({name: (column, buckets[column]) for name, (column, _) in tables.items()})
+    for k, shard in enumerate(shards):
+        totals.add(str(k), trained_rows(shard, tasks, tables))
+    by_column = {tables[name][0]: total for name, total in totals.totals.items()}
+    cpu = torch.device("cpu")
+
+    def prior_mass(weights_of_shard):
+        mass = [np.zeros(n) for n in buckets]
+        for shard in shards:
+            weights = weights_of_shard(shard)
+            for j in range(len(buckets)):
+                np.add.at(mass[j], shard.features[:, j], weights[j].numpy()[shard.features[:, j]])
+        return mass
+
+    pooled_mass = [np.zeros(n) for n in buckets]
+    for j, w in enumerate(inverse_row_counts(pooled, tasks, buckets, cpu)):
+        np.add.at(pooled_mass[j], features[:, j], w.numpy()[features[:, j]])
+    shared = prior_mass(lambda shard: inverse_row_counts(shard, tasks, buckets, cpu, by_column))
+    alone = prior_mass(lambda shard: inverse_row_counts(shard, tasks, buckets, cpu))
+    for j in range(len(buckets)):
+        np.testing.assert_allclose(shared[j], pooled_mass[j], rtol=1e-6)
+    np.testing.assert_allclose(pooled_mass[1][[5, 6, 7]], [1, 1, 1], rtol=1e-6)
+    np.testing.assert_allclose(alone[1][[5, 6, 7]], [2, 2, 1], rtol=1e-6)  # item 5 in two shards, 6 in two

@@ -127,3 +127,32 @@ def test_only_model_arrays_scalars_and_known_aggregates_reach_the_server(recorde
         assert {protocol.WIDE_STATS, protocol.ROW_COUNTS, protocol.TABLE_ROWS} <= seen_records
     else:  # under DP only the (clipped, noised) model leaves a merchant
         assert not seen_records & {protocol.WIDE_STATS, protocol.ROW_COUNTS, protocol.TABLE_ROWS}
+
+
+def test_train_requests_carry_the_row_totals_of_the_counts_already_received(recorded_federated_run):
+    """Round 1's requests carry none (nothing counted yet); each later one carries, per embedding table,
+    the sum of every merchant's row counts from its earlier replies: no new data reaches the server,
+    and a merchant learns only sums over all merchants."""
+    run = recorded_federated_run("none")
+    model = open_experiment(run.cfg).new_model()
+    embedding_tables = {name for name, (_, task) in model.id_tables().items() if task is None}
+    train_requests = [m for m in run.sent if m.metadata.message_type == "train"]
+    by_round: dict[int, list] = {}
+    for message in train_requests:
+        by_round.setdefault(int(message.content.config_records[protocol.CONFIG][protocol.SERVER_ROUND]), []).append(message)
+    assert sorted(by_round) == [1, 2]
+    assert all(protocol.ROW_TOTALS not in m.content.array_records for m in by_round[1])
+    expected = {}
+    first_round_replies = [r for r in run.received if r.metadata.message_type == "train"][:len(by_round[1])]
+    for reply in first_round_replies:
+        for name, pair in reply.content.array_records[protocol.ROW_COUNTS].items():
+            if name in embedding_tables:
+                ids, counts = pair.numpy()
+                total = expected.setdefault(name, np.zeros(model.state_dict()[name].shape[0]))
+                np.add.at(total, ids, counts)
+    assert set(expected) == embedding_tables
+    for message in by_round[2]:
+        sent = {k: a.numpy() for k, a in message.content.array_records[protocol.ROW_TOTALS].items()}
+        assert set(sent) == embedding_tables
+        for name, total in expected.items():
+            np.testing.assert_array_equal(sent[name], total.astype(np.float32))
