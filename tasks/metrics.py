@@ -6,18 +6,22 @@ import math
 from typing import Mapping
 
 import numpy as np
-from sklearn.metrics import log_loss, mean_absolute_error, roc_auc_score
 
 Metrics = dict[str, float]
 
 
+# sklearn.metrics is imported where it is used: at module load it cost every client process ~1 s.
+
+
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> Metrics:
+    from sklearn.metrics import mean_absolute_error
     return {"rmse": float(np.sqrt(np.mean((y_true - y_pred) ** 2))),
             "mae": float(mean_absolute_error(y_true, y_pred))}
 
 
 def binary_metrics(y_true: np.ndarray, p_pred: np.ndarray) -> Metrics:
     """AUC is NaN where a merchant's test split holds one class only; the combiner then skips it."""
+    from sklearn.metrics import log_loss, roc_auc_score
     p = np.clip(p_pred.astype(np.float64), 1e-7, 1 - 1e-7)
     auc = float(roc_auc_score(y_true, p)) if len(np.unique(y_true)) == 2 else math.nan
     return {"auc": auc, "logloss": float(log_loss(y_true, p, labels=[0, 1]))}
