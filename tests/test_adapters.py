@@ -63,7 +63,7 @@ def test_movielens_ratings_csv_without_movies_is_one_merchant(tmp_path):
     (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.5,964981247\n")
     table = converted(tmp_path, "movielens", tmp_path / "ratings.csv", "--merchant", "ml", out="out.csv")
     expect(table, merchant_id=["ml", "ml"], user_id=["1", "1"], item_id=["1", "3"],
-           timestamp=["964982703", "964981247"], rating=["4.0", "4.5"])
+           timestamp=["964982703", "964981247"], rating=["4", "4.5"])
 
 
 def test_movielens_movie_without_genre_entry_is_an_error(tmp_path, capsys):
