@@ -2,6 +2,9 @@
 
     python -m benchmarks.quality [hydra overrides...]      (make bench ARGS="...")
 
+Every mode keeps its best validation round of at most 20 (PROTOCOL; override federation.rounds or
+data.val_fraction to change it, e.g. data.val_fraction=0 federation.rounds=10 for a fixed budget).
+
 Each mode runs once per seed (--seeds, default 3) and the report shows means over seeds, since one
 run's purchase AUC moves by about 0.01 with the seed alone. Then the simple pooled references of
 benchmarks/references.py (mean, merchant mean, bias model, one-hot linear, MF) run once on the same
@@ -36,6 +39,11 @@ from tasks.personalization import SUFFIX
 from tasks.registry import TASKS
 
 FLOORS = {"auc": 0.98, "rmse": 1.02}  # federated/centralized: AUC at least, RMSE at most (issue 8)
+# The best-round protocol, unless the overrides say otherwise: every mode trains up to 20 rounds and
+# keeps its best round by the loss on a validation split (the latest 10 % of each merchant's train
+# rows; select_round=auto), with early stopping. A fixed budget would partly measure where each mode
+# stands on its own curve (pooled training peaks by round 3-5, federated averaging later).
+PROTOCOL = {"federation.rounds": "20", "data.val_fraction": "0.1"}
 SMALLEST = 5
 OUT = "outputs/bench/quality"
 
@@ -193,6 +201,12 @@ def report(results: dict[str, RunResult], smallest: list[str], seconds: dict[str
             f"Merchants with the least training data ({', '.join(smallest)}):\n\n{small}\n{merchants}")
 
 
+def with_protocol(overrides: list[str]) -> list[str]:
+    """The overrides, after the PROTOCOL settings they do not set themselves."""
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    return [f"{key}={value}" for key, value in PROTOCOL.items() if key not in given] + list(overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to all three modes")
@@ -209,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in ("centralized", "federated", "local"):
             runs, start = [], time.perf_counter()
             for seed in range(args.seeds):
-                cfg = to_plain(compose_config([*args.overrides, f"mode={mode}", f"seed={seed}"]))
+                cfg = to_plain(compose_config([*with_protocol(args.overrides), f"mode={mode}", f"seed={seed}"]))
                 run = run_federated_simulation if mode == "federated" else run_job
                 runs.append(run(cfg, out / mode / f"seed-{seed}"))
             results[mode] = over_seeds(runs)

@@ -168,3 +168,12 @@ def test_the_scale_table_reads_its_figures():
     text = "\n".join(scale_section({10_000: figures}))
     assert "| 10,000 | 2,000,000 | 20.0 | 12.0 | 395 | 30.0 / 20.0 / 20.0 | 60.0 | 1.50 | 0.86 | 1.71 | 2.0 | 100 |" \
         " 2,900 (3,900) | 2.5 |" in text and "2 Ray actors" in text
+
+
+def test_the_quality_bench_keeps_the_best_round_of_20_unless_told_otherwise():
+    from benchmarks.quality import with_protocol
+    from core.config import compose_config
+    default = compose_config(with_protocol([]))
+    assert (default.federation.rounds, default.data.val_fraction, default.select_round) == (20, 0.1, "auto")
+    told = compose_config(with_protocol(["data=synthetic_sparse", "federation.rounds=7", "data.val_fraction=0"]))
+    assert (told.federation.rounds, told.data.val_fraction, told.data.synthetic.n_rows) == (7, 0.0, 60000)
