@@ -29,11 +29,11 @@ def make_client_app(config_of: Callable[[Context], dict],
     `mods` are Flower mods wrapped around every handler (tests inject faulty clients this way)."""
     app = ClientApp(mods=list(mods))
 
-    def answer(reply_fn, msg: Message, context: Context) -> Message:
+    def answer(reply_fn, msg: Message, context: Context, *kept) -> Message:
         cfg = config_of(context)
         torch.set_num_threads(max(1, int(cfg["federation"]["client_cpus"])))
         try:
-            return reply_fn(msg, context.node_config, manifest_of(context), cfg)
+            return reply_fn(msg, context.node_config, manifest_of(context), cfg, *kept)
         except InputError as exc:
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(exc)), reply_to=msg)
 
@@ -47,7 +47,7 @@ def make_client_app(config_of: Callable[[Context], dict],
 
     @app.train(mods=[secure_aggregation_mod])  # passes every message but a SecAgg+ round's (privacy=secagg)
     def train(msg: Message, context: Context) -> Message:
-        return answer(secure_train_reply if is_secure_round(msg) else train_reply, msg, context)
+        return answer(secure_train_reply if is_secure_round(msg) else train_reply, msg, context, context.state)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

@@ -12,6 +12,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from client_app.local_privacy import outgoing_state
+from client_app.optimizer_state import load_optimizer_state, save_optimizer_state
 from core import protocol
 from core.privacy import PrivacySettings
 from core.update_codec import check_compression, encode_update
@@ -83,17 +84,24 @@ def _trainable_from(request: RecordDict, experiment: Experiment) -> tuple[MultiT
     return model.to(experiment.device), weighting.to(experiment.device)
 
 
-def train_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | None, cfg: Mapping[str, Any]) -> Message:
-    return Message(train_content(msg.content, node_config, manifest, cfg), reply_to=msg)
+def train_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | None, cfg: Mapping[str, Any],
+                kept: RecordDict | None = None) -> Message:
+    return Message(train_content(msg.content, node_config, manifest, cfg, kept), reply_to=msg)
 
 
 def train_content(request: RecordDict, node_config: Mapping[str, Any], manifest: str | None,
-                  cfg: Mapping[str, Any]) -> RecordDict:
-    """A train request's answer: the trained state, metrics and counts (and the aggregate records)."""
+                  cfg: Mapping[str, Any], kept: RecordDict | None = None) -> RecordDict:
+    """A train request's answer: the trained state, metrics and counts (and the aggregate records).
+    `kept`: what this node keeps between rounds (Flower's Context.state), where its optimizer state
+    lives under train.keep_optimizer_state (client_app/optimizer_state.py)."""
     experiment = _experiment(request, cfg)
     data = node_data(node_config, manifest, cfg)
     model, weighting = _trainable_from(request, experiment)
     optimizer = make_optimizer(model, weighting, cfg["train"])
+    keep = kept is not None and bool(cfg["train"].get("keep_optimizer_state", False))
+    parameters = {**dict(model.named_parameters()), **{f"weighting.{k}": v for k, v in weighting.named_parameters()}}
+    if keep:
+        load_optimizer_state(kept, optimizer, parameters)
     config = request.config_records[protocol.CONFIG]
     server_round = int(config.get(protocol.SERVER_ROUND, 0))
     merchant_index = int(config.get(protocol.MERCHANT_INDEX, 0))
@@ -102,6 +110,8 @@ def train_content(request: RecordDict, node_config: Mapping[str, Any], manifest:
     report, wide = train_round(model, weighting, optimizer, shard, experiment.tasks, cfg["train"], seed,
                                experiment.device, server_round, proximal_mu(cfg.get("strategy")),
                                row_totals_of(request, model))
+    if keep:
+        save_optimizer_state(kept, optimizer, parameters, model.id_tables())
     metrics = flatten(with_counts({t: {"loss": v} for t, v in report.losses.items()}, report.label_counts))
     metrics[protocol.NUM_EXAMPLES] = report.examples
     content = RecordDict({protocol.METRICS: MetricRecord(metrics),

@@ -40,7 +40,7 @@ def is_secure_round(msg: Message) -> bool:
 
 
 def secure_train_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | None,
-                       cfg: Mapping[str, Any]) -> Message:
+                       cfg: Mapping[str, Any], kept: RecordDict | None = None) -> Message:
     """Train as for any round, then answer with the weighted vector as legacy FitRes parameters."""
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
     config = dict(fitins.config)
@@ -50,7 +50,7 @@ def secure_train_reply(msg: Message, node_config: Mapping[str, Any], manifest: s
     names, owners = list(joint_state(model, weighting)), joint_owners(model, weighting)  # the server's order
     arrays = ArrayRecord({name: Array(value) for name, value in zip(names, parameters_to_ndarrays(fitins.parameters))})
     content = train_content(RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: ConfigRecord(config)}),
-                            node_config, manifest, cfg)
+                            node_config, manifest, cfg, kept)
     metrics = dict(content.metric_records[protocol.METRICS])
     _, label_counts = split_counts(unflatten(metrics))
     weights = {None: float(metrics[protocol.NUM_EXAMPLES]), **{t: float(n) for t, n in label_counts.items()}}
