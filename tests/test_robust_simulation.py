@@ -64,10 +64,7 @@ def test_too_few_usable_replies_fail_the_round_with_a_clear_line_and_keep_the_la
     assert torch.load(out / "checkpoint.pt", weights_only=True)["round"] == 0  # round 0 survives to resume from
 
 
-# The clients' optimizer state lives on the merchants, per Flower run: a resumed run starts it afresh,
-# so only a run without it can end exactly as the uninterrupted one.
-RESUMABLE = ["strategy=fedadam", "federation.clients_per_round=3", "data.val_fraction=0.2", "select_round=best_val", "patience=0",
-             "train.keep_optimizer_state=false"]
+RESUMABLE = ["strategy=fedadam", "federation.clients_per_round=3", "data.val_fraction=0.2", "select_round=best_val", "patience=0"]
 
 
 def test_a_run_stopped_after_round_2_of_4_and_resumed_ends_as_the_uninterrupted_run(tmp_path):

@@ -84,16 +84,20 @@ def test_a_round_where_every_client_fails_fails_the_run(tmp_path):
 
 
 # Each architecture also carries one wire format end to end (core/update_codec.py; esmm: sparse rows of
-# its SGD-trained purchase biases) and esmm the merchants' local offsets (personalization=local_bias).
-# Through the door's own run() (the process door is proven above).
-@pytest.mark.parametrize("model,compression,personalization",
-                         [("mmoe", "int8", "none"), ("ple", "float16", "none"), ("esmm", "none", "local_bias")])
-def test_every_architecture_trains_federated(tmp_path, model, compression, personalization):
+# its SGD-trained purchase biases), esmm the merchants' local offsets (personalization=local_bias) and
+# ple the merchants' optimizer state kept in Flower's Context.state over three rounds (the first fits
+# only the biases). Through the door's own run() (the process door is proven above).
+@pytest.mark.parametrize("model,compression,personalization,extra",
+                         [("mmoe", "int8", "none", []),
+                          ("ple", "float16", "none", ["train.keep_optimizer_state=true", "federation.rounds=3"]),
+                          ("esmm", "none", "local_bias", [])])
+def test_every_architecture_trains_federated(tmp_path, model, compression, personalization, extra):
     out = tmp_path / "run"
     cli_run(compose_config([*TINY, f"model={model}", "tasks=[purchase,click]", f"federation.compression={compression}",
-                            f"personalization={personalization}"]), out)
+                            f"personalization={personalization}", *extra]), out)
     doc = json.loads((out / "metrics.json").read_text())
-    assert doc["config"]["model"]["name"] == model and len(doc["rounds"]) == 3 and doc["failures"] == []
+    rounds = doc["config"]["federation"]["rounds"]
+    assert doc["config"]["model"]["name"] == model and len(doc["rounds"]) == rounds + 1 and doc["failures"] == []
     assert doc["config"]["federation"]["compression"] == compression
     untrained, trained = doc["rounds"][0]["tasks"], doc["rounds"][-1]["tasks"]
     for task in ("purchase", "click"):
