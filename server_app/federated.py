@@ -271,7 +271,7 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
             if privacy.settings.mode == "secagg":  # the server sees only the sum (server_app/secure_round.py)
                 new_arrays, flats = secure_train_round(grid, list(messages), arrays, strategy.parameter_tasks,
                                                        max(s.rows["train"] for s in roster.summaries.values()),
-                                                       cfg["privacy"], timeout)
+                                                       cfg["privacy"], timeout, failures, roster.merchant)
                 train_metrics = combined_train_metrics(flats)
             else:
                 replies = _exchange(grid, messages, timeout, server_round, "train", roster, failures)

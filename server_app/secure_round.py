@@ -13,7 +13,7 @@ round loop stay on the Message API.
 from __future__ import annotations
 
 from logging import INFO, WARNING
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flwr.compat.common.recorddict_compat as compat
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -29,6 +29,7 @@ from flwr.serverapp import Grid
 
 from core import protocol
 from core.secure_sum import decode_sum
+from server_app.setup import failure
 from server_app.strategy import RoundFailed, arrays_to_numpy, numpy_to_arrays
 
 
@@ -62,10 +63,13 @@ class _OneSecureRound(Strategy):
 
 
 def secure_train_round(grid: Grid, messages: list[Message], arrays: ArrayRecord, owners: Mapping[str, str | None],
-                       weight_bound: float, privacy: Mapping[str, Any], timeout: float
+                       weight_bound: float, privacy: Mapping[str, Any], timeout: float,
+                       failures: list[dict[str, Any]] | None = None,
+                       merchant_of: Callable[[int], str | None] = lambda node: None
                        ) -> tuple[ArrayRecord, list[dict[str, float]]]:
     """The new global arrays from one SecAgg+ round over the nodes `messages` address (the train
-    messages MultiTaskFedAvg built), and each answering merchant's train metrics (sent in the clear)."""
+    messages MultiTaskFedAvg built), and each answering merchant's train metrics (sent in the clear).
+    A node whose masked vector did not make it into the sum goes into `failures` with its merchant."""
     if len(messages) < 2:
         raise RoundFailed(f"privacy=secagg needs at least 2 merchants per round, got {len(messages)}")
     current = arrays_to_numpy(arrays)
@@ -88,6 +92,13 @@ def secure_train_round(grid: Grid, messages: list[Message], arrays: ArrayRecord,
                        max_weight=1.0, clipping_range=float(privacy["clipping_range"]), timeout=timeout)(grid, context)
     if strategy.failures:
         log(WARNING, "round %d: %d SecAgg+ failure(s): %s", server_round, len(strategy.failures), strategy.failures[0])
+    summed_nodes = {proxy.node_id for proxy, _ in strategy.results}
+    for proxy, _ in instructions:
+        if proxy.node_id not in summed_nodes and failures is not None:
+            failures.append(failure(server_round, proxy.node_id, merchant_of(proxy.node_id),
+                                    "dropped out of the SecAgg+ round: its masked vector is not in the sum"))
+            log(WARNING, "round %d train: node %d (merchant %s) dropped out of the SecAgg+ round", server_round,
+                proxy.node_id, failures[-1]["merchant"] or "?")
     if not strategy.results:
         raise RoundFailed(f"round {server_round}: the SecAgg+ round produced no aggregate (see the log above)")
     mean = parameters_to_ndarrays(strategy.results[0][1].parameters)  # the unmasked mean of the vectors

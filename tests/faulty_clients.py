@@ -1,8 +1,9 @@
 """Test-only faulty merchants: a Flower mod around the real ClientApp breaks chosen simulated nodes.
 
 `raise`: the node's train handler raises (a crashed client); `nan`: it trains for real, then its reply
-carries a NaN; `shape`: its reply's first array has one row too many. Everything else is the real
-client code path. Run a federated simulation with faults, as the `merchant-fl` door would:
+carries a NaN; `shape`: its reply's first array has one row too many; `drop_masked`: under
+privacy=secagg it crashes when SecAgg+ asks for its masked vector (after the keys are shared).
+Everything else is the real client code path. Run a federated simulation with faults, as the `merchant-fl` door would:
 
     python -m tests.faulty_clients 1=raise,2=nan OUTPUT_DIR [hydra overrides...]
 """
@@ -15,10 +16,11 @@ from typing import Callable, Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from core import protocol
 
-FAULTS = ("raise", "nan", "shape")
+FAULTS = ("raise", "nan", "shape", "drop_masked")
 
 
 def fault_mod(faults: Mapping[int, str]) -> Callable[[Message, Context, Callable], Message]:
@@ -26,6 +28,11 @@ def fault_mod(faults: Mapping[int, str]) -> Callable[[Message, Context, Callable
     def mod(msg: Message, context: Context, call_next: Callable) -> Message:
         fault = faults.get(int(context.node_config.get(protocol.PARTITION_ID, -1)))
         if fault is None or msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, context)
+        if fault == "drop_masked":
+            configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+            if configs is not None and configs.get(Key.STAGE) == Stage.COLLECT_MASKED_VECTORS:
+                raise RuntimeError("injected fault: this merchant's node crashed before sending its masked vector")
             return call_next(msg, context)
         if fault == "raise":
             raise RuntimeError("injected fault: this merchant's node crashed while training")

@@ -1,6 +1,8 @@
 """privacy=secagg on a real simulation: Flower's SecAgg+ round gives the same multi-task average as the
 plain round (up to its quantization) while no merchant's update reaches the server as an array."""
 
+import json
+
 import numpy as np
 import pytest
 from flwr.app import MessageType
@@ -27,3 +29,13 @@ def test_secure_aggregation_gives_the_plain_multitask_average(tmp_path, tiny_cfg
     for reply in train:  # the masked vector travels as bytes; no array record holds anything
         assert not reply.has_error()
         assert all(len(record) == 0 for record in reply.content.array_records.values())
+
+
+def test_a_merchant_that_drops_out_of_a_secure_round_is_listed_and_the_round_goes_on(tmp_path, tiny_cfg):
+    from tests.faulty_clients import fault_mod
+    result = run_federated_simulation(tiny_cfg("privacy=secagg", "federation.rounds=1", "ranking.enabled=false"),
+                                      tmp_path / "run", [fault_mod({1: "drop_masked"})])
+    dropped = [f for f in result.failures if f["round"] == 1]
+    assert len(dropped) == 1 and dropped[0]["merchant"] == "m01", result.failures
+    assert "SecAgg+" in dropped[0]["reason"]
+    assert [r["round"] for r in json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]] == [0, 1]
