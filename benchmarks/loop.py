@@ -22,7 +22,7 @@ import torch
 
 from data.shards import Shard
 from tasks.experiment import Experiment
-from tasks.training import inverse_row_counts, make_optimizer, task_labels, train_epochs
+from tasks.training import inverse_row_counts, make_optimizer, optimized_parameters, task_labels, train_epochs
 from tasks.wide import train_round
 
 CLIENT_ROUND = 2  # past train.wide_rounds (1): a round whose client trains the deep part
@@ -36,8 +36,8 @@ def bare_loop(experiment: Experiment, shard: Shard, seed: int, with_l2: bool) ->
     """Seconds of one epoch of the plain loop (the model built and the tensors made before the clock)."""
     cfg, device = experiment.cfg, experiment.device
     model, weighting = experiment.new_model().to(device), experiment.new_weighting().to(device)
-    params = [p for group in make_optimizer(model, weighting, cfg["train"]).param_groups for p in group["params"]]
-    optimizer = torch.optim.Adagrad(params, lr=float(cfg["train"]["lr"]))
+    optimizer = torch.optim.Adagrad(optimized_parameters(make_optimizer(model, weighting, cfg["train"])),
+                                    lr=float(cfg["train"]["lr"]))
     x = torch.as_tensor(shard.features, device=device)
     labels = {k: torch.as_tensor(v, device=device) for k, v in task_labels(shard, experiment.tasks).items()}
     l2 = float(cfg["train"].get("embedding_l2", 0.0)) if with_l2 else 0.0

@@ -26,7 +26,7 @@ from tasks.personalization import personalization_of
 from tasks.plan import RunPlan
 from tasks.ranking import evaluate_merchant
 from tasks.registry import resolve_tasks
-from tasks.state import joint_state, load_joint_state
+from tasks.state import joint_parameters, joint_state, load_joint_state
 from tasks.training import make_optimizer, oracle_score, proximal_mu, shuffle_seed, trained_rows
 from tasks.wide import averaged_by_rows, newton_fitted, train_round
 from tasks.weighting import LossWeighting
@@ -99,9 +99,8 @@ def train_content(request: RecordDict, node_config: Mapping[str, Any], manifest:
     model, weighting = _trainable_from(request, experiment)
     optimizer = make_optimizer(model, weighting, cfg["train"])
     keep = kept is not None and bool(cfg["train"].get("keep_optimizer_state", False))
-    parameters = {**dict(model.named_parameters()), **{f"weighting.{k}": v for k, v in weighting.named_parameters()}}
     if keep:
-        load_optimizer_state(kept, optimizer, parameters)
+        load_optimizer_state(kept, optimizer, joint_parameters(model, weighting))
     config = request.config_records[protocol.CONFIG]
     server_round = int(config.get(protocol.SERVER_ROUND, 0))
     merchant_index = int(config.get(protocol.MERCHANT_INDEX, 0))
@@ -111,7 +110,7 @@ def train_content(request: RecordDict, node_config: Mapping[str, Any], manifest:
                                experiment.device, server_round, proximal_mu(cfg.get("strategy")),
                                row_totals_of(request, model))
     if keep:
-        save_optimizer_state(kept, optimizer, parameters, model.id_tables())
+        save_optimizer_state(kept, optimizer, joint_parameters(model, weighting), model.id_tables())
     metrics = flatten(with_counts({t: {"loss": v} for t, v in report.losses.items()}, report.label_counts))
     metrics[protocol.NUM_EXAMPLES] = report.examples
     content = RecordDict({protocol.METRICS: MetricRecord(metrics),

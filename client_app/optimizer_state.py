@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 
+from tasks.training import optimized_parameters
+
 OPTIMIZER_STATE = "optimizer-state"  # ArrayRecord in Context.state: "<parameter>|<slot>" -> array
 ROWS = "rows"                        # the slot of an id table's stored row ids
 
@@ -24,7 +26,7 @@ ROWS = "rows"                        # the slot of an id table's stored row ids
 def _named(parameters: Mapping[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer
            ) -> dict[str, torch.nn.Parameter]:
     """The optimizer's parameters by name (a new optimizer is built every round: names are what persist)."""
-    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    optimized = {id(p) for p in optimized_parameters(optimizer)}
     return {name: p for name, p in parameters.items() if id(p) in optimized}
 
 

@@ -120,7 +120,7 @@ class RowTotals:
     row counts their replies already carry (nothing new reaches the server). Sent with each train
     request, they let a merchant apply only its share of each row's L2 prior (tasks/training.py
     inverse_row_counts), so the merchants' objectives add up to the pooled one."""
-    tables: Mapping[str, tuple[int, int]]  # embedding table -> (feature column, rows)
+    tables: Mapping[str, int]  # embedding table -> its number of rows
     totals: dict[str, np.ndarray] = field(default_factory=dict)
     counted: set[str] = field(default_factory=set)  # merchants whose counts are in (a shard never changes)
 
@@ -128,7 +128,7 @@ class RowTotals:
         if merchant in self.counted or not all(name in row_counts for name in self.tables):
             return
         self.counted.add(merchant)
-        for name, (_, rows) in self.tables.items():
+        for name, rows in self.tables.items():
             ids, counts = row_counts[name]
             np.add.at(self.totals.setdefault(name, np.zeros(rows)), np.asarray(ids, np.int64),
                       np.asarray(counts, np.float64))

@@ -15,7 +15,7 @@ from one, `init_from=` starts a new run from a trained model.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -213,10 +213,8 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
     plan = ConfigRecord({protocol.PLAN: experiment.plan.to_json()})
     model, weighting = experiment.new_model(), experiment.new_weighting()
     row_tables = averaged_by_rows(model, cfg)
-    id_tables = model.id_tables()
-    row_totals = RowTotals({name: (id_tables[name][0], len(arrays_of_table))
-                            for name, arrays_of_table in model.state_dict().items()
-                            if name in row_tables and id_tables[name][1] is None})
+    row_totals = RowTotals({name: model.embedding.tables[column].num_embeddings
+                            for name, (column, task) in model.id_tables().items() if task is None and name in row_tables})
     optimizer = server_optimizer(cfg["strategy"], _optimised(model, cfg))
     privacy = PrivateRounds.from_config(cfg)
     # The loop draws each phase's nodes (`cohorts`, which sets them up first) and hands the strategy
@@ -225,7 +223,7 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
         joint_owners(model, weighting), roster.merchant, failures, row_tables,
         (bias_priors(cfg["train"], model.task_names), float(cfg["train"]["newton_damping"]))
         if newton_fit(cfg["train"]) else None,
-        rules=replace(rules, clients_per_round=None), server_opt=optimizer, combine=privacy.combine,
+        rules=rules, server_opt=optimizer, combine=privacy.combine,
         compression=check_compression(str(fed.get("compression", "none"))),
         unsent=newton_fitted(model, cfg["train"]), row_totals=row_totals,
         fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1,

@@ -72,9 +72,5 @@ class Roster:
         """The nodes of `nodes` still to set up (neither set up nor refused)."""
         return sorted(n for n in nodes if n not in self.ready and n not in self.refused)
 
-    def participants(self, connected: Iterable[int]) -> dict[int, int]:
-        """Connected set-up nodes -> their merchant's index, in node order."""
-        return self.usable(self.identified(connected))
-
     def merchant(self, node: int) -> str | None:
         return self.merchant_of_node.get(node)

@@ -64,8 +64,7 @@ class _OneSecureRound(Strategy):
 
 def secure_train_round(grid: Grid, messages: list[Message], arrays: ArrayRecord, owners: Mapping[str, str | None],
                        weight_bound: float, privacy: Mapping[str, Any], timeout: float,
-                       failures: list[dict[str, Any]] | None = None,
-                       merchant_of: Callable[[int], str | None] = lambda node: None
+                       failures: list[dict[str, Any]], merchant_of: Callable[[int], str | None]
                        ) -> tuple[ArrayRecord, list[dict[str, float]]]:
     """The new global arrays from one SecAgg+ round over the nodes `messages` address (the train
     messages MultiTaskFedAvg built), and each answering merchant's train metrics (sent in the clear).
@@ -94,7 +93,7 @@ def secure_train_round(grid: Grid, messages: list[Message], arrays: ArrayRecord,
         log(WARNING, "round %d: %d SecAgg+ failure(s): %s", server_round, len(strategy.failures), strategy.failures[0])
     summed_nodes = {proxy.node_id for proxy, _ in strategy.results}
     for proxy, _ in instructions:
-        if proxy.node_id not in summed_nodes and failures is not None:
+        if proxy.node_id not in summed_nodes:
             failures.append(failure(server_round, proxy.node_id, merchant_of(proxy.node_id),
                                     "dropped out of the SecAgg+ round: its masked vector is not in the sum"))
             log(WARNING, "round %d train: node %d (merchant %s) dropped out of the SecAgg+ round", server_round,

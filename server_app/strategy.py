@@ -15,7 +15,7 @@ from flwr.serverapp.strategy import FedAvg
 from core import protocol
 from core.update_codec import decode_update
 from server_app.aggregation import ClientUpdate, RowCounts, RowTotals, aggregate
-from server_app.replies import RoundRules, reply_problem, required_replies, sample_clients
+from server_app.replies import RoundRules, reply_problem, required_replies
 from server_app.server_opt import ServerOptimizer
 from server_app.setup import addressees, failure, node_of
 from tasks.metrics import Metrics, combine_merchants, flatten, split_counts, unflatten
@@ -96,7 +96,7 @@ class MultiTaskFedAvg(FedAvg):
     are connected now get a message, so a departed node is not waited for and a newcomer is used.
     Id-indexed tables in `row_tables` are averaged row by row (aggregation.aggregate_rows); with
     `newton` = (prior rows per task, damping) the first-order biases take a Newton step on the replies' summed
-    statistics (tasks/wide.py). `rules` sample the clients and reject unusable replies (replies.py);
+    statistics (tasks/wide.py). `rules` reject unusable replies (replies.py);
     `server_opt` then steps from the global model towards the aggregate (server_opt.py). `combine`
     (default: aggregation.aggregate) turns the updates into new arrays; the privacy options pass their
     own (server_app/privacy.py). Replies are decoded by core/update_codec.py (`compression`; a row
@@ -127,31 +127,27 @@ class MultiTaskFedAvg(FedAvg):
         self.evaluations: dict[int, Evaluation] = {}
         self._global: ArrayRecord | None = None
 
-    def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, fraction: float,
-                  message_type: str) -> list[Message]:
-        node_of_index = {index: node for node, index in self.participants.items()}
-        train = message_type == MessageType.TRAIN
-        chosen = sample_clients(list(node_of_index), fraction, self.rules.clients_per_round if train else None,
-                                self.rules.seed, server_round, "train" if train else "evaluate")
-        nodes = sorted(node_of_index[index] for index in chosen)
-        extra = {}
-        if train and self.row_totals is not None and self.row_totals.totals:
-            extra[protocol.ROW_TOTALS] = ArrayRecord({name: Array(total.astype(np.float32))
-                                                      for name, total in self.row_totals.totals.items()})
+    def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, message_type: str,
+                  extra: Mapping[str, ArrayRecord] | None = None) -> list[Message]:
+        """One message to every node in `participants` (the loop drew them: server_app/cohorts.py)."""
         self.sent = [Message(RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: ConfigRecord(
                          {**config, protocol.SERVER_ROUND: server_round, protocol.MERCHANT_INDEX: self.participants[node]}),
-                                         **extra}),
-                             dst_node_id=node, message_type=message_type) for node in nodes]
+                                         **(extra or {})}),
+                             dst_node_id=node, message_type=message_type) for node in sorted(self.participants)]
         return self.sent
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._global = arrays  # kept for parameters no client trains this round
-        return self._messages(server_round, arrays, config, self.fraction_train, MessageType.TRAIN)
+        extra = {}
+        if self.row_totals is not None and self.row_totals.totals:
+            extra[protocol.ROW_TOTALS] = ArrayRecord({name: Array(total.astype(np.float32))
+                                                      for name, total in self.row_totals.totals.items()})
+        return self._messages(server_round, arrays, config, MessageType.TRAIN, extra)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        return self._messages(server_round, arrays, config, self.fraction_evaluate, MessageType.EVALUATE)
+        return self._messages(server_round, arrays, config, MessageType.EVALUATE)
 
     def node_of(self, reply: Message) -> int:
         return node_of(reply, addressees(self.sent))

@@ -22,6 +22,13 @@ def joint_state(model: MultiTaskModel, weighting: LossWeighting) -> dict[str, to
     return state
 
 
+def joint_parameters(model: MultiTaskModel, weighting: LossWeighting) -> dict[str, torch.nn.Parameter]:
+    """The model's and the weighting's parameters by their joint_state names."""
+    named = dict(model.named_parameters())
+    named.update({WEIGHTING_PREFIX + k: v for k, v in weighting.named_parameters()})
+    return named
+
+
 def snapshot_state(model: MultiTaskModel, weighting: LossWeighting) -> dict[str, torch.Tensor]:
     """A copy of the joint state that later training does not change (joint_state shares CPU storage)."""
     return {k: v.clone() for k, v in joint_state(model, weighting).items()}

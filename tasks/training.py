@@ -128,6 +128,11 @@ def sgd_bias_tasks(model: MultiTaskModel, train_cfg: Mapping[str, Any]) -> list[
     return [t for t in model.task_names if t not in newton]
 
 
+def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    """Every parameter the optimizer steps, in its groups' order."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 def make_optimizer(model: MultiTaskModel, weighting: LossWeighting, train_cfg: Mapping[str, Any]
                    ) -> torch.optim.Optimizer:
     """One optimizer; the first-order (wide) part gets its own learning rate, `train.first_order_lr`:
@@ -176,7 +181,7 @@ class ProximalTerm:
 
     def __init__(self, model: MultiTaskModel, optimizer: torch.optim.Optimizer, mu: float) -> None:
         self.mu = mu
-        self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        self.parameters = optimized_parameters(optimizer)
         self.anchors = [p.detach().clone() for p in self.parameters]
         named = dict(model.named_parameters())
         self.columns = {id(named[name]): column for name, (column, _) in model.id_tables().items() if name in named}
@@ -201,7 +206,7 @@ def shuffle_seed(seed: int, server_round: int, merchant_index: int) -> int:
 def only_trained_parameters(model: MultiTaskModel, optimizer: torch.optim.Optimizer) -> Iterator[None]:
     """Within the block autograd skips the model's parameters the optimizer does not train (the
     Newton-fitted biases, tasks/wide.py): their gradients were computed every batch and never used."""
-    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    trained = {id(p) for p in optimized_parameters(optimizer)}
     frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in trained]
     for parameter in frozen:
         parameter.requires_grad_(False)

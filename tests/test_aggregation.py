@@ -116,14 +116,14 @@ def test_a_client_without_a_tasks_labels_sends_no_rows_for_its_table():
 
 
 def test_row_totals_count_each_merchant_once_and_restore_from_their_state():
-    totals = RowTotals({"emb0": (0, 4)})
+    totals = RowTotals({"emb0": 4})
     totals.add("a", {"emb0": (np.array([0, 2]), np.array([3, 1]))})
     totals.add("a", {"emb0": (np.array([0, 2]), np.array([3, 1]))})  # its shard again, next round
     totals.add("b", {"emb0": (np.array([2, 3]), np.array([2, 5]))})
     totals.add("c", {})  # a reply without row counts (dense tables) is not counted
     np.testing.assert_array_equal(totals.totals["emb0"], [3, 0, 3, 5])
     assert totals.counted == {"a", "b"}
-    again = RowTotals({"emb0": (0, 4)})
+    again = RowTotals({"emb0": 4})
     again.restore(totals.state())
     np.testing.assert_array_equal(again.totals["emb0"], totals.totals["emb0"])
     assert again.counted == totals.counted
@@ -143,7 +143,7 @@ def test_with_row_totals_the_merchants_row_priors_add_up_to_the_pooled_prior():
     pooled = Shard(features, {"click": clicks}, {})
     buckets = [4, 8]
     tables = {"embedding.tables.0.weight": (0, None), "embedding.tables.1.weight": (1, None)}
-    totals = RowTotals({name: (column, buckets[column]) for name, (column, _) in tables.items()})
+    totals = RowTotals({name: buckets[column] for name, (column, _) in tables.items()})
     for k, shard in enumerate(shards):
         totals.add(str(k), trained_rows(shard, tasks, tables))
     by_column = {tables[name][0]: total for name, total in totals.totals.items()}

@@ -72,17 +72,17 @@ def test_roster_orders_the_first_merchants_and_replaces_a_restarted_node():
     roster = Roster()
     roster.identify([(30, "m1"), (10, "m2"), (20, "m0")])
     assert roster.identified([10, 20, 30]) == {10: 2, 20: 0, 30: 1}  # indices follow merchant ids
-    assert roster.participants([10, 20, 30]) == {} and roster.unprepared([10, 30]) == [10, 30]  # none set up yet
+    assert roster.usable(roster.identified([10, 20, 30])) == {} and roster.unprepared([10, 30]) == [10, 30]  # none set up yet
     roster.admit([(30, summary("m1", click=[1])), (10, summary("m2", click=[1])), (20, summary("m0", click=[1]))])
-    assert roster.participants([10, 20, 30]) == {10: 2, 20: 0, 30: 1} and roster.unprepared([10, 30]) == []
+    assert roster.usable(roster.identified([10, 20, 30])) == {10: 2, 20: 0, 30: 1} and roster.unprepared([10, 30]) == []
     roster.refuse(40)
     assert roster.newcomers([10, 20, 30, 40, 50]) == [50]
     roster.identify([(50, "m1")])  # m1's SuperNode came back with a new node id: set it up again
     assert roster.identified([10, 20, 50]) == {10: 2, 20: 0, 50: 1} and roster.merchant(30) is None
-    assert roster.unprepared([50]) == [50] and roster.participants([10, 20, 50]) == {10: 2, 20: 0}
+    assert roster.unprepared([50]) == [50] and roster.usable(roster.identified([10, 20, 50])) == {10: 2, 20: 0}
     roster.admit([(50, summary("m1", click=[1]))])
-    assert roster.participants([10, 20, 50]) == {10: 2, 20: 0, 50: 1}
-    assert roster.participants([20]) == {20: 0}  # a node that left is not addressed
+    assert roster.usable(roster.identified([10, 20, 50])) == {10: 2, 20: 0, 50: 1}
+    assert roster.usable(roster.identified([20])) == {20: 0}  # a node that left is not addressed
     assert roster.newcomers([10, 20]) == [] and roster.merchant(50) is None  # ... and is forgotten
     assert roster.newcomers([10, 20, 40, 50]) == [40, 50]  # so it is asked again when it is back
     roster.identify([(50, "m1")])
