@@ -160,7 +160,7 @@ class LocalDeployment:
                                   "--disable-runtime-dependency-installation"])
         self._write_connection()
         deadline = time.monotonic() + timeout_s
-        while self._flwr("ls", "--format", "json").returncode != 0:
+        while self._listed() is None:
             if self.processes["superlink"].poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the SuperLink did not come up; see {self.logs / 'superlink.log'}")
             time.sleep(0.5)
@@ -175,6 +175,16 @@ class LocalDeployment:
     def _flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "flwr"), *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
                               timeout=timeout)
+
+    def _listed(self) -> dict[str, Any] | None:
+        """`flwr ls --format json`'s document, None when the SuperLink did not answer. Its exit code is 0
+        either way (the JSON says `"success": false`), so readiness cannot be read from it."""
+        listed = self._flwr("ls", "--format", "json")
+        try:
+            document = json.loads(listed.stdout)
+        except json.JSONDecodeError:
+            return None
+        return document if listed.returncode == 0 and document.get("success") is True else None
 
     def register(self, public_key: Path) -> None:
         """The platform admits a merchant's SuperNode by its public key (the key itself stays with the merchant)."""
@@ -251,11 +261,7 @@ class LocalDeployment:
     def last_run_status(self) -> str | None:
         """`flwr ls` status ("finished:completed", "finished:failed", ...) of the run started here."""
         started = re.search(r"Successfully started run (\d+)", self.run_output())
-        listed = self._flwr("ls", "--format", "json")
-        try:
-            runs = json.loads(listed.stdout).get("runs", [])
-        except json.JSONDecodeError:
-            return None
+        runs = (self._listed() or {}).get("runs", [])
         ours = [r for r in runs if started and str(r.get("run-id")) == started.group(1)] or runs[-1:]
         return str(ours[0].get("status")) if ours else None
 
