@@ -26,8 +26,10 @@ prints how five simple methods do on a table, per task, combined over merchants 
                       validation, epochs chosen by early stopping on the validation loss.
 
 They run pooled (every merchant's train rows together): they are references, not product. "user" and
-"item" are the shard columns of the features user_id and item_id (any other feature is ignored), and
-"merchant" is the merchant whose shard a row comes from. Ids are the shards' hashed buckets, the very
+"item" are the shard columns of the features user_id and item_id, "merchant" is the merchant whose
+shard a row comes from, and every other hashed feature (data.features.categorical, e.g. an item
+category) joins as one more id column: a bias per value in the bias model and MF, one-hot columns in
+the linear model. So the references read what the models read (numerical features excepted). Ids are the shards' hashed buckets, the very
 ids the models see. Each task's vocabularies come from the train rows that carry its label; an id
 never seen there (cold) gets the baseline's zero: no bias, a zero vector.
 
@@ -56,6 +58,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from torch import nn
 
 from core.errors import InputError
+from data.features import feature_columns
 from data.shards import Shard
 from tasks.metrics import Metrics, combine_merchants
 from tasks.registry import Task
@@ -90,7 +93,8 @@ class MerchantSplits:
 
 @dataclass
 class Rows:
-    """Raw ids [n, 3] (user bucket, item bucket, merchant index) and labels [n] (NaN = none)."""
+    """Raw ids [n, 3 + k] (user bucket, item bucket, merchant index, then the k other hashed features'
+    buckets) and labels [n] (NaN = none)."""
     ids: np.ndarray
     y: np.ndarray
 
@@ -110,11 +114,13 @@ class Rows:
         return Rows(np.concatenate([p.ids for p in parts]), np.concatenate([p.y for p in parts]))
 
 
-def shard_rows(shard: Shard, task: Task, merchant: int, columns: tuple[int, int]) -> Rows:
-    """Every row of a shard (labelled or not) as (user, item, merchant) ids and the task's labels."""
+def shard_rows(shard: Shard, task: Task, merchant: int, columns: Sequence[int]) -> Rows:
+    """Every row of a shard (labelled or not) as (user, item, merchant, other features...) ids and the
+    task's labels; `columns` are the shard's user, item and other feature columns (id_columns)."""
     n = len(shard)
     ids = np.column_stack([shard.features[:, columns[0]], shard.features[:, columns[1]],
-                           np.full(n, merchant, np.int64)]).astype(np.int64)
+                           np.full(n, merchant, np.int64),
+                           *(shard.features[:, c] for c in columns[2:])]).astype(np.int64)
     return Rows(ids, task_labels(shard, [task])[task.name].astype(np.float64))
 
 
@@ -180,7 +186,7 @@ def gradient_curvature(link: str, y: np.ndarray, score_: np.ndarray) -> tuple[np
 
 # ---------------------------------------------------------------------------------------------------
 # The models: fit(codes, sizes, y, link, settings) -> model; predict(model, codes) -> label space.
-# codes are train-vocabulary positions [n, 3] (user, item, merchant), -1 = cold.
+# codes are train-vocabulary positions [n, 3 + k] (user, item, merchant, other features), -1 = cold.
 
 def fit_mean(codes, sizes, y, link, settings, val=None, seed=0):
     return float(np.mean(y)), settings
@@ -448,12 +454,14 @@ class ReferenceResult:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def id_columns(features: Sequence[str]) -> tuple[int, int]:
+def id_columns(features: Sequence[str]) -> tuple[int, ...]:
+    """Shard columns of the user, the item, then every other hashed feature (`features`: hashed names)."""
     features = list(features)
     missing = [f for f in (USER, ITEM) if f not in features]
     if missing:
         raise InputError(f"the references need the features {USER} and {ITEM} (data.features is {features})")
-    return features.index(USER), features.index(ITEM)
+    others = [k for k, f in enumerate(features) if f not in (USER, ITEM)]
+    return (features.index(USER), features.index(ITEM), *others)
 
 
 def run_references(splits: Mapping[str, MerchantSplits], tasks: Sequence[Task], features: Sequence[str],
@@ -508,12 +516,12 @@ def run_references(splits: Mapping[str, MerchantSplits], tasks: Sequence[Task], 
 
 def gather_splits(cfg: Mapping[str, Any]) -> tuple[dict[str, MerchantSplits], list[Task], list[str]]:
     """Each merchant's (train, val, test) shards exactly as the modes see them, the run's tasks and
-    features. The one place that knows how shards are read."""
+    hashed features. The one place that knows how shards are read."""
     from tasks.experiment import open_experiment
     experiment = open_experiment(cfg, prepare=True)
     splits = {m: MerchantSplits(*(experiment.shard(m, s) for s in ("train", "val", "test")))
               for m in experiment.index.merchant_ids}
-    return splits, experiment.tasks, experiment.features
+    return splits, experiment.tasks, feature_columns(experiment.cfg["data"]).hashed
 
 
 def tuning_note(splits: Mapping[str, MerchantSplits]) -> str:

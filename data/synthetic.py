@@ -3,7 +3,9 @@
 Merchants of very different sizes (a long tail) share parts of one user population and one item
 universe. A latent-factor ground truth (user taste x item traits, item popularity, user activity,
 merchant quality) drives the click, purchase-after-click and 1-5 rating labels. Each row keeps its
-true probabilities and expected rating so benchmarks can show what an oracle would score.
+true probabilities and expected rating so benchmarks can show what an oracle would score, and its
+item's `category`: the side column real catalogues have, the only thing known of an item never seen
+in train (conf/data/synthetic_coldstart.yaml uses it as a feature; the other presets leave it unread).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class PlatformSpec:
     item_lifetime: float = 1.0       # an arrived item is on sale this share of the window
 
 
-COLUMNS = ("merchant_id", "user_id", "item_id", "timestamp", "rating", "purchase", "click",
+COLUMNS = ("merchant_id", "user_id", "item_id", "category", "timestamp", "rating", "purchase", "click",
            ORACLE_COLUMNS["rating"], ORACLE_COLUMNS["purchase"], ORACLE_COLUMNS["click"])
 
 
@@ -201,7 +203,7 @@ def generate_platform(spec: PlatformSpec = PlatformSpec()) -> pd.DataFrame:
             rated[:] = False
 
         for name, values in (("merchant_id", np.full(size, m)), ("user_id", u), ("item_id", i),
-                             ("timestamp", timestamp.astype(np.int64)),
+                             ("category", item_cat[i]), ("timestamp", timestamp.astype(np.int64)),
                              ("rating", np.where(rated, rating, np.nan).astype("float32")),
                              ("purchase", purchase.astype("float32")), ("click", click.astype("float32")),
                              (ORACLE_COLUMNS["rating"], np.where(rated, rating_mean, np.nan).astype("float32")),
@@ -212,7 +214,7 @@ def generate_platform(spec: PlatformSpec = PlatformSpec()) -> pd.DataFrame:
     # (17 s of 20 s at 10,000 merchants).
     columns = {name: np.concatenate(values) for name, values in parts.items()}
     named = {"merchant_id": _names("m", 2, spec.n_merchants), "user_id": _names("u", 5, spec.n_users),
-             "item_id": _names("i", 5, spec.n_items)}
+             "item_id": _names("i", 5, spec.n_items), "category": _names("c", 2, spec.n_categories)}
     return pd.DataFrame({name: named[name][values] if name in named else values for name, values in columns.items()})
 
 

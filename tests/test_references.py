@@ -171,8 +171,27 @@ def test_references_need_user_and_item_features():
     splits = splits_of({"a": {"train": ([1], [1], [4.0]), "test": ([1], [1], [5.0])}}, "rating")
     with pytest.raises(InputError, match="user_id and item_id"):
         run_references(splits, [RATING], ["user_id", "category"])
-    # extra features are ignored: only user_id and item_id count, wherever they sit
+    # user_id and item_id are found wherever they sit among the features
     three = {m: MerchantSplits(*(Shard(np.column_stack([s.features[:, :1] * 0 + 7, s.features[:, 1], s.features[:, 0]]),
                                       s.labels, {}) for s in (v.train, v.val, v.test))) for m, v in splits.items()}
     result = run_references(three, [RATING], ["category", "item_id", "user_id"], names=["mean"])["mean"]
     assert result.final["rating"]["rmse"] == pytest.approx(1.0)
+
+
+def test_other_hashed_features_are_read_so_cold_items_get_their_category():
+    """Items of category 0 rate 5, of category 1 rate 1; the test items are cold. With the category
+    column the bias model predicts each cold item's category; with user and item only, the mean."""
+    rng = np.random.default_rng(0)
+    items = np.arange(40)
+    category = items % 2
+    users = rng.integers(0, 10, 40)
+    train = Shard(np.column_stack([users, items, category]).astype(np.int64),
+                  {"rating": np.where(category == 0, 5.0, 1.0).astype(np.float32)}, {})
+    test = Shard(np.array([[0, 100, 0], [1, 101, 1]], np.int64), {"rating": np.array([5.0, 1.0], np.float32)}, {})
+    val = Shard(np.zeros((0, 3), np.int64), {"rating": np.zeros(0, np.float32)}, {})
+    splits = {"a": MerchantSplits(train, val, test)}
+    with_category = run_references(splits, [RATING], ["user_id", "item_id", "category"], names=["bias model"])
+    assert with_category["bias model"].final["rating"]["rmse"] < 0.2
+    user_and_item = {"a": MerchantSplits(*(Shard(s.features[:, :2], s.labels, {}) for s in (train, val, test)))}
+    without = run_references(user_and_item, [RATING], ["user_id", "item_id"], names=["bias model"])
+    assert without["bias model"].final["rating"]["rmse"] == pytest.approx(2.0, abs=1e-6)
