@@ -259,3 +259,32 @@ def test_first_order_biases_belong_to_their_task_and_start_at_zero():
     assert all(float(model.state_dict()[name].abs().sum()) == 0 for name in tables if name.startswith("first_order"))
     no_wide = build_model({**SMALL, "name": "shared_bottom", "first_order": False}, BUCKETS, ALL_TASKS)
     assert no_wide.first_order is None and not any(k.startswith("first_order") for k in no_wide.state_dict())
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_id_dropout_replaces_lookups_by_the_cold_vector_in_training_only(name):
+    tasks = ALL_TASKS if supports(name, ALL_TASKS) else ["purchase", "click"]
+    model = small(name, tasks, id_dropout=0.3)
+    x = batch(4000, seed=5)
+    lookups = torch.stack(model.embedding.lookups(x), dim=1)
+    model.train()
+    torch.manual_seed(0)
+    vectors = model.embedding.vectors(x)
+    dropped = (vectors == 0).all(-1)
+    assert torch.equal(vectors[~dropped], lookups[~dropped])   # a lookup is kept whole or is the zero vector
+    assert 0.27 < dropped.float().mean().item() < 0.33
+    # The deep and the pairwise parts see the same draw: raw() looks up once.
+    torch.manual_seed(1)
+    raw = model.raw(x)
+    torch.manual_seed(1)
+    same = model.embedding.vectors(x)
+    deep, pairwise, wide = model.deep(model.embedding.combine(same)), model.interactions(same), model.first_order(x)
+    for task in raw:
+        torch.testing.assert_close(raw[task], deep[task] + pairwise[task] + wide[task])
+    model.eval()
+    assert torch.equal(model.embedding.vectors(x), lookups)
+
+
+def test_id_dropout_out_of_range_is_a_one_line_error():
+    with pytest.raises(InputError, match="id_dropout must lie in"):
+        small("shared_bottom", ALL_TASKS, id_dropout=1.0)

@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from core.errors import InputError
 from data.features import FeatureSpec, unpack_numerical
 
 
@@ -48,8 +49,12 @@ class FeatureEmbedding(nn.Module):
     vector, so numericals join the pairwise dot products like any id.
     """
 
-    def __init__(self, features: FeatureSpec | Sequence[int], dim: int, init_std: float = 0.0) -> None:
+    def __init__(self, features: FeatureSpec | Sequence[int], dim: int, init_std: float = 0.0,
+                 id_dropout: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= id_dropout < 1.0:
+            raise InputError(f"model.id_dropout must lie in [0, 1), got {id_dropout:g}")
+        self.id_dropout = id_dropout
         spec = FeatureSpec.of(features)
         self.tables = nn.ModuleList(nn.Embedding(n, dim) for n in spec.buckets)
         self.n_numerical = spec.n_numerical
@@ -76,16 +81,27 @@ class FeatureEmbedding(nn.Module):
         return torch.where(missing, self.numerical_missing, z * self.numerical)
 
     def vectors(self, features: torch.Tensor) -> torch.Tensor:
-        """[B, fields, dim]: every hashed column's row, then every numerical column's vector."""
+        """[B, fields, dim]: every hashed column's row, then every numerical column's vector.
+
+        In training, each hashed lookup is replaced by the zero vector with probability id_dropout:
+        zero is what an id never seen in training looks like, so the layers above learn to predict
+        from the other columns when an id is unknown (DropoutNet, Volkovs et al. 2017), instead of
+        meeting that input for the first time on a cold test row."""
         vectors = torch.stack(self.lookups(features), dim=1)
+        if self.training and self.id_dropout > 0:
+            keep = torch.rand(vectors.shape[:2], device=vectors.device) >= self.id_dropout
+            vectors = vectors * keep.unsqueeze(-1)
         if self.n_numerical:
             vectors = torch.cat([vectors, self.numerical_vectors(features)], dim=1)
         return vectors
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        vectors = self.vectors(features)
+    def combine(self, vectors: torch.Tensor) -> torch.Tensor:
+        """[B, fields, dim] -> the deep part's input: the vectors concatenated with their pairwise dots."""
         dots = torch.einsum("bid,bjd->bij", vectors, vectors)[:, self.pairs[0], self.pairs[1]]
         return torch.cat([vectors.flatten(1), dots], dim=1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.combine(self.vectors(features))
 
 
 class FirstOrder(nn.Module):
@@ -137,15 +153,15 @@ class MultiTaskModel(nn.Module):
     def __init__(self, buckets: FeatureSpec | Sequence[int], tasks: Sequence[str], embedding_dim: int = 16,
                  expert_dims: Sequence[int] = (128, 64), tower_dims: Sequence[int] = (32,),
                  dropout: float = 0.0, first_order: bool = True, embedding_init_std: float = 0.0,
-                 interactions: bool = True) -> None:
+                 interactions: bool = True, id_dropout: float = 0.0) -> None:
         super().__init__()
         self.task_names = list(tasks)
-        self.embedding = FeatureEmbedding(buckets, embedding_dim, embedding_init_std)
+        self.embedding = FeatureEmbedding(buckets, embedding_dim, embedding_init_std, id_dropout)
         self.first_order = FirstOrder(FeatureSpec.of(buckets).buckets, tasks) if first_order else None
         self.interactions = Interactions(embedding_dim, tasks) if interactions else None
 
-    def deep(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The architecture's own part: one raw output per task."""
+    def deep(self, embedded: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The architecture's own part, on the embedding layer's output: one raw output per task."""
         raise NotImplementedError
 
     def link(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -154,9 +170,10 @@ class MultiTaskModel(nn.Module):
 
     def raw(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-task outputs before `link`: deep + pairwise interactions + first order."""
-        outputs = self.deep(features)
+        vectors = self.embedding.vectors(features)  # once: the deep and pairwise parts see the same lookups
+        outputs = self.deep(self.embedding.combine(vectors))
         if self.interactions is not None:
-            pairwise = self.interactions(self.embedding.vectors(features))
+            pairwise = self.interactions(vectors)
             outputs = {t: outputs[t] + pairwise[t] for t in outputs}
         if self.first_order is not None:
             wide = self.first_order(features)

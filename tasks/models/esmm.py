@@ -37,19 +37,19 @@ class ESMM(MultiTaskModel):
     def __init__(self, buckets: Sequence[int], tasks: Sequence[str], embedding_dim: int = 16,
                  expert_dims: Sequence[int] = (128, 64), tower_dims: Sequence[int] = (32,),
                  dropout: float = 0.0, first_order: bool = True, embedding_init_std: float = 0.0,
-                 interactions: bool = True) -> None:
+                 interactions: bool = True, id_dropout: float = 0.0) -> None:
         if not {"click", "purchase"} <= set(tasks):
             raise InputError(f"model=esmm needs tasks click and purchase; got {', '.join(tasks) or 'none'}")
         super().__init__(buckets, tasks, embedding_dim, expert_dims, tower_dims, dropout, first_order,
-                         embedding_init_std, interactions)
+                         embedding_init_std, interactions, id_dropout)
         self.bottom = mlp(self.embedding.output_dim, expert_dims, dropout)
         width = expert_width(self.embedding.output_dim, expert_dims)
         # towers["click"] is the CTR tower, towers["purchase"] the CVR tower (its output is not a head).
         self.towers = PerTask({t: tower(width, tower_dims, dropout) for t in self.task_names})
 
-    def deep(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+    def deep(self, embedded: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw tower logits: CTR under `click`, CVR under `purchase`."""
-        shared = self.bottom(self.embedding(features))
+        shared = self.bottom(embedded)
         return {t: head(shared).squeeze(-1) for t, head in self.towers.items()}
 
     def link(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

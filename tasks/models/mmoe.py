@@ -40,10 +40,10 @@ class MMoE(MultiTaskModel):
     def __init__(self, buckets: Sequence[int], tasks: Sequence[str], embedding_dim: int = 16,
                  expert_dims: Sequence[int] = (128, 64), tower_dims: Sequence[int] = (32,),
                  dropout: float = 0.0, first_order: bool = True, embedding_init_std: float = 0.0,
-                 interactions: bool = True,
+                 interactions: bool = True, id_dropout: float = 0.0,
                  num_experts: int = 4) -> None:
         super().__init__(buckets, tasks, embedding_dim, expert_dims, tower_dims, dropout, first_order,
-                         embedding_init_std, interactions)
+                         embedding_init_std, interactions, id_dropout)
         check_count("mmoe", "num_experts", num_experts, 1)
         in_dim = self.embedding.output_dim
         self.experts = expert_pool(num_experts, in_dim, expert_dims, dropout)
@@ -51,7 +51,6 @@ class MMoE(MultiTaskModel):
         self.towers = PerTask({t: tower(expert_width(in_dim, expert_dims), tower_dims, dropout)
                                for t in self.task_names})
 
-    def deep(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.embedding(features)
-        outputs = [expert(x) for expert in self.experts]
-        return {t: self.towers[t](gate_mix(self.gates[t](x), outputs)).squeeze(-1) for t in self.task_names}
+    def deep(self, embedded: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = [expert(embedded) for expert in self.experts]
+        return {t: self.towers[t](gate_mix(self.gates[t](embedded), outputs)).squeeze(-1) for t in self.task_names}

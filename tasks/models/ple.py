@@ -50,11 +50,11 @@ class PLE(MultiTaskModel):
     def __init__(self, buckets: Sequence[int], tasks: Sequence[str], embedding_dim: int = 16,
                  expert_dims: Sequence[int] = (128, 64), tower_dims: Sequence[int] = (32,),
                  dropout: float = 0.0, first_order: bool = True, embedding_init_std: float = 0.0,
-                 interactions: bool = True,
+                 interactions: bool = True, id_dropout: float = 0.0,
                  num_levels: int = 2, num_shared_experts: int = 2,
                  num_task_experts: int = 1) -> None:
         super().__init__(buckets, tasks, embedding_dim, expert_dims, tower_dims, dropout, first_order,
-                         embedding_init_std, interactions)
+                         embedding_init_std, interactions, id_dropout)
         check_count("ple", "num_levels", num_levels, 1)
         check_count("ple", "num_shared_experts", num_shared_experts, 0)
         check_count("ple", "num_task_experts", num_task_experts, 0)
@@ -68,8 +68,8 @@ class PLE(MultiTaskModel):
             for level in range(num_levels))
         self.towers = PerTask({t: tower(width, tower_dims, dropout) for t in self.task_names})
 
-    def deep(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        shared = self.embedding(features)
+    def deep(self, embedded: torch.Tensor) -> dict[str, torch.Tensor]:
+        shared = embedded
         task_inputs = {t: shared for t in self.task_names}
         for level in self.levels:
             task_inputs, shared = level(task_inputs, shared)
