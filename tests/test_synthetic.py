@@ -97,7 +97,7 @@ def test_synthetic_sparse_hits_its_targets():
 
 def test_synthetic_coldstart_hits_its_targets():
     df = generate_platform(preset_spec("synthetic_coldstart"))   # 80k rows: under a second
-    stats = describe(df, test_fraction=0.2)
+    stats = describe(df, test_fraction=0.2, val_fraction=0.1)     # the preset's own split
     t, s, labels = stats["table"], stats["split"], stats["labels"]
     assert 50_000 <= t["rows"] <= 100_000 and 10 <= t["merchants"] <= 20
     assert 0.70 <= s["test_unseen_user"] <= 0.85
