@@ -70,6 +70,10 @@ def trainable(parameters: Sequence[nn.Parameter]) -> list[nn.Parameter]:
 
 
 class LossWeighting(nn.Module):
+    # True where backward() reads or rewrites the shared parameters' gradients itself (GradNorm,
+    # PCGrad): those need dense gradients, so the id tables' sparse ones are not used under them.
+    reads_gradients = False
+
     def __init__(self, tasks: Sequence[str]) -> None:
         super().__init__()
         self.task_names = list(tasks)
@@ -143,6 +147,8 @@ class GradNorm(LossWeighting):
     flag `initial_seen_<t>`, averaged over ALL clients like shared state; the buffer holds
     flag * L_t(0), so initial_loss / initial_seen stays the mean over the clients that saw the task.
     """
+
+    reads_gradients = True
 
     def __init__(self, tasks: Sequence[str], alpha: float = 1.5) -> None:
         super().__init__(tasks)
@@ -254,6 +260,8 @@ class PCGrad(LossWeighting):
     there, as `backward` would. The shuffling uses a generator seeded by `seed`; it is local to each
     process, not federated. One task in the batch is a plain backward. No learned state.
     """
+
+    reads_gradients = True
 
     def __init__(self, tasks: Sequence[str], seed: int = 0) -> None:
         super().__init__(tasks)

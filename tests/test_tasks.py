@@ -88,3 +88,60 @@ def test_evaluate_reports_per_task_counts():
                                                "click": np.array([0, 1, 0, 1], np.float32)}, {})
     metrics, counts = evaluate(model, shard, resolve_tasks(None, ["rating", "click"]), torch.device("cpu"))
     assert counts == {"rating": 2, "click": 4} and set(metrics["rating"]) == {"rmse", "mae"}
+
+
+def _sparse_dense_pair(weighting_name: str, train: dict, n: int, proximal: float = 0.0):
+    """The same model trained one epoch with the id tables' sparse gradients allowed and forced off."""
+    import copy
+    import tasks.training as training
+    buckets = [50_000, 50_000]
+    rng = np.random.default_rng(0)
+    shard = Shard(np.stack([rng.integers(0, b, n) for b in buckets], 1),
+                  {"click": (rng.random(n) < 0.3).astype(np.float32),
+                   "rating": rng.integers(1, 6, n).astype(np.float32)}, {})
+    tasks = resolve_tasks(["rating", "click"], ["rating", "click"])
+    torch.manual_seed(0)
+    start = build_model(MODEL, buckets, ["rating", "click"])
+    trained = {}
+    for allowed in (True, False):
+        model = copy.deepcopy(start)
+        weighting = build_weighting({"name": weighting_name}, ["rating", "click"])
+        optimizer = make_optimizer(model, weighting, train)
+        chosen = training.sparse_gradients_apply(optimizer, weighting, proximal) and allowed
+        with training.sparse_table_gradients(model, chosen):
+            model.train()
+            outputs = model(torch.as_tensor(shard.features[:8]))
+            sum(o.sum() for o in outputs.values()).backward()
+            grad_is_sparse = model.embedding.tables[0].weight.grad.is_sparse
+        model.zero_grad(set_to_none=True)
+        original = training.sparse_gradients_apply
+        training.sparse_gradients_apply = lambda *args: chosen
+        try:
+            train_epochs(model, weighting, optimizer, shard, tasks, train, 0, torch.device("cpu"), proximal)
+        finally:
+            training.sparse_gradients_apply = original
+        trained[allowed] = (model, grad_is_sparse)
+    return trained
+
+
+def test_sparse_table_gradients_train_like_dense_ones_under_adagrad():
+    train = {"optimizer": "adagrad", "lr": 0.05, "local_epochs": 1, "batch_size": 32, "embedding_l2": 30.0}
+    one_step = _sparse_dense_pair("equal", train, 32)
+    assert one_step[True][1] and not one_step[False][1]      # the tables' gradient is sparse only when allowed
+    ten_steps = _sparse_dense_pair("equal", train, 320)
+    for pair, atol in ((one_step, 1e-7), (ten_steps, 1e-5)):   # float rounding only (summation order)
+        for a, b in zip(pair[True][0].parameters(), pair[False][0].parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("weighting, train, proximal", [
+    ("pcgrad", {"optimizer": "adagrad", "lr": 0.05}, 0.0),
+    ("gradnorm", {"optimizer": "adagrad", "lr": 0.05}, 0.0),
+    ("equal", {"optimizer": "adagrad", "lr": 0.05, "weight_decay": 1e-4}, 0.0),
+    ("equal", {"optimizer": "adam", "lr": 0.01}, 0.0),
+    ("equal", {"optimizer": "adagrad", "lr": 0.05}, 0.01),
+])
+def test_dense_gradients_where_sparse_ones_would_change_the_result(weighting, train, proximal):
+    train = {**train, "local_epochs": 1, "batch_size": 32}
+    pair = _sparse_dense_pair(weighting, train, 32, proximal)
+    assert not pair[True][1]

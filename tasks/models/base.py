@@ -55,6 +55,7 @@ class FeatureEmbedding(nn.Module):
         if not 0.0 <= id_dropout < 1.0:
             raise InputError(f"model.id_dropout must lie in [0, 1), got {id_dropout:g}")
         self.id_dropout = id_dropout
+        self.sparse_gradients = False  # set by the trainer (tasks/training.py sparse_table_gradients)
         spec = FeatureSpec.of(features)
         self.tables = nn.ModuleList(nn.Embedding(n, dim) for n in spec.buckets)
         self.n_numerical = spec.n_numerical
@@ -71,7 +72,10 @@ class FeatureEmbedding(nn.Module):
         self.output_dim = dim * n + self.pairs.shape[1]
 
     def lookups(self, features: torch.Tensor) -> list[torch.Tensor]:
-        return [table(features[:, j]) for j, table in enumerate(self.tables)]
+        """Each hashed column's rows; with `sparse_gradients` their gradient is a sparse tensor of the
+        rows looked up, not a dense one the size of the table."""
+        return [nn.functional.embedding(features[:, j], table.weight, sparse=self.sparse_gradients)
+                for j, table in enumerate(self.tables)]
 
     def numerical_vectors(self, features: torch.Tensor) -> torch.Tensor:
         """[B, n_numerical, dim]: standardised value x its column's vector, or the "missing" vector."""
