@@ -104,9 +104,6 @@ class FeatureEmbedding(nn.Module):
         dots = torch.einsum("bid,bjd->bij", vectors, vectors)[:, self.pairs[0], self.pairs[1]]
         return torch.cat([vectors.flatten(1), dots], dim=1)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.combine(self.vectors(features))
-
 
 class FirstOrder(nn.Module):
     """The wide part: per task, a global bias (starting at the task's prior) plus one learned bias per
