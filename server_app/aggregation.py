@@ -92,26 +92,58 @@ def aggregate_multitask(current: Mapping[str, np.ndarray], updates: Sequence[Cli
     return result
 
 
-def aggregate_rows(current: np.ndarray, updates: Sequence[ClientUpdate], name: str) -> np.ndarray:
+def aggregate_rows(current: np.ndarray, updates: Sequence[ClientUpdate], name: str, progress_power: float = 0.0
+                   ) -> np.ndarray:
     """One id-indexed table averaged row by row: a row's new value is its current value plus the
     count-weighted mean of the changes of the clients that trained it; rows nobody trained keep theirs.
 
     With every client training every row in proportion to its examples this is plain FedAvg.
+
+    `progress_power` p > 0 first divides each client's change by its local progress on the row,
+    count ** p, and scales the mean back by the count-weighted mean progress (FedNova, Wang et al.,
+    NeurIPS 2020). Why: a client's change is not proportional to its count. Under Adagrad started
+    afresh each round it grows like sqrt(count), so the plain mean weighs a client's mean gradient
+    by count ** 1.5 where pooled training weighs it by count: the dominant merchant's view of a
+    shared user or item drowns the others'. p = 0.5 restores the pooled weighting there.
     """
     base = current.astype(np.float64)
     change = np.zeros_like(base)
     weight = np.zeros(len(base))
+    progress = np.zeros(len(base))
     for update in updates:
         rows, counts, values = update.trained_rows_of(name)
         if len(rows) == 0:
             continue
         counts = np.asarray(counts, np.float64)
+        pace = np.where(counts > 0, counts, 1.0) ** progress_power
         delta = values.astype(np.float64) - base[rows]
-        np.add.at(change, rows, counts.reshape((-1,) + (1,) * (base.ndim - 1)) * delta)
+        np.add.at(change, rows, _per_row(counts / pace, base) * delta)
         np.add.at(weight, rows, counts)
+        np.add.at(progress, rows, counts * pace)
     touched = weight > 0
-    base[touched] += change[touched] / weight[touched].reshape((-1,) + (1,) * (base.ndim - 1))
+    base[touched] += change[touched] * _per_row(progress[touched] / weight[touched] ** 2, base)
     return base.astype(current.dtype)
+
+
+def _per_row(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """`values` (one per row) shaped to broadcast over the rows of `table`."""
+    return values.reshape((-1,) + (1,) * (table.ndim - 1))
+
+
+PROGRESS_POWERS = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
+
+
+def row_normalization_power(federation_cfg: Mapping[str, object], train_cfg: Mapping[str, object]) -> float:
+    """federation.row_normalization as aggregate_rows' power: auto = sqrt where it was measured to
+    help (Adagrad, its state fresh each round: README, Federated learning), none otherwise."""
+    chosen = str(federation_cfg.get("row_normalization", "none"))
+    if chosen == "auto":
+        fresh_adagrad = str(train_cfg.get("optimizer", "")).lower() == "adagrad" \
+            and not bool(train_cfg.get("keep_optimizer_state", False))
+        return PROGRESS_POWERS["sqrt" if fresh_adagrad else "none"]
+    if chosen not in PROGRESS_POWERS:
+        raise InputError(f"federation.row_normalization must be auto, {', '.join(PROGRESS_POWERS)}, got {chosen!r}")
+    return PROGRESS_POWERS[chosen]
 
 
 @dataclass
@@ -143,10 +175,10 @@ class RowTotals:
 
 def aggregate(current: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate],
               owners: Mapping[str, str | None], row_tables: Sequence[str] = (), method: str = "mean",
-              trim_fraction: float = 0.0) -> dict[str, np.ndarray]:
+              trim_fraction: float = 0.0, row_progress_power: float = 0.0) -> dict[str, np.ndarray]:
     """Multi-task FedAvg, with the named id-indexed tables averaged row by row (`method` applies to
     the other, dense parameters: a row has too few clients for a robust mean)."""
     dense = {k: v for k, v in current.items() if k not in row_tables}
     result = aggregate_multitask(dense, updates, owners, method, trim_fraction)
-    result.update({name: aggregate_rows(current[name], updates, name) for name in row_tables})
+    result.update({name: aggregate_rows(current[name], updates, name, row_progress_power) for name in row_tables})
     return {k: result[k] for k in current}

@@ -30,11 +30,11 @@ class PrivateRounds:
 
     def combine(self, current: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate],
                 owners: Mapping[str, str | None], row_tables: Sequence[str] = (), method: str = "mean",
-                trim_fraction: float = 0.0) -> dict[str, np.ndarray]:
+                trim_fraction: float = 0.0, row_progress_power: float = 0.0) -> dict[str, np.ndarray]:
         """The strategy's aggregation: multi-task FedAvg (with federation.aggregation's mean), or under
         DP the unweighted mean of clipped updates, noised here (dp) or already noised by each node (ldp)."""
         if not self.settings.clips:
-            return aggregate(current, updates, owners, row_tables, method, trim_fraction)
+            return aggregate(current, updates, owners, row_tables, method, trim_fraction, row_progress_power)
         central = self.settings.mode == "dp"
         arrays, report = private_mean(current, updates, owners, self.settings.clip_norm if central else None,
                                       self.settings.noise_multiplier, self.rng)

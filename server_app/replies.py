@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from core.errors import InputError
-from server_app.aggregation import check_reducer
+from server_app.aggregation import check_reducer, row_normalization_power
 
 
 def sample_clients(indices: Sequence[int], fraction: float, count: int | None, seed: int, server_round: int,
@@ -108,6 +108,7 @@ class RoundRules:
     min_replies: float = 1                  # a count >= 1, or a fraction in (0, 1) of the clients addressed
     aggregation: str = "mean"               # mean | trimmed_mean | median, of the dense parameters
     trim_fraction: float = 0.0
+    row_progress_power: float = 0.0         # federation.row_normalization (aggregation.aggregate_rows)
 
 
 def round_rules(cfg: Mapping[str, Any]) -> RoundRules:
@@ -117,7 +118,7 @@ def round_rules(cfg: Mapping[str, Any]) -> RoundRules:
     check_sampling(float(fed["fraction_train"]), per_round)
     rules = RoundRules(int(cfg["seed"]), None if per_round is None else int(per_round),
                        float(fed.get("min_replies", 1)), str(fed.get("aggregation", "mean")),
-                       float(fed.get("trim_fraction", 0.0)))
+                       float(fed.get("trim_fraction", 0.0)), row_normalization_power(fed, cfg["train"]))
     required_replies(rules.min_replies, 1)
     check_reducer(rules.aggregation, rules.trim_fraction)
     return rules

@@ -206,7 +206,7 @@ class MultiTaskFedAvg(FedAvg):
                               f"latest failure: {self.failures[-1]['reason'] if self.failures else '?'}")
         current = current if current is not None else updates[0].arrays
         arrays = self.combine(current, updates, self.parameter_tasks, self.row_tables, self.rules.aggregation,
-                              self.rules.trim_fraction)
+                              self.rules.trim_fraction, self.rules.row_progress_power)
         if self.newton is not None and any(wide):
             arrays.update(newton_update(current, sum_statistics(wide), *self.newton))
         if self.server_opt is not None:

@@ -103,6 +103,48 @@ def test_rows_equal_dense_fedavg_when_every_client_trains_every_row_by_its_examp
         np.testing.assert_allclose(row_wise[name], dense[name], rtol=1e-5, atol=1e-6)
 
 
+def adagrad_like_updates(counts_per_client, gradients):
+    """Each client's change to row 0 as fresh Adagrad makes it: sqrt(count) steps' worth of its mean gradient."""
+    return [ClientUpdate({"t": np.array([np.sqrt(c) * np.asarray(g, np.float32), [0, 0], [0, 0], [0, 0]], np.float32)},
+                         int(c), row_counts={"t": rows([0], [c])}) for c, g in zip(counts_per_client, gradients)]
+
+
+def test_sqrt_normalisation_weighs_clients_by_count_as_pooled_training_does():
+    g_big, g_small = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    updates = adagrad_like_updates([16, 4], [g_big, g_small])
+    plain = aggregate_rows(TABLE, updates, "t")[0]
+    normalised = aggregate_rows(TABLE, updates, "t", progress_power=0.5)[0]
+    # the plain mean weighs each client's gradient by count ** 1.5 (64 : 8); sqrt brings it to count (16 : 4)
+    np.testing.assert_allclose(plain[0] / plain[1], 64 / 8, rtol=1e-6)
+    np.testing.assert_allclose(normalised[0] / normalised[1], 16 / 4, rtol=1e-6)
+    # and the step keeps the count-weighted mean progress, (16 * 4 + 4 * 2) / 20 = 3.6 gradients long
+    np.testing.assert_allclose(normalised, 3.6 * (16 * g_big + 4 * g_small) / 20, rtol=1e-6)
+
+
+def test_row_normalisation_leaves_a_single_client_alone_and_ignores_the_count_scale():
+    updates = adagrad_like_updates([9, 3], [[1.0, 2.0], [-1.0, 0.5]])
+    alone = aggregate_rows(TABLE, updates[:1], "t", progress_power=0.5)
+    np.testing.assert_allclose(alone[0], updates[0].arrays["t"][0], rtol=1e-6)
+    # counts per epoch or per two local epochs: the same weights
+    doubled = [ClientUpdate(u.arrays, u.examples, row_counts={"t": rows([0], [2 * u.row_counts["t"][1][0]])})
+               for u in updates]
+    for power in (0.5, 1.0):
+        np.testing.assert_allclose(aggregate_rows(TABLE, doubled, "t", power), aggregate_rows(TABLE, updates, "t", power),
+                                   rtol=1e-6)
+
+
+def test_row_normalization_auto_is_sqrt_only_under_adagrad_with_fresh_state():
+    from server_app.aggregation import row_normalization_power
+    from core.errors import InputError
+    assert row_normalization_power({"row_normalization": "auto"}, {"optimizer": "adagrad"}) == 0.5
+    assert row_normalization_power({"row_normalization": "auto"},
+                                   {"optimizer": "adagrad", "keep_optimizer_state": True}) == 0.0
+    assert row_normalization_power({"row_normalization": "auto"}, {"optimizer": "adam"}) == 0.0
+    assert row_normalization_power({"row_normalization": "linear"}, {"optimizer": "adagrad"}) == 1.0
+    with pytest.raises(InputError, match="federation.row_normalization must be auto, none, sqrt, linear, got 'half'"):
+        row_normalization_power({"row_normalization": "half"}, {"optimizer": "adagrad"})
+
+
 def test_a_client_without_a_tasks_labels_sends_no_rows_for_its_table():
     from data.shards import Shard
     from tasks.registry import resolve_tasks

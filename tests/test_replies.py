@@ -49,10 +49,13 @@ def test_a_reply_must_match_the_global_model_and_be_finite():
 
 def test_round_rules_check_their_settings():
     assert round_rules(to_plain(compose_config([]))).min_replies == 1
+    assert round_rules(to_plain(compose_config([]))).row_progress_power == 0.5  # the default: Adagrad, fresh state
+    assert round_rules(to_plain(compose_config(["train.optimizer=adam"]))).row_progress_power == 0.0
     for override, message in [("federation.clients_per_round=0", "clients_per_round"),
                               ("federation.aggregation=mode", "federation.aggregation"),
                               ("federation.trim_fraction=0.5", "trim_fraction"),
-                              ("federation.min_replies=-1", "min_replies")]:
+                              ("federation.min_replies=-1", "min_replies"),
+                              ("federation.row_normalization=half", "row_normalization")]:
         with pytest.raises(InputError, match=message):
             round_rules(to_plain(compose_config([override])))
 
