@@ -135,7 +135,7 @@ PROGRESS_POWERS = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
 
 def row_normalization_power(federation_cfg: Mapping[str, object], train_cfg: Mapping[str, object]) -> float:
     """federation.row_normalization as aggregate_rows' power: auto = sqrt where it was measured to
-    help (Adagrad, its state fresh each round: README, Federated learning), none otherwise."""
+    help (Adagrad, its state fresh each round: README, What the federation does), none otherwise."""
     chosen = str(federation_cfg.get("row_normalization", "none"))
     if chosen == "auto":
         fresh_adagrad = str(train_cfg.get("optimizer", "")).lower() == "adagrad" \
