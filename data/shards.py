@@ -28,7 +28,7 @@ from data.summary import SPLITS, DataSummary, LabelMoments
 
 HASH_KEY = "merchant-fl-0001"  # 16 bytes, fixed so every process hashes an id to the same bucket
 SUMMARY_FILE = "summary.json"
-CACHE_FORMAT = 5
+CACHE_FORMAT = 6
 
 
 @dataclass
@@ -172,6 +172,11 @@ class PreparedMerchant:
         return Shard(features, labels, oracle)
 
 
+def cold_counts(train: np.ndarray, val: np.ndarray, hashed: list[str]) -> dict[str, int]:
+    """Hashed column -> validation rows whose bucket no train row has (hashed features, columns in order)."""
+    return {name: int(np.isin(val[:, j], train[:, j], invert=True).sum()) for j, name in enumerate(hashed)}
+
+
 def merchant_cache_dir(path: Path, data_cfg: Mapping[str, Any], merchant_id: str | None) -> Path:
     """Keyed by the file's fingerprint and every data setting that changes the splits or the hashing."""
     stat = path.stat()
@@ -274,6 +279,7 @@ def prepare_merchant(path: str | Path, data_cfg: Mapping[str, Any], merchant_id:
         train_moments={c: LabelMoments.of(train[c].to_numpy()) for c in labels if train[c].notna().any()},
         feature_moments={c: LabelMoments.of(train[c].to_numpy()) for c in columns.numerical},
         bad_rows={reason: n for reason, n in bad_rows.items() if n},
+        cold_val=cold_counts(encoded[parts["train"]], encoded[parts["val"]], columns.hashed),
     )
     with written_atomically(root) as staging:
         for split, rows in parts.items():

@@ -41,6 +41,9 @@ class DataSummary:
     train_moments: dict[str, LabelMoments] = field(default_factory=dict)  # label column -> train moments
     feature_moments: dict[str, LabelMoments] = field(default_factory=dict)  # numerical feature -> train moments
     bad_rows: dict[str, int] = field(default_factory=dict)  # reason -> rows left out (data.on_bad_rows=skip)
+    # hashed column -> validation rows whose value no train row of this merchant has: how often the
+    # model meets a cold id, which sets model.id_dropout=auto (tasks/models/base.py)
+    cold_val: dict[str, int] = field(default_factory=dict)
 
     def to_flat(self) -> dict[str, Any]:
         """Flat keys and scalar (or list of str) values: the shape of a Flower ConfigRecord."""
@@ -56,6 +59,7 @@ class DataSummary:
             flat.update({f"feature-moments.{column}.count": m.count, f"feature-moments.{column}.sum": m.total,
                          f"feature-moments.{column}.sumsq": m.total_sq})
         flat.update({f"bad-rows.{reason}": int(n) for reason, n in self.bad_rows.items()})
+        flat.update({f"cold-val.{column}": int(n) for column, n in self.cold_val.items()})
         return flat
 
     @staticmethod
@@ -64,6 +68,7 @@ class DataSummary:
         labels: dict[str, dict[str, int]] = {split: {} for split in SPLITS}
         moments: dict[str, dict[str, dict[str, float]]] = {"moments": {}, "feature-moments": {}}
         bad_rows: dict[str, int] = {}
+        cold_val: dict[str, int] = {}
         for key, value in flat.items():
             kind, _, rest = key.partition(".")
             if kind == "labels":
@@ -74,11 +79,13 @@ class DataSummary:
                 moments[kind].setdefault(column, {})[stat] = value
             elif kind == "bad-rows":
                 bad_rows[rest] = int(value)
+            elif kind == "cold-val":
+                cold_val[rest] = int(value)
         return DataSummary(
             merchant_id=str(flat["merchant-id"]), label_columns=[str(c) for c in flat["label-columns"]],
             rows=rows, labels=labels,
             train_moments=_moments_from(moments["moments"]), feature_moments=_moments_from(moments["feature-moments"]),
-            bad_rows=bad_rows,
+            bad_rows=bad_rows, cold_val=cold_val,
         )
 
 
@@ -127,6 +134,15 @@ def pooled_bad_rows(summaries: Iterable[DataSummary]) -> dict[str, int]:
         for reason, n in summary.bad_rows.items():
             total[reason] = total.get(reason, 0) + int(n)
     return dict(sorted(total.items()))  # by reason: the same line whichever merchant set up first
+
+
+def pooled_cold_shares(summaries: Iterable[DataSummary]) -> dict[str, float]:
+    """Hashed column -> share of every merchant's validation rows whose value that merchant never
+    trained on (an empty dict without validation rows)."""
+    summaries = list(summaries)
+    val_rows = sum(s.rows.get("val", 0) for s in summaries)
+    columns = sorted({c for s in summaries for c in s.cold_val})
+    return {c: sum(s.cold_val.get(c, 0) for s in summaries) / val_rows for c in columns} if val_rows else {}
 
 
 def available_labels(summaries: Iterable[DataSummary]) -> list[str]:

@@ -6,9 +6,11 @@ same validation rule, as the federated run."""
 from __future__ import annotations
 
 from dataclasses import asdict
+from logging import INFO
 from typing import Any, Mapping
 
 import torch
+from flwr.common.logger import log
 
 from core.runtime import torch_threads
 from data.shards import Shard
@@ -57,6 +59,7 @@ def oracle_metrics(experiment: Experiment, splits: Mapping[str, tuple[Shard, Sha
 def run_baseline(cfg: Mapping[str, Any], progress: RunProgress) -> RunResult:
     """mode=centralized or local, in this process, over every merchant's prepared data."""
     experiment = open_experiment(cfg)
+    log(INFO, "%s", experiment.id_dropout_note())
     experiment.cfg = {**cfg, "select_round": resolve_rule(str(cfg["select_round"]),
                                                           sum(m.n_val for m in experiment.index.merchants))}
     splits = _splits(experiment)

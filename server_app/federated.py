@@ -160,7 +160,9 @@ def set_up_federation(grid: Grid, cfg: Mapping[str, Any], roster: Roster, failur
     rule = resolve_rule(str(cfg["select_round"]), sum(s.rows["val"] for s in roster.summaries.values()))
     log(INFO, "setup: %d node(s) identified, the plan fixed from %d merchant(s); tasks %s",
         len(roster.merchant_of_node), len(roster.summaries), ", ".join(plan.tasks))
-    return experiment_for({**cfg, "select_round": rule}, plan)
+    experiment = experiment_for({**cfg, "select_round": rule}, plan)
+    log(INFO, "setup: %s", experiment.id_dropout_note())
+    return experiment
 
 
 def _resumed(cfg: Mapping[str, Any]) -> Checkpoint | None:

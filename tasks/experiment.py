@@ -16,7 +16,7 @@ from core.runtime import resolve_device
 from data.partition import read_manifest, partition_table
 from data.features import feature_columns
 from data.shards import PreparedMerchant, Shard, feature_spec, prepare_merchant
-from tasks.models import MultiTaskModel, build_model
+from tasks.models import MultiTaskModel, build_model, id_dropout_rates
 from tasks.personalization import personalization_of
 from tasks.plan import RunPlan, plan_from_summaries
 from tasks.registry import TASKS, Task, resolve_tasks
@@ -63,9 +63,23 @@ class Experiment:
     def new_model(self) -> MultiTaskModel:
         """The initial model; seeded, so every mode starts from the same weights."""
         torch.manual_seed(int(self.cfg["seed"]))
-        model = build_model(self.cfg["model"], feature_spec(self.cfg["data"], self.plan.feature_stats), self.task_names)
+        model_cfg = {**self.cfg["model"], "id_dropout": self.id_dropout}
+        model = build_model(model_cfg, feature_spec(self.cfg["data"], self.plan.feature_stats), self.task_names)
         model.init_priors({t.name: t.base_rate for t in self.tasks if t.base_rate is not None})
         return model
+
+    @property
+    def id_dropout(self) -> float | list[float]:
+        """model.id_dropout resolved against the plan's cold shares: the same on every node and in every mode."""
+        hashed = feature_columns(self.cfg["data"]).hashed
+        return id_dropout_rates(self.cfg["model"].get("id_dropout", 0.0), self.plan.cold_shares, hashed)
+
+    def id_dropout_note(self) -> str:
+        """For the log: the id dropout this run trains with, and the cold shares auto read."""
+        rates, hashed = self.id_dropout, feature_columns(self.cfg["data"]).hashed
+        shown = ", ".join(f"{c} {r:g}" for c, r in zip(hashed, rates)) if isinstance(rates, list) else f"{rates:g}"
+        shares = ", ".join(f"{c} {100 * s:.0f} %" for c, s in sorted(self.plan.cold_shares.items()))
+        return f"model.id_dropout={self.cfg['model'].get('id_dropout', 0.0)}: {shown} (cold validation rows: {shares or 'no validation split'})"
 
     def new_weighting(self) -> LossWeighting:
         return build_weighting(self.cfg["loss"], self.task_names)

@@ -10,7 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from data.summary import DataSummary, available_labels, pooled_feature_stats, pooled_label_stats
+from data.summary import (DataSummary, available_labels, pooled_cold_shares, pooled_feature_stats,
+                          pooled_label_stats)
 from tasks.registry import resolve_tasks
 
 
@@ -20,22 +21,26 @@ class RunPlan:
     label_stats: dict[str, dict[str, float]]    # label column -> {"mean", "std", "count"} over train rows
     # numerical feature column -> {"mean", "std", "count"} over train rows: how every node standardises it
     feature_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    # hashed column -> share of validation rows whose value their merchant never trained on
+    cold_shares: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"tasks": self.tasks, "label_stats": self.label_stats,
-                           "feature_stats": self.feature_stats}, sort_keys=True)
+                           "feature_stats": self.feature_stats, "cold_shares": self.cold_shares}, sort_keys=True)
 
     @staticmethod
     def from_json(text: str) -> "RunPlan":
         raw = json.loads(text)
         return RunPlan(list(raw["tasks"]), {k: dict(v) for k, v in raw["label_stats"].items()},
-                       {k: dict(v) for k, v in raw.get("feature_stats", {}).items()})
+                       {k: dict(v) for k, v in raw.get("feature_stats", {}).items()},
+                       {k: float(v) for k, v in raw.get("cold_shares", {}).items()})
 
 
 def plan_from_summaries(requested: Sequence[str] | None, summaries: Iterable[DataSummary]) -> RunPlan:
     """Task list by the registry's rules (and error messages) over the labels the nodes have, and the
-    label and numerical-feature statistics pooled over every node's train split."""
+    label and numerical-feature statistics pooled over every node's train split, and how often each
+    hashed column's validation value is cold."""
     summaries = list(summaries)
     stats = pooled_label_stats(summaries)
     tasks = resolve_tasks(requested, available_labels(summaries), label_stats=stats)
-    return RunPlan([t.name for t in tasks], stats, pooled_feature_stats(summaries))
+    return RunPlan([t.name for t in tasks], stats, pooled_feature_stats(summaries), pooled_cold_shares(summaries))

@@ -8,7 +8,7 @@ import torch
 
 from core.config import compose_config, to_plain
 from core.errors import InputError
-from tasks.models import MODELS, build_model, parameter_tasks
+from tasks.models import MODELS, build_model, id_dropout_rates, parameter_tasks
 from tasks.models.esmm import ctcvr_logit
 from tasks.registry import resolve_tasks
 from tasks.training import masked_task_losses
@@ -286,5 +286,34 @@ def test_id_dropout_replaces_lookups_by_the_cold_vector_in_training_only(name):
 
 
 def test_id_dropout_out_of_range_is_a_one_line_error():
-    with pytest.raises(InputError, match="id_dropout must lie in"):
+    with pytest.raises(InputError, match=r"id_dropout must be auto or lie in \[0, 1\).*got 1.0"):
         small("shared_bottom", ALL_TASKS, id_dropout=1.0)
+    with pytest.raises(InputError, match="id_dropout must be auto or a number in"):
+        id_dropout_rates("often", {}, ["user_id"])
+
+
+def test_id_dropout_per_column_drops_each_column_at_its_own_rate():
+    rates = [0.4, 0.0, 0.1][:len(BUCKETS)]
+    model = small("shared_bottom", ALL_TASKS, id_dropout=rates)
+    x = batch(6000, seed=3)
+    lookups = torch.stack(model.embedding.lookups(x), dim=1)
+    model.train()
+    torch.manual_seed(0)
+    vectors = model.embedding.vectors(x)
+    dropped = (vectors == 0).all(-1) & (lookups != 0).any(-1)
+    for column, rate in enumerate(rates):
+        assert abs(dropped[:, column].float().mean().item() - rate) < 0.03
+    assert torch.equal(vectors[:, 1], lookups[:, 1])  # a column at 0 is never dropped
+    with pytest.raises(InputError, match="one value per hashed column"):
+        small("shared_bottom", ALL_TASKS, id_dropout=[0.1])
+
+
+def test_id_dropout_auto_follows_each_columns_cold_share():
+    hashed = ["user_id", "item_id", "category"]
+    # cold on 40 % and 30 % of validation rows: half that; a column cold under 20 % keeps its ids
+    assert id_dropout_rates("auto", {"user_id": 0.4, "item_id": 0.3, "category": 0.19}, hashed) == [0.2, 0.15, 0.0]
+    # nothing cold that often (or no validation split, no shares): plain 0, no draw at all
+    assert id_dropout_rates("auto", {"user_id": 0.05, "item_id": 0.0}, hashed) == 0.0
+    assert id_dropout_rates("auto", {}, hashed) == 0.0
+    assert id_dropout_rates(0.2, {"user_id": 0.9}, hashed) == 0.2  # a number is taken as given
+    assert small("shared_bottom", ALL_TASKS, id_dropout="auto").embedding.id_dropout == 0.0  # no plan, no shares

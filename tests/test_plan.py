@@ -105,3 +105,21 @@ def test_the_server_starts_at_min_nodes_and_times_out_with_a_clear_error():
     assert wait_for_nodes(GridWithNodes([1, 2, 3]), 2, 0.1) == [1, 2, 3]
     with pytest.raises(InputError, match=r"1 SuperNode\(s\) connected after 0 s, fewer than federation.min_nodes=2"):
         wait_for_nodes(GridWithNodes([7]), 2, 0.1)
+
+
+def test_cold_shares_pool_every_merchants_validation_rows_and_set_id_dropout_alike(tiny_cfg):
+    def with_cold(merchant, val_rows, cold):
+        base = summary(merchant, click=[1, 0])
+        return DataSummary(base.merchant_id, base.label_columns, {**base.rows, "val": val_rows}, base.labels,
+                           base.train_moments, cold_val=cold)
+    nodes = [with_cold("a", 30, {"user_id": 18, "item_id": 3}), with_cold("b", 10, {"user_id": 6, "item_id": 1})]
+    plan = plan_from_summaries(None, nodes)
+    assert plan.cold_shares == {"item_id": 0.1, "user_id": 0.6}  # 24 of 40 validation rows: not a mean of shares
+    received = RunPlan.from_json(plan.to_json())
+    server, node = experiment_for(tiny_cfg(), plan), experiment_for(tiny_cfg(), received)
+    assert server.id_dropout == node.id_dropout == [0.3, 0.0]  # user_id cold often enough, item_id not
+    assert server.new_model().embedding.id_dropout.tolist() == pytest.approx([0.3, 0.0])
+    assert experiment_for(tiny_cfg("model.id_dropout=0.1"), plan).id_dropout == 0.1
+    # A plan written before cold shares existed (a checkpoint, a saved run) reads as none known.
+    old = RunPlan.from_json('{"tasks": ["click"], "label_stats": {}}')
+    assert old.cold_shares == {} and experiment_for(tiny_cfg(), old).id_dropout == 0.0

@@ -9,6 +9,7 @@ from core.errors import InputError
 from data.partition import partition_for_node, partition_table, read_manifest
 from data.shards import SUMMARY_FILE, merchant_cache_dir, merchant_of_file, prepare_merchant
 from data.splits import split_positions
+from data.summary import DataSummary
 
 
 def test_time_split_puts_the_latest_rows_in_test_and_the_next_latest_in_validation():
@@ -69,6 +70,22 @@ def test_a_node_prepares_its_file_once_and_reports_only_aggregates(tmp_path, tin
     again = prepare_merchant(path, cfg)
     assert again.root == prepared.root and (again.root / SUMMARY_FILE).stat().st_mtime_ns == stamp
     assert not any(p.name.startswith(".staging") for p in prepared.root.parent.iterdir())
+
+
+def test_the_summary_counts_validation_rows_with_a_value_train_never_saw(tmp_path, tiny_cfg):
+    """What model.id_dropout=auto reads: per hashed column, validation rows cold for this merchant."""
+    n = 40
+    frame = pd.DataFrame({"merchant_id": ["a"] * n, "timestamp": range(n), "click": [1, 0] * (n // 2),
+                          # users 0-9 fill train; validation (rows 24-31) brings 4 new ones and 4 known ones
+                          "user_id": [k % 10 for k in range(24)] + [100, 101, 102, 103, 1, 2, 3, 4] + [7] * 8,
+                          "item_id": ["x"] * n})
+    frame.to_csv(tmp_path / "a.csv", index=False)
+    prepared = prepare_merchant(tmp_path / "a.csv", data_cfg(tiny_cfg, "data.val_fraction=0.25"))
+    assert prepared.summary.rows == {"train": 24, "val": 8, "test": 8}
+    assert prepared.summary.cold_val == {"user_id": 4, "item_id": 0}
+    train, val = prepared.shard("train"), prepared.shard("val")
+    assert int(np.isin(val.features[:, 0], train.features[:, 0], invert=True).sum()) == 4
+    assert DataSummary.from_flat(prepared.summary.to_flat()) == prepared.summary
 
 
 def test_cache_follows_the_file_and_the_data_settings(tmp_path, tiny_cfg):

@@ -37,7 +37,7 @@ class ESMM(MultiTaskModel):
     def __init__(self, buckets: Sequence[int], tasks: Sequence[str], embedding_dim: int = 16,
                  expert_dims: Sequence[int] = (128, 64), tower_dims: Sequence[int] = (32,),
                  dropout: float = 0.0, first_order: bool = True, embedding_init_std: float = 0.0,
-                 interactions: bool = True, id_dropout: float = 0.0) -> None:
+                 interactions: bool = True, id_dropout: float | Sequence[float] = 0.0) -> None:
         if not {"click", "purchase"} <= set(tasks):
             raise InputError(f"model=esmm needs tasks click and purchase; got {', '.join(tasks) or 'none'}")
         super().__init__(buckets, tasks, embedding_dim, expert_dims, tower_dims, dropout, first_order,

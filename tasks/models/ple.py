@@ -50,7 +50,7 @@ class PLE(MultiTaskModel):
     def __init__(self, buckets: Sequence[int], tasks: Sequence[str], embedding_dim: int = 16,
                  expert_dims: Sequence[int] = (128, 64), tower_dims: Sequence[int] = (32,),
                  dropout: float = 0.0, first_order: bool = True, embedding_init_std: float = 0.0,
-                 interactions: bool = True, id_dropout: float = 0.0,
+                 interactions: bool = True, id_dropout: float | Sequence[float] = 0.0,
                  num_levels: int = 2, num_shared_experts: int = 2,
                  num_task_experts: int = 1) -> None:
         super().__init__(buckets, tasks, embedding_dim, expert_dims, tower_dims, dropout, first_order,

@@ -13,7 +13,7 @@ class SharedBottom(MultiTaskModel):
     def __init__(self, buckets: Sequence[int], tasks: Sequence[str], embedding_dim: int = 16,
                  expert_dims: Sequence[int] = (128, 64), tower_dims: Sequence[int] = (32,),
                  dropout: float = 0.0, first_order: bool = True, embedding_init_std: float = 0.0,
-                 interactions: bool = True, id_dropout: float = 0.0) -> None:
+                 interactions: bool = True, id_dropout: float | Sequence[float] = 0.0) -> None:
         super().__init__(buckets, tasks, embedding_dim, expert_dims, tower_dims, dropout, first_order,
                          embedding_init_std, interactions, id_dropout)
         self.bottom = mlp(self.embedding.output_dim, expert_dims, dropout)
