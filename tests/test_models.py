@@ -310,8 +310,9 @@ def test_id_dropout_per_column_drops_each_column_at_its_own_rate():
 
 def test_id_dropout_auto_follows_each_columns_cold_share():
     hashed = ["user_id", "item_id", "category"]
-    # cold on 40 % and 30 % of validation rows: half that; a column cold under 20 % keeps its ids
-    assert id_dropout_rates("auto", {"user_id": 0.4, "item_id": 0.3, "category": 0.19}, hashed) == [0.2, 0.15, 0.0]
+    # cold on 40 % and 30 % of validation rows: dropped that often; a column cold under 20 % keeps its ids
+    assert id_dropout_rates("auto", {"user_id": 0.4, "item_id": 0.3, "category": 0.19}, hashed) == [0.4, 0.3, 0.0]
+    assert id_dropout_rates("auto", {"user_id": 0.95}, hashed) == [0.5, 0.0, 0.0]  # never more than half
     # nothing cold that often (or no validation split, no shares): plain 0, no draw at all
     assert id_dropout_rates("auto", {"user_id": 0.05, "item_id": 0.0}, hashed) == 0.0
     assert id_dropout_rates("auto", {}, hashed) == 0.0

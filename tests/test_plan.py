@@ -117,8 +117,8 @@ def test_cold_shares_pool_every_merchants_validation_rows_and_set_id_dropout_ali
     assert plan.cold_shares == {"item_id": 0.1, "user_id": 0.6}  # 24 of 40 validation rows: not a mean of shares
     received = RunPlan.from_json(plan.to_json())
     server, node = experiment_for(tiny_cfg(), plan), experiment_for(tiny_cfg(), received)
-    assert server.id_dropout == node.id_dropout == [0.3, 0.0]  # user_id cold often enough, item_id not
-    assert server.new_model().embedding.id_dropout.tolist() == pytest.approx([0.3, 0.0])
+    assert server.id_dropout == node.id_dropout == [0.5, 0.0]  # user_id cold often (capped at 0.5), item_id not
+    assert server.new_model().embedding.id_dropout.tolist() == [0.5, 0.0]
     assert experiment_for(tiny_cfg("model.id_dropout=0.1"), plan).id_dropout == 0.1
     # A plan written before cold shares existed (a checkpoint, a saved run) reads as none known.
     old = RunPlan.from_json('{"tasks": ["click"], "label_stats": {}}')
