@@ -79,7 +79,8 @@ class Experiment:
         rates, hashed = self.id_dropout, feature_columns(self.cfg["data"]).hashed
         shown = ", ".join(f"{c} {r:g}" for c, r in zip(hashed, rates)) if isinstance(rates, list) else f"{rates:g}"
         shares = ", ".join(f"{c} {100 * s:.0f} %" for c, s in sorted(self.plan.cold_shares.items()))
-        return f"model.id_dropout={self.cfg['model'].get('id_dropout', 0.0)}: {shown} (cold validation rows: {shares or 'no validation split'})"
+        setting = self.cfg["model"].get("id_dropout", 0.0)
+        return f"model.id_dropout={setting}: {shown} (cold validation rows: {shares or 'no validation split'})"
 
     def new_weighting(self) -> LossWeighting:
         return build_weighting(self.cfg["loss"], self.task_names)

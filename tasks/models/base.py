@@ -129,8 +129,8 @@ def id_dropout_rates(setting: Any, cold_shares: Mapping[str, float], hashed: Seq
             return float(setting)
         except (TypeError, ValueError):
             raise InputError(f"model.id_dropout must be auto or a number in [0, 1), got {setting!r}") from None
-    rates = [round(min(share, MAX_AUTO_ID_DROPOUT), 3) if (share := cold_shares.get(c, 0.0)) >= COLD_SHARE_FOR_ID_DROPOUT
-             else 0.0 for c in hashed]
+    shares = [cold_shares.get(c, 0.0) for c in hashed]
+    rates = [round(min(s, MAX_AUTO_ID_DROPOUT), 3) if s >= COLD_SHARE_FOR_ID_DROPOUT else 0.0 for s in shares]
     return rates if any(rates) else 0.0
 
 
