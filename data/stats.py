@@ -66,9 +66,9 @@ def table_stats(df: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _unseen_share(df: pd.DataFrame, parts: np.ndarray, column: str, within_merchant: bool) -> float:
+def _unseen_share(df: pd.DataFrame, parts: np.ndarray, column: str, within_merchant: bool, split: str = TEST) -> float:
     keys = [MERCHANT, column] if within_merchant else [column]
-    test, train = df.loc[parts == TEST, keys], df.loc[parts == TRAIN, keys]
+    test, train = df.loc[parts == split, keys], df.loc[parts == TRAIN, keys]
     if not len(test):
         return float("nan")
     seen = pd.MultiIndex.from_frame(train) if within_merchant else pd.Index(train[column])
@@ -77,7 +77,8 @@ def _unseen_share(df: pd.DataFrame, parts: np.ndarray, column: str, within_merch
 
 
 def split_stats(df: pd.DataFrame, parts: np.ndarray) -> dict[str, Any]:
-    """Cold start of the split: shares of test rows whose user / item has no train row."""
+    """Cold start of the split: shares of test rows whose user / item has no train row, and of
+    validation rows whose user / item has none in its merchant's train (what model.id_dropout=auto reads)."""
     return {
         "train_rows": int((parts == TRAIN).sum()), "val_rows": int((parts == VAL).sum()),
         "test_rows": int((parts == TEST).sum()),
@@ -85,6 +86,8 @@ def split_stats(df: pd.DataFrame, parts: np.ndarray) -> dict[str, Any]:
         "test_unseen_item": _unseen_share(df, parts, "item_id", within_merchant=False),
         "test_unseen_user_in_merchant": _unseen_share(df, parts, "user_id", within_merchant=True),
         "test_unseen_item_in_merchant": _unseen_share(df, parts, "item_id", within_merchant=True),
+        "val_unseen_user_in_merchant": _unseen_share(df, parts, "user_id", within_merchant=True, split=VAL),
+        "val_unseen_item_in_merchant": _unseen_share(df, parts, "item_id", within_merchant=True, split=VAL),
     }
 
 
@@ -148,6 +151,10 @@ def format_stats(stats: Mapping[str, Any]) -> str:
         f"test rows whose item is unseen in train: {_pct(s['test_unseen_item'])} "
         f"(in that merchant's train: {_pct(s['test_unseen_item_in_merchant'])})",
     ]
+    if s["val_rows"]:
+        lines.append(f"validation rows whose user / item is unseen in that merchant's train: "
+                     f"{_pct(s['val_unseen_user_in_merchant'])} / {_pct(s['val_unseen_item_in_merchant'])} "
+                     f"(model.id_dropout=auto drops a column that often in training where it is >= 20 %)")
     for label, row in labels.items():
         line = (f"{label}: labelled {_pct(row['labelled_share'])} of rows; mean {row['mean']:.3g} "
                 f"(train {row['train_mean']:.3g}, test {row['test_mean']:.3g})")

@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 
 from core.errors import InputError
-from data.stats import describe, label_stats, main, one_class_merchants, split_parts, split_stats, table_stats
+from data.stats import (describe, label_stats, main, one_class_merchants, split_parts, split_stats, stats_for_config,
+                        table_stats)
 from data.synthetic import PlatformSpec, generate_platform
-from tasks.experiment import prepare_every_merchant
+from tasks.experiment import open_experiment, prepare_every_merchant
 
 NAN = float("nan")
 
@@ -79,6 +80,18 @@ def test_split_without_timestamps_and_dropped_merchants():
     assert describe(df, 0.2, min_rows_per_merchant=2)["table"]["rows"] == 10
 
 
+def test_the_validation_cold_shares_are_what_id_dropout_auto_reads(tiny_cfg):
+    """The tool's validation shares equal the run plan's, which the nodes count on hashed ids."""
+    cfg = tiny_cfg("data=synthetic_coldstart", "data.synthetic.n_rows=6000", "data.synthetic.n_users=1500",
+                   "data.synthetic.n_items=600")
+    split = stats_for_config(cfg["data"])["split"]
+    plan = open_experiment(cfg).plan
+    assert 0.2 < split["val_unseen_user_in_merchant"] < 1  # a cold-start table: auto will drop users
+    # up to ids that hash into a bucket a trained id holds (a few rows in a thousand here)
+    assert plan.cold_shares["user_id"] == pytest.approx(split["val_unseen_user_in_merchant"], abs=0.005)
+    assert plan.cold_shares["item_id"] == pytest.approx(split["val_unseen_item_in_merchant"], abs=0.005)
+
+
 def test_split_matches_the_shards(tiny_cfg):
     """The tool cuts exactly the split the shards are written with (val carved from train too)."""
     data_cfg = tiny_cfg("data.val_fraction=0.1")["data"]
@@ -99,6 +112,7 @@ def test_main_on_a_table_and_on_a_preset(tmp_path, capsys):
     assert "rows 10   merchants 2   users 5   items 4" in out
     assert "test rows whose user is unseen in train: 50.0 % (in that merchant's train: 100.0 %)" in out
     assert "merchants all one class: 1 (A=0)" in out
+    assert "validation rows whose user / item is unseen in that merchant's train: 50.0 % / 0.0 %" in out
     assert main(["data=synthetic_coldstart", "data.synthetic.n_rows=20000", "data.synthetic.n_users=5000",
                  "data.synthetic.n_items=2000"]) == 0
     assert "merchants 15" in capsys.readouterr().out
