@@ -68,11 +68,11 @@ def table_stats(df: pd.DataFrame) -> dict[str, Any]:
 
 def _unseen_share(df: pd.DataFrame, parts: np.ndarray, column: str, within_merchant: bool, split: str = TEST) -> float:
     keys = [MERCHANT, column] if within_merchant else [column]
-    test, train = df.loc[parts == split, keys], df.loc[parts == TRAIN, keys]
-    if not len(test):
+    rows, train = df.loc[parts == split, keys], df.loc[parts == TRAIN, keys]
+    if not len(rows):
         return float("nan")
     seen = pd.MultiIndex.from_frame(train) if within_merchant else pd.Index(train[column])
-    probe = pd.MultiIndex.from_frame(test) if within_merchant else pd.Index(test[column])
+    probe = pd.MultiIndex.from_frame(rows) if within_merchant else pd.Index(rows[column])
     return float((~probe.isin(seen)).mean())
 
 

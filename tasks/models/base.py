@@ -57,9 +57,9 @@ class FeatureEmbedding(nn.Module):
         if len(rates) != len(spec.buckets) or not all(0.0 <= r < 1.0 for r in rates):
             raise InputError(f"model.id_dropout must be auto or lie in [0, 1) (one value per hashed column, "
                              f"{len(spec.buckets)}), got {id_dropout}")
-        # one rate for every column is kept a float: the draw is then the one it always was
-        self.id_dropout: float | torch.Tensor = (float(rates[0]) if len(set(rates)) <= 1 and rates else
-                                                 torch.tensor(rates, dtype=torch.float32))
+        # a plain attribute, not a buffer: it stays out of the state dict the server aggregates
+        self.id_dropout = torch.tensor(rates, dtype=torch.float32)
+        self.drops_ids = any(r > 0 for r in rates)
         self.sparse_gradients = False  # set by the trainer (tasks/training.py sparse_table_gradients)
         self.tables = nn.ModuleList(nn.Embedding(n, dim) for n in spec.buckets)
         self.n_numerical = spec.n_numerical
@@ -96,10 +96,8 @@ class FeatureEmbedding(nn.Module):
         from the other columns when an id is unknown (DropoutNet, Volkovs et al. 2017), instead of
         meeting that input for the first time on a cold test row."""
         vectors = torch.stack(self.lookups(features), dim=1)
-        rates = self.id_dropout
-        if self.training and (rates > 0 if isinstance(rates, float) else bool((rates > 0).any())):
-            rates = rates if isinstance(rates, float) else rates.to(vectors.device)
-            keep = torch.rand(vectors.shape[:2], device=vectors.device) >= rates
+        if self.training and self.drops_ids:
+            keep = torch.rand(vectors.shape[:2], device=vectors.device) >= self.id_dropout.to(vectors.device)
             vectors = vectors * keep.unsqueeze(-1)
         if self.n_numerical:
             vectors = torch.cat([vectors, self.numerical_vectors(features)], dim=1)
