@@ -1,6 +1,6 @@
 """Which columns of the table the model reads, and how a row becomes the model's input.
 
-Three kinds of feature column, named in `data.features`:
+Four kinds of feature column, named in `data.features`:
 
 * `ids` (default `[user_id, item_id]`): hashed into their own embedding tables; an empty cell is a
   bad row (the table must say who and what).
@@ -9,9 +9,14 @@ Three kinds of feature column, named in `data.features`:
 * `numerical`: standardised with the federation's mean and std, pooled on the server from each
   merchant's count, sum and sum of squares over its train rows (never from rows). An empty cell is
   the mean (0 after standardising) plus a learned "missing" vector of its own (tasks/models/base.py).
+* `bias_only` (default `[merchant_id]`): hashed like the categoricals but read by the first-order
+  part only: one bias per value and task, no embedding. A merchant's bias absorbs its own base
+  rate, so the item and user biases learn what holds across merchants (the bias model's and the
+  one-hot references' merchant term); as an embedding the same column overfits (README, Data).
 
-The model takes one int64 matrix per batch: the hashed columns (ids, then categoricals) followed by
-the numerical columns, each carried as the bit pattern of its raw float32 value (NaN = missing).
+The model takes one int64 matrix per batch: the hashed columns (ids, then categoricals), the
+numerical columns, each carried as the bit pattern of its raw float32 value (NaN = missing), then
+the bias-only columns.
 One matrix means every path that batches, shuffles, copies or scores rows (training, ranking,
 scoring) carries numerical features unchanged; the embedding layer reads them back with
 `unpack_numerical`.
@@ -38,6 +43,7 @@ class FeatureColumns:
     ids: tuple[str, ...]
     categorical: tuple[str, ...] = ()
     numerical: tuple[str, ...] = ()
+    bias_only: tuple[str, ...] = ()
 
     @property
     def hashed(self) -> list[str]:
@@ -46,21 +52,21 @@ class FeatureColumns:
 
     @property
     def all(self) -> list[str]:
-        return self.hashed + list(self.numerical)
+        """Every feature column, in the order the model input holds them."""
+        return self.hashed + list(self.numerical) + list(self.bias_only)
 
 
 def feature_columns(data_cfg: Mapping[str, Any]) -> FeatureColumns:
     """The run's `data.features`, checked: every column named once."""
     spec = data_cfg["features"]
     if not isinstance(spec, Mapping):
-        raise InputError("data.features must be a mapping with ids, categorical and numerical lists, e.g. "
-                         "data.features.categorical=[brand]")
-    unknown = set(spec) - {"ids", "categorical", "numerical"}
+        raise InputError("data.features must be a mapping with ids, categorical, numerical and bias_only lists, "
+                         "e.g. data.features.categorical=[brand]")
+    unknown = set(spec) - {"ids", "categorical", "numerical", "bias_only"}
     if unknown:
         raise InputError(f"data.features has unknown key(s) {', '.join(sorted(unknown))} "
-                         "(known: ids, categorical, numerical)")
-    columns = FeatureColumns(tuple(spec.get("ids") or ()), tuple(spec.get("categorical") or ()),
-                             tuple(spec.get("numerical") or ()))
+                         "(known: ids, categorical, numerical, bias_only)")
+    columns = FeatureColumns(*(tuple(spec.get(kind) or ()) for kind in ("ids", "categorical", "numerical", "bias_only")))
     if not columns.hashed:
         raise InputError("data.features needs at least one id or categorical column")
     seen: set[str] = set()
@@ -73,15 +79,22 @@ def feature_columns(data_cfg: Mapping[str, Any]) -> FeatureColumns:
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """What a model's embedding layer needs to know of its input: rows per hashed column, and the
-    standardisation of each numerical column (the same on every node: it comes with the run plan)."""
+    """What a model needs to know of its input: rows per hashed column, the standardisation of each
+    numerical column (the same on every node: it comes with the run plan), rows per bias-only column."""
     buckets: tuple[int, ...]
     numerical_mean: tuple[float, ...] = field(default=())
     numerical_std: tuple[float, ...] = field(default=())
+    bias_buckets: tuple[int, ...] = field(default=())
 
     @property
     def n_numerical(self) -> int:
         return len(self.numerical_mean)
+
+    @property
+    def bias_columns(self) -> list[int]:
+        """The model input's column of each bias-only feature: after the hashed and numerical ones."""
+        start = len(self.buckets) + self.n_numerical
+        return list(range(start, start + len(self.bias_buckets)))
 
     @staticmethod
     def of(features: "FeatureSpec | Sequence[int]") -> "FeatureSpec":

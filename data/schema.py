@@ -68,7 +68,7 @@ def _feature_columns(features: FeatureColumns | Sequence[str]) -> FeatureColumns
 def _check_columns(df: pd.DataFrame, source: str, columns: FeatureColumns) -> list[str]:
     """The id columns to check; errors for a missing column or no label at all (no row can fix those)."""
     ids = list(ID_COLUMNS) + [f for f in columns.ids if f not in ID_COLUMNS]
-    needed = ids + [f for f in list(columns.categorical) + list(columns.numerical) if f not in ids]
+    needed = ids + [f for f in [*columns.categorical, *columns.numerical, *columns.bias_only] if f not in ids]
     missing = [c for c in needed if c not in df.columns]
     if missing:
         kind = "required" if missing[0] in ID_COLUMNS else "feature"
@@ -90,7 +90,7 @@ def _problems(df: pd.DataFrame, source: str, columns: FeatureColumns, ids: list[
             count, row = _first_bad_row(empty)
             yield Problem("missing_id", empty, f"{source}: column '{column}' has {count} empty cell(s), first at row {row}")
         out[column] = raw.astype(str).str.strip().to_numpy()
-    for column in columns.categorical:
+    for column in [*columns.categorical, *columns.bias_only]:
         if column not in out.columns:
             raw = df[column]
             out[column] = np.where(blank_cells(raw), MISSING, raw.astype(str).str.strip().to_numpy())

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,13 +28,13 @@ from data.summary import SPLITS, DataSummary, LabelMoments
 
 HASH_KEY = "merchant-fl-0001"  # 16 bytes, fixed so every process hashes an id to the same bucket
 SUMMARY_FILE = "summary.json"
-CACHE_FORMAT = 6
+CACHE_FORMAT = 7
 
 
 @dataclass
 class Shard:
     """One split of one merchant, ready for tensors: hashed features, labels with NaN for 'no label'."""
-    features: np.ndarray             # int64 [n, n_features]: hashed columns, then packed numericals (data.features)
+    features: np.ndarray             # int64 [n, n_features]: hashed, packed numerical, bias-only columns (data.features)
     labels: dict[str, np.ndarray]    # label column -> float32 [n]
     oracle: dict[str, np.ndarray]    # label column -> true probability / expected value, where known
 
@@ -55,11 +55,12 @@ def hash_ids(values: pd.Series, buckets: int) -> np.ndarray:
     return (hashed % np.uint64(buckets)).astype(np.int64)
 
 
-def bucket_counts(data_cfg: Mapping[str, Any]) -> list[int]:
-    """Embedding rows per hashed feature, from the run's data config: identical on every node and the server."""
+def bucket_counts(data_cfg: Mapping[str, Any], features: Sequence[str] | None = None) -> list[int]:
+    """Rows per hashed feature (default: the embedded ones, data.features ids and categorical), from
+    the run's data config: identical on every node and the server."""
     buckets = dict(data_cfg["hash_buckets"])
     out = []
-    for feature in feature_columns(data_cfg).hashed:
+    for feature in feature_columns(data_cfg).hashed if features is None else features:
         n = buckets.get(feature, buckets.get("default"))
         if not n or int(n) < 1:
             raise InputError(f"data.hash_buckets has no bucket count for feature '{feature}' (and no 'default')")
@@ -67,36 +68,43 @@ def bucket_counts(data_cfg: Mapping[str, Any]) -> list[int]:
     return out
 
 
-def hash_columns(frame: pd.DataFrame, data_cfg: Mapping[str, Any]) -> np.ndarray:
-    """int64 [n, n_hashed]: each id and categorical column hashed into its buckets, as its stripped
-    text; an empty categorical cell as `MISSING` (validated rows already hold it)."""
+def hash_columns(frame: pd.DataFrame, data_cfg: Mapping[str, Any], features: Sequence[str] | None = None
+                 ) -> np.ndarray:
+    """int64 [n, k]: each hashed column (default: the embedded ones) hashed into its buckets, as its
+    stripped text; an empty categorical or bias-only cell as `MISSING` (validated rows already hold it)."""
     columns = feature_columns(data_cfg)
-    hashed = []
-    for name, buckets in zip(columns.hashed, bucket_counts(data_cfg)):
+    names = columns.hashed if features is None else list(features)
+    hashed: list[np.ndarray] = []
+    for name, buckets in zip(names, bucket_counts(data_cfg, names)):
         text = frame[name].astype(str).str.strip()
-        if name in columns.categorical:
+        if name in columns.categorical or name in columns.bias_only:
             text = text.where(~blank_cells(frame[name]), MISSING)
         hashed.append(hash_ids(text, buckets))
-    return np.stack(hashed, axis=1)
+    return np.stack(hashed, axis=1) if hashed else np.zeros((len(frame), 0), np.int64)
 
 
 def encode_features(frame: pd.DataFrame, data_cfg: Mapping[str, Any]) -> np.ndarray:
-    """The model input of rows, validated (data/schema.py) or as read: hashed columns, then packed
-    numericals (an empty or unparsable cell = missing). Exactly what a prepared shard holds for the
-    same rows, so training and scoring encode alike; ids must be non-empty (validation's job)."""
-    numerical = list(feature_columns(data_cfg).numerical)
-    hashed = hash_columns(frame, data_cfg)
-    if not numerical:
-        return hashed
-    values = np.stack([pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float32) for c in numerical], axis=1)
-    return np.concatenate([hashed, pack_numerical(values)], axis=1)
+    """The model input of rows, validated (data/schema.py) or as read: hashed columns, packed
+    numericals (an empty or unparsable cell = missing), then bias-only columns. Exactly what a prepared
+    shard holds for the same rows, so training and scoring encode alike; ids must be non-empty
+    (validation's job)."""
+    columns = feature_columns(data_cfg)
+    parts = [hash_columns(frame, data_cfg)]
+    if columns.numerical:
+        values = np.stack([pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float32) for c in columns.numerical],
+                          axis=1)
+        parts.append(pack_numerical(values))
+    parts.append(hash_columns(frame, data_cfg, columns.bias_only))
+    return np.concatenate(parts, axis=1)
 
 
 def feature_spec(data_cfg: Mapping[str, Any], feature_stats: Mapping[str, Mapping[str, float]]) -> FeatureSpec:
-    """The model's input of a run: its hashed columns' buckets and the pooled standardisation (run plan)
-    of its numerical columns."""
-    scales = [numerical_scale(feature_stats.get(c)) for c in feature_columns(data_cfg).numerical]
-    return FeatureSpec(tuple(bucket_counts(data_cfg)), tuple(m for m, _ in scales), tuple(s for _, s in scales))
+    """The model's input of a run: its hashed columns' buckets, the pooled standardisation (run plan)
+    of its numerical columns and its bias-only columns' buckets."""
+    columns = feature_columns(data_cfg)
+    scales = [numerical_scale(feature_stats.get(c)) for c in columns.numerical]
+    return FeatureSpec(tuple(bucket_counts(data_cfg)), tuple(m for m, _ in scales), tuple(s for _, s in scales),
+                       tuple(bucket_counts(data_cfg, columns.bias_only)))
 
 
 def needed_columns(data_cfg: Mapping[str, Any]) -> list[str]:
@@ -166,6 +174,9 @@ class PreparedMerchant:
         if self.columns.numerical:
             numerical = np.stack([table[f"n_{name}"].to_numpy(np.float32) for name in self.columns.numerical], axis=1)
             features = np.concatenate([features, pack_numerical(numerical)], axis=1)
+        if self.columns.bias_only:
+            bias_only = np.stack([table[f"f_{name}"].to_numpy(np.int64) for name in self.columns.bias_only], axis=1)
+            features = np.concatenate([features, bias_only], axis=1)
         # np.array copies: Arrow-backed columns are read-only, which torch warns about.
         labels = {c: np.array(table[c], np.float32) for c in LABEL_COLUMNS if c in table.columns}
         oracle = {c: np.array(table[col], np.float32) for c, col in ORACLE_COLUMNS.items() if col in table.columns}
@@ -193,7 +204,8 @@ def merchant_cache_dir(path: Path, data_cfg: Mapping[str, Any], merchant_id: str
 
 
 def _write_split(frame: pd.DataFrame, encoded: np.ndarray, columns: FeatureColumns, path: Path) -> None:
-    table = pd.DataFrame({f"f_{name}": encoded[:, j] for j, name in enumerate(columns.hashed)})
+    """`encoded`: the hashed columns, then the bias-only ones."""
+    table = pd.DataFrame({f"f_{name}": encoded[:, j] for j, name in enumerate(columns.hashed + list(columns.bias_only))})
     for name in columns.numerical:
         table[f"n_{name}"] = frame[name].to_numpy(np.float32)  # raw: the model standardises (run plan)
     for column in list(LABEL_COLUMNS) + list(ORACLE_COLUMNS.values()):
@@ -269,6 +281,7 @@ def prepare_merchant(path: str | Path, data_cfg: Mapping[str, Any], merchant_id:
                                              float(data_cfg["val_fraction"]),
                                              int(data_cfg["split_seed"]) + merchant_seed(merchant), stamps)))
     encoded = hash_columns(df, data_cfg)
+    bias_only = hash_columns(df, data_cfg, columns.bias_only)
     labels = [c for c in LABEL_COLUMNS if c in df.columns]
     train = df.iloc[parts["train"]]
     summary = DataSummary(
@@ -283,6 +296,7 @@ def prepare_merchant(path: str | Path, data_cfg: Mapping[str, Any], merchant_id:
     )
     with written_atomically(root) as staging:
         for split, rows in parts.items():
-            _write_split(df.iloc[rows], encoded[rows], columns, staging / f"{split}.parquet")
+            _write_split(df.iloc[rows], np.concatenate([encoded[rows], bias_only[rows]], axis=1), columns,
+                         staging / f"{split}.parquet")
         (staging / SUMMARY_FILE).write_text(json.dumps(summary.to_flat(), indent=1))
     return _read_prepared(root, columns)

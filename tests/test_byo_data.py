@@ -129,10 +129,14 @@ def test_feature_columns_are_prepared_and_their_moments_pool_to_the_rows_stats(t
                                                     "stars": "rating", "bought": "purchase"}), "t", feature_columns(cfg))[0]
     encoded = {tuple(r) for r in encode_features(rows, cfg)}
     assert all({tuple(r) for r in s.features} <= encoded for s in trains)
-    as_read = table.rename(columns={"customer": "user_id", "product": "item_id"})  # raw cells: None, floats
+    as_read = table.rename(columns={"shop": "merchant_id", "customer": "user_id", "product": "item_id"})  # raw cells: None, floats
     np.testing.assert_array_equal(encode_features(as_read, cfg), encode_features(rows, cfg))
     spec = feature_spec(cfg, plan.feature_stats)
     assert spec.buckets == (262144, 262144, 65536) and spec.numerical_mean == (pytest.approx(known.mean()),)
+    # The merchant, a wide column, comes last: one value per merchant, its id's bucket.
+    assert spec.bias_buckets == (4096,) and spec.bias_columns == [4]
+    for merchant, shard in zip(merchants, trains):
+        assert set(shard.features[:, 4]) == {hash_ids(pd.Series([merchant.merchant_id]), 4096)[0]}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -241,6 +245,7 @@ def test_a_federated_run_on_an_own_table_reports_bad_rows_and_its_partition(tmp_
     ({"ids": ["user_id"], "numerical": ["user_id"]}, "names column 'user_id' twice"),
     ({"ids": [], "categorical": []}, "needs at least one id or categorical column"),
     ({"ids": ["user_id"], "dense": ["price"]}, "unknown key(s) dense"),
+    ({"ids": ["user_id"], "bias_only": ["user_id"]}, "names column 'user_id' twice"),
     (["user_id", "item_id"], "must be a mapping"),
 ])
 def test_feature_config_errors_are_one_line(features, message):

@@ -12,7 +12,7 @@ import pytest
 
 from core import protocol
 from data.partition import partition_table, read_manifest
-from data.shards import bucket_counts, prepare_merchant
+from data.shards import prepare_merchant
 from tasks.experiment import open_experiment
 from tasks.state import joint_state
 from tasks.wide import newton_fitted
@@ -33,16 +33,17 @@ def merchants_data(cfg):
     return out
 
 
-def check_row_ids(ids: np.ndarray, name: str, train_features: np.ndarray, buckets: list[int]) -> None:
-    """Row ids of an aggregate record: sorted, unique, hashed buckets of rows this merchant trained on."""
+def check_row_ids(ids: np.ndarray, name: str, train_features: np.ndarray, tables: dict[str, tuple[int, int]]) -> None:
+    """Row ids of an aggregate record: sorted, unique, hashed buckets of rows this merchant trained on.
+    `tables`: table name -> (the input column indexing it, its rows)."""
     assert np.all(ids == np.round(ids)) and np.all(np.diff(ids) > 0), name
     if len(ids) == 0:  # a task this merchant holds no label of
         return
     if name.startswith("first_order.bias."):
         assert ids.tolist() == [0]  # a task's global bias: one row
         return
-    column = int(name.split(".")[-2])
-    assert ids.min() >= 0 and ids.max() < buckets[column], name
+    column, rows = tables[name]
+    assert ids.min() >= 0 and ids.max() < rows, name
     assert set(ids.astype(np.int64)) <= set(train_features[:, column].tolist()), name
 
 
@@ -72,7 +73,7 @@ def test_only_model_arrays_scalars_and_known_aggregates_reach_the_server(recorde
     model = experiment.new_model()
     model_state = {k: tuple(v.shape) for k, v in joint_state(model, experiment.new_weighting()).items()}
     fitted = newton_fitted(model, cfg["train"])
-    buckets = bucket_counts(cfg["data"])
+    tables = {name: (column, model_state[name][0]) for name, (column, _) in model.id_tables().items()}
     data = merchants_data(cfg)
     raw_ids = {str(v) for raw, _ in data.values() for column in ("user_id", "item_id") for v in raw[column].unique()}
     label_names = {"rating", "purchase", "click"}
@@ -115,12 +116,12 @@ def test_only_model_arrays_scalars_and_known_aggregates_reach_the_server(recorde
             if name == protocol.WIDE_STATS:  # per touched bias row: (id, gradient sum, curvature sum)
                 for key, stacked in arrays.items():
                     assert stacked.shape[0] == 3 and stacked.dtype == np.float64
-                    check_row_ids(stacked[0], key, splits["train"].features, buckets)
+                    check_row_ids(stacked[0], key, splits["train"].features, tables)
                     assert np.all(stacked[2] >= 0)  # curvature sums: of p (1 - p), or 1 per rating row
             if name == protocol.ROW_COUNTS:  # per touched table row: (id, how often it was looked up)
                 for key, pair in arrays.items():
                     assert pair.shape[0] == 2 and pair.dtype == np.int64
-                    check_row_ids(pair[0], key, splits["train"].features, buckets)
+                    check_row_ids(pair[0], key, splits["train"].features, tables)
                     assert np.all(pair[1] >= 1) and pair[1].sum() <= len(splits["train"])
 
     if privacy == "none":  # what the default still reveals: the hashed rows each merchant touched

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from core.errors import InputError
+from data.features import FeatureColumns
 from data.loading import read_table
 from data.schema import validate_interactions
 
@@ -44,6 +45,8 @@ def test_bad_tables_name_file_column_and_value(frame, message):
 def test_feature_columns_named_in_config_must_exist():
     with pytest.raises(InputError, match="missing feature column 'brand'"):
         validate_interactions(table(), "t.csv", features=["merchant_id", "user_id", "item_id", "brand"])
+    with pytest.raises(InputError, match="missing feature column 'region'"):
+        validate_interactions(table(), "t.csv", features=FeatureColumns(("user_id", "item_id"), bias_only=("region",)))
 
 
 def test_read_table_csv_and_parquet_agree(tmp_path):

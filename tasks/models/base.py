@@ -134,22 +134,28 @@ def id_dropout_rates(setting: Any, cold_shares: Mapping[str, float], hashed: Seq
 
 class FirstOrder(nn.Module):
     """The wide part: per task, a global bias (starting at the task's prior) plus one learned bias per
-    hashed id of every feature (user, item, ...), all added to the head's output.
+    hashed id of every feature (user, item, ...) and of every bias-only feature (the merchant), all
+    added to the head's output.
 
     Sparse logs are dominated by who and what (a user's propensity, an item's popularity); a deep part
     learns those slowly and overfits first. Biases start at zero, so a cold id adds nothing.
+    `columns[j]`: the model input's column that indexes table j; the bias-only tables come last.
     """
 
-    def __init__(self, buckets: Sequence[int], tasks: Sequence[str]) -> None:
+    def __init__(self, features: FeatureSpec | Sequence[int], tasks: Sequence[str]) -> None:
         super().__init__()
-        self.tables = PerTask({t: nn.ModuleList(nn.Embedding(n, 1) for n in buckets) for t in tasks})
+        spec = FeatureSpec.of(features)
+        self.n_embedded = len(spec.buckets)  # tables of the embedded columns; bias-only ones follow
+        self.columns = list(range(self.n_embedded)) + spec.bias_columns
+        self.tables = PerTask({t: nn.ModuleList(nn.Embedding(n, 1) for n in [*spec.buckets, *spec.bias_buckets])
+                               for t in tasks})
         for tables in self.tables.values():
             for table in tables:
                 nn.init.zeros_(table.weight)
         self.bias = PerTaskParameters({t: nn.Parameter(torch.zeros(())) for t in tasks})
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {t: self.bias[t] + sum(table(features[:, j]).squeeze(-1) for j, table in enumerate(tables))
+        return {t: self.bias[t] + sum(table(features[:, c]).squeeze(-1) for c, table in zip(self.columns, tables))
                 for t, tables in self.tables.items()}
 
 
@@ -185,7 +191,7 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.task_names = list(tasks)
         self.embedding = FeatureEmbedding(buckets, embedding_dim, embedding_init_std, id_dropout)
-        self.first_order = FirstOrder(FeatureSpec.of(buckets).buckets, tasks) if first_order else None
+        self.first_order = FirstOrder(buckets, tasks) if first_order else None
         self.interactions = Interactions(embedding_dim, tasks) if interactions else None
 
     def deep(self, embedded: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -244,9 +250,10 @@ class MultiTaskModel(nn.Module):
         weights = [w[features[:, j]] for j, w in enumerate(row_weights)]
         embedding = sum((w * v.pow(2).sum(1)).mean() for w, v in zip(weights, self.embedding.lookups(features)))
         bias = torch.zeros((), device=features.device)
-        for task in bias_tasks:
-            bias = bias + sum((weights[j] * table(features[:, j]).squeeze(-1).pow(2)).mean()
-                              for j, table in enumerate(self.first_order.tables[task]))
+        for task in bias_tasks:  # the embedded columns' biases; a wide column's (a merchant's) has many rows
+            bias = bias + sum((weights[c] * table(features[:, c]).squeeze(-1).pow(2)).mean()
+                              for c, table in zip(self.first_order.columns, self.first_order.tables[task])
+                              if c < len(weights))
         return embedding, bias
 
     def additive_tasks(self) -> list[str]:
@@ -255,8 +262,20 @@ class MultiTaskModel(nn.Module):
         return list(self.task_names) if self.first_order is not None else []
 
     def first_order_parameters(self, task: str) -> list[nn.Parameter]:
-        return [*self.first_order.tables[task].parameters(), self.first_order.bias[task]] \
-            if self.first_order is not None else []
+        """The task's global bias and its embedded columns' biases: what a Newton step can fit."""
+        if self.first_order is None:
+            return []
+        tables = self.first_order.tables[task][:self.first_order.n_embedded]
+        return [*tables.parameters(), self.first_order.bias[task]]
+
+    def bias_only_tables(self) -> dict[str, nn.Parameter]:
+        """state_dict name -> table of every task's bias-only columns (a merchant's bias): trained with
+        the deep part, each row by its own merchant's rows alone."""
+        if self.first_order is None:
+            return {}
+        n = self.first_order.n_embedded
+        return {f"first_order.tables.{t}.{j}.weight": tables[j].weight
+                for t, tables in self.first_order.tables.items() for j in range(n, len(tables))}
 
     def id_tables(self) -> dict[str, tuple[int, str | None]]:
         """state_dict name of every id-indexed table -> (the feature column that indexes it, the
@@ -264,8 +283,9 @@ class MultiTaskModel(nn.Module):
         tables: dict[str, tuple[int, str | None]] = {
             f"embedding.tables.{j}.weight": (j, None) for j in range(len(self.embedding.tables))}
         if self.first_order is not None:
-            tables.update({f"first_order.tables.{t}.{j}.weight": (j, t)
-                           for t, per_feature in self.first_order.tables.items() for j in range(len(per_feature))})
+            tables.update({f"first_order.tables.{t}.{j}.weight": (column, t)
+                           for t, per_feature in self.first_order.tables.items()
+                           for j, column in zip(range(len(per_feature)), self.first_order.columns)})
         return tables
 
     def shared_parameters(self) -> list[nn.Parameter]:
