@@ -10,10 +10,10 @@ Sums are all a merchant sends for this part, so the server adds them like any ot
 only the biases train (the first `wide_rounds` rounds) a step is exactly the same pooled or spread
 over merchants, so federated, centralized and local fit the wide part identically and the deep part
 starts from the bias model, to learn what is left (user x item affinity).
-Bias-only columns (the merchant's bias, data.features.bias_only) are not fitted here: every row of a
-merchant carries its bias, as every row carries the global one, so two exact simultaneous steps on
-one shift overshoot it (synthetic_60k: click log-loss rising from round 4). They train with the deep
-part, and the Newton step fits the other biases on the residual they leave.
+Bias-only columns (the merchant's bias, data.features.bias_only) are not fitted here: a merchant's
+bias fitted exactly every round (here, or by its node on its own rows) and the deep part drift
+apart in opposite directions (synthetic_60k: click validation log-loss rising from round 4). They
+train with the deep part, and the Newton step fits the other biases on the residual they leave.
 `train_round` is one trainer's round in either fit, for the clients and the baselines alike.
 """
 
