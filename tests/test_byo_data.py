@@ -111,7 +111,8 @@ def test_feature_columns_are_prepared_and_their_moments_pool_to_the_rows_stats(t
     table = own_table()
     table.to_csv(path, index=False)
     cfg = tiny_cfg("data=table", f"data.path={path}", *MAPPING, "data.features.categorical=[brand]",
-                   "data.features.numerical=[price]", "data.val_fraction=0")["data"]
+                   "data.features.numerical=[price]", "data.features.bias_only=[merchant_id]",
+                   "data.val_fraction=0")["data"]
     merchants = [prepare_merchant(p.path, cfg, p.merchant_id) for p in read_manifest(partition_table(cfg))]
     plan = plan_from_summaries(None, [m.summary for m in merchants])
     trains = [m.shard("train") for m in merchants]
