@@ -9,10 +9,10 @@ Four kinds of feature column, named in `data.features`:
 * `numerical`: standardised with the federation's mean and std, pooled on the server from each
   merchant's count, sum and sum of squares over its train rows (never from rows). An empty cell is
   the mean (0 after standardising) plus a learned "missing" vector of its own (tasks/models/base.py).
-* `bias_only` (default `[merchant_id]`): hashed like the categoricals but read by the first-order
-  part only: one bias per value and task, no embedding. A merchant's bias absorbs its own base
-  rate, so the item and user biases learn what holds across merchants (the bias model's and the
-  one-hot references' merchant term); as an embedding the same column overfits (README, Data).
+* `bias_only` (default none): hashed like the categoricals but read by the first-order part only:
+  one bias per value and task, no embedding. `[merchant_id]` gives each merchant its own level, as
+  the bias model's and the one-hot references' merchant term does (as an embedding the same column
+  overfits); off by default, since federated loses rating RMSE with it (README, Multi-task learning).
 
 The model takes one int64 matrix per batch: the hashed columns (ids, then categoricals), the
 numerical columns, each carried as the bit pattern of its raw float32 value (NaN = missing), then

@@ -134,7 +134,7 @@ def test_feature_columns_are_prepared_and_their_moments_pool_to_the_rows_stats(t
     np.testing.assert_array_equal(encode_features(as_read, cfg), encode_features(rows, cfg))
     spec = feature_spec(cfg, plan.feature_stats)
     assert spec.buckets == (262144, 262144, 65536) and spec.numerical_mean == (pytest.approx(known.mean()),)
-    # The merchant, a wide column, comes last: one value per merchant, its id's bucket.
+    # The merchant, a bias-only column, comes last: one value per merchant, its id's bucket.
     assert spec.bias_buckets == (4096,) and spec.bias_columns == [4]
     for merchant, shard in zip(merchants, trains):
         assert set(shard.features[:, 4]) == {hash_ids(pd.Series([merchant.merchant_id]), 4096)[0]}

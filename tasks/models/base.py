@@ -250,10 +250,10 @@ class MultiTaskModel(nn.Module):
         weights = [w[features[:, j]] for j, w in enumerate(row_weights)]
         embedding = sum((w * v.pow(2).sum(1)).mean() for w, v in zip(weights, self.embedding.lookups(features)))
         bias = torch.zeros((), device=features.device)
-        for task in bias_tasks:  # the embedded columns' biases; a wide column's (a merchant's) has many rows
-            bias = bias + sum((weights[c] * table(features[:, c]).squeeze(-1).pow(2)).mean()
-                              for c, table in zip(self.first_order.columns, self.first_order.tables[task])
-                              if c < len(weights))
+        embedded = self.first_order.n_embedded if self.first_order is not None else 0
+        for task in bias_tasks:  # the embedded columns' biases (a bias-only column, a merchant's, has many rows)
+            bias = bias + sum((weights[j] * table(features[:, j]).squeeze(-1).pow(2)).mean()
+                              for j, table in enumerate(self.first_order.tables[task][:embedded]))
         return embedding, bias
 
     def additive_tasks(self) -> list[str]:
@@ -285,7 +285,7 @@ class MultiTaskModel(nn.Module):
         if self.first_order is not None:
             tables.update({f"first_order.tables.{t}.{j}.weight": (column, t)
                            for t, per_feature in self.first_order.tables.items()
-                           for j, column in zip(range(len(per_feature)), self.first_order.columns)})
+                           for j, column in enumerate(self.first_order.columns)})
         return tables
 
     def shared_parameters(self) -> list[nn.Parameter]:
