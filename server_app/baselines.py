@@ -92,7 +92,7 @@ def run_centralized(experiment: Experiment, splits: Mapping[str, tuple[Shard, Sh
         if server_round:
             report, wide = train_round(model, weighting, optimizer, pooled, experiment.tasks, train_cfg,
                                        shuffle_seed(int(cfg["seed"]), server_round, 0), experiment.device, server_round)
-            apply_newton(model, wide, train_cfg)
+            apply_newton(model, wide, train_cfg, experiment.tasks)
             losses = report.losses
         (overall, per_merchant), (validation, _) = evaluate_merchants(same_model, splits, experiment)
         rounds.append(RoundRecord(server_round, overall, losses, validation))
@@ -130,7 +130,7 @@ def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, S
                 report, wide = train_round(models[m], weightings[m], optimizers[m], trains[m], experiment.tasks,
                                            train_cfg, shuffle_seed(int(cfg["seed"]), server_round, k),
                                            experiment.device, server_round)
-                apply_newton(models[m], wide, train_cfg)
+                apply_newton(models[m], wide, train_cfg, experiment.tasks)
                 losses[m] = {t: {"loss": v} for t, v in report.losses.items()}
                 counts[m] = report.label_counts
         (overall, per_merchant), (validation, per_merchant_val) = evaluate_merchants(models, splits, experiment)

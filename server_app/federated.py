@@ -49,8 +49,8 @@ from tasks.plan import RunPlan, plan_from_summaries
 from tasks.ranking import wants_ranking
 from tasks.selection import RoundKeeper, resolve_rule, validation_loss
 from tasks.state import joint_owners, joint_state
-from tasks.training import bias_priors, newton_fit
-from tasks.wide import averaged_by_rows, newton_fitted
+from tasks.training import newton_fit
+from tasks.wide import averaged_by_rows, newton_fitted, newton_settings
 
 
 def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float) -> list[int]:
@@ -223,8 +223,7 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
     # exactly those: it addresses every node in `participants`.
     strategy = MultiTaskFedAvg(
         joint_owners(model, weighting), roster.merchant, failures, row_tables,
-        (bias_priors(cfg["train"], model.task_names), float(cfg["train"]["newton_damping"]))
-        if newton_fit(cfg["train"]) else None,
+        newton_settings(cfg["train"], experiment.tasks) if newton_fit(cfg["train"]) else None,
         rules=rules, server_opt=optimizer, combine=privacy.combine,
         compression=check_compression(str(fed.get("compression", "none"))),
         unsent=newton_fitted(model, cfg["train"]), row_totals=row_totals,

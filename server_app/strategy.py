@@ -95,8 +95,8 @@ class MultiTaskFedAvg(FedAvg):
     The loop sets `participants` (node id -> merchant index) before each phase: only set-up nodes that
     are connected now get a message, so a departed node is not waited for and a newcomer is used.
     Id-indexed tables in `row_tables` are averaged row by row (aggregation.aggregate_rows); with
-    `newton` = (prior rows per task, damping) the first-order biases take a Newton step on the replies' summed
-    statistics (tasks/wide.py). `rules` reject unusable replies (replies.py);
+    `newton` = (prior rows per task, damping, step bounds: tasks/wide.py newton_settings) the first-order
+    biases take a Newton step on the replies' summed statistics. `rules` reject unusable replies (replies.py);
     `server_opt` then steps from the global model towards the aggregate (server_opt.py). `combine`
     (default: aggregation.aggregate) turns the updates into new arrays; the privacy options pass their
     own (server_app/privacy.py). Replies are decoded by core/update_codec.py (`compression`; a row
@@ -106,7 +106,8 @@ class MultiTaskFedAvg(FedAvg):
 
     def __init__(self, parameter_tasks: Mapping[str, str | None], merchant_of: Callable[[int], str | None],
                  failures: list[dict[str, Any]], row_tables: Iterable[str] = (),
-                 newton: tuple[Mapping[str, float], float] | None = None, rules: RoundRules = RoundRules(),
+                 newton: tuple[Mapping[str, float], float, Mapping[str, float]] | None = None,
+                 rules: RoundRules = RoundRules(),
                  server_opt: ServerOptimizer | None = None, combine: Callable[..., dict] = aggregate,
                  compression: str = "none", unsent: Iterable[str] = (), row_totals: RowTotals | None = None,
                  **fedavg_options) -> None:

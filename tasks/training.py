@@ -141,7 +141,6 @@ def make_optimizer(model: MultiTaskModel, weighting: LossWeighting, train_cfg: M
     first_order = {id(p) for p in model.first_order.parameters()} if model.first_order is not None else set()
     deep = [p for p in model.parameters() if id(p) not in first_order] + list(weighting.parameters())
     wide = [p for t in sgd_bias_tasks(model, train_cfg) for p in model.first_order_parameters(t)]
-    wide += list(model.bias_only_tables().values())
     first_order_lr = train_cfg.get("first_order_lr")
     params = [{"params": deep}] + ([{"params": wide, "lr": float(first_order_lr or train_cfg["lr"])}] if wide else [])
     for key in ("lr", "first_order_lr"):

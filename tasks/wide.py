@@ -10,10 +10,13 @@ Sums are all a merchant sends for this part, so the server adds them like any ot
 only the biases train (the first `wide_rounds` rounds) a step is exactly the same pooled or spread
 over merchants, so federated, centralized and local fit the wide part identically and the deep part
 starts from the bias model, to learn what is left (user x item affinity).
-Bias-only columns (the merchant's bias, data.features.bias_only) are not fitted here: a merchant's
-bias fitted exactly every round (here, or by its node on its own rows) and the deep part drift
-apart in opposite directions (synthetic_60k: click validation log-loss rising from round 4). They
-train with the deep part, and the Newton step fits the other biases on the residual they leave.
+Bias-only columns (the merchant's bias, data.features.bias_only) are fitted by the trainer on its
+own rows (`fit_bias_only`): a merchant's rows are all its bias ever sees, so its node solves it
+exactly, as pooled training would, during the wide rounds (a merchant first drawn later, at its
+first round), and then holds it. Refitted every round it and the deep part drift apart in opposite
+directions (synthetic_60k: click validation log-loss rising from round 4); stepped with the other
+biases by the server it and the global bias overshoot one shift together; trained by SGD under a
+fresh Adagrad each round it jitters.
 `train_round` is one trainer's round in either fit, for the clients and the baselines alike.
 """
 
@@ -37,34 +40,83 @@ WideStats = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 @torch.no_grad()
-def wide_statistics(model: MultiTaskModel, shard: Shard, tasks: Sequence[Task], device: torch.device,
-                    batch_size: int = 16384) -> WideStats:
-    """Per bias row, the sums of g and h over this shard's rows labelled for the bias's task (tasks
-    whose head adds the biases directly; ESMM's purchase biases stay with SGD)."""
+def additive_outputs(model: MultiTaskModel, shard: Shard, tasks: Sequence[Task], device: torch.device,
+                     batch_size: int = 16384) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per task whose head adds the biases directly (ESMM's purchase biases stay with SGD): its
+    labelled rows' mask, labels and head outputs (float64), the model in eval mode."""
     model.eval()
     outputs: dict[str, list[np.ndarray]] = {t.name: [] for t in tasks}
     for chunk in torch.as_tensor(shard.features, device=device).split(batch_size):
-        for name, value in model(chunk).items():
+        for name, value in model.raw(chunk).items():
             outputs[name].append(value.float().cpu().numpy())
-    stats: WideStats = {}
     additive = set(model.additive_tasks())
+    out = {}
     for task, y in zip(tasks, task_labels(shard, tasks).values()):
-        if task.name not in additive:
-            continue
-        z = np.concatenate(outputs[task.name]) if outputs[task.name] else np.zeros(0, np.float32)
-        mask = np.isfinite(y)
-        z, y = z[mask].astype(np.float64), y[mask].astype(np.float64)
-        if task.kind == "binary":
-            p = 1.0 / (1.0 + np.exp(-z))
-            g, h = y - p, p * (1.0 - p)
-        else:
-            g, h = (y - task.center) / task.scale - z, np.ones_like(z)
-        stats[f"first_order.bias.{task.name}"] = (np.zeros(1, np.int64), np.array([g.sum()]), np.array([h.sum()]))
-        for j in range(model.first_order.n_embedded):  # bias-only columns train with the deep part
+        if task.name in additive:
+            z = np.concatenate(outputs[task.name]) if outputs[task.name] else np.zeros(0, np.float32)
+            mask = np.isfinite(y)
+            out[task.name] = (mask, y[mask].astype(np.float64), z[mask].astype(np.float64))
+    return out
+
+
+def gradient_curvature(task: Task, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, minus the loss's derivative in the head's output z and its second derivative:
+    (y - p, p (1 - p)) for a logit, (the standardised residual, 1) for a rating."""
+    if task.kind == "binary":
+        p = 1.0 / (1.0 + np.exp(-z))
+        return y - p, p * (1.0 - p)
+    return (y - task.center) / task.scale - z, np.ones_like(z)
+
+
+def wide_statistics(model: MultiTaskModel, shard: Shard, tasks: Sequence[Task], device: torch.device,
+                    batch_size: int = 16384) -> WideStats:
+    """Per bias row of the embedded columns, the sums of g and h over this shard's rows labelled for
+    the bias's task."""
+    stats: WideStats = {}
+    by_name = {t.name: t for t in tasks}
+    for name, (mask, y, z) in additive_outputs(model, shard, tasks, device, batch_size).items():
+        g, h = gradient_curvature(by_name[name], y, z)
+        stats[f"first_order.bias.{name}"] = (np.zeros(1, np.int64), np.array([g.sum()]), np.array([h.sum()]))
+        for j in range(model.first_order.n_embedded):  # bias-only columns: fit_bias_only
             ids, inverse = np.unique(shard.features[mask, j], return_inverse=True)
-            stats[f"first_order.tables.{task.name}.{j}.weight"] = (
+            stats[f"first_order.tables.{name}.{j}.weight"] = (
                 ids, np.bincount(inverse, g, len(ids)), np.bincount(inverse, h, len(ids)))
     return stats
+
+
+# Newton iterations of a bias-only row: a logit's converges in a few; a rating's is exact in one.
+BIAS_ONLY_STEPS = 8
+
+
+@torch.no_grad()
+def fit_bias_only(model: MultiTaskModel, shard: Shard, tasks: Sequence[Task], train_cfg: Mapping[str, Any],
+                  device: torch.device, only_unfitted: bool = False) -> None:
+    """Each bias-only row (a merchant's bias) of the Newton-fitted tasks set to its L2-regularised
+    optimum on this shard's labelled rows, everything else in the model held: per value v, b_v =
+    argmin sum loss(z - b_old + b_v) + lam / 2 b_v^2 (lam = the task's `bias_l2`), columns in turn.
+    `only_unfitted`: rows still at their initial zero only (a merchant's first round after the
+    wide rounds); the others keep their value."""
+    if model.first_order is None or not newton_fit(train_cfg) or not model.bias_only_tables():
+        return
+    priors = bias_priors(train_cfg, model.task_names)
+    by_name = {t.name: t for t in tasks}
+    first_order = model.first_order
+    for name, (mask, y, z) in additive_outputs(model, shard, tasks, device).items():
+        task, lam = by_name[name], priors[name]
+        for j in range(first_order.n_embedded, len(first_order.tables[name])):
+            table = first_order.tables[name][j].weight
+            ids, inverse = np.unique(shard.features[mask, first_order.columns[j]], return_inverse=True)
+            rows = torch.as_tensor(ids, device=table.device)
+            old = table[rows, 0].double().cpu().numpy()
+            base, bias = z - old[inverse], old.copy()
+            for _ in range(BIAS_ONLY_STEPS if task.kind == "binary" else 1):
+                g, h = gradient_curvature(task, y, base + bias[inverse])
+                G, H = np.bincount(inverse, g, len(ids)), np.bincount(inverse, h, len(ids))
+                bias += (G - lam * bias) / np.maximum(lam + H, 1e-12)
+            if only_unfitted:
+                bias = np.where(old == 0, bias, old)
+            table[rows, 0] = torch.as_tensor(bias, dtype=table.dtype, device=table.device)
+            z = base + bias[inverse]  # the next bias-only column fits on this one's result
 
 
 def sum_statistics(parts: Sequence[WideStats]) -> WideStats:
@@ -80,11 +132,12 @@ def sum_statistics(parts: Sequence[WideStats]) -> WideStats:
 
 
 def newton_update(params: Mapping[str, np.ndarray], stats: WideStats, lam: float | Mapping[str, float],
-                  damping: float) -> dict[str, np.ndarray]:
+                  damping: float, max_step: Mapping[str, float] | None = None) -> dict[str, np.ndarray]:
     """One damped Newton step of every bias row the statistics cover; other rows keep their value.
 
     `lam`: the prior in rows, one for all or per task (training.bias_priors). Global biases carry no
-    prior (lam applies to per-id rows only), like the bias model's mean.
+    prior (lam applies to per-id rows only), like the bias model's mean. `max_step`: per task, the
+    largest move of a prior-free bias in one step (newton_settings); tasks it leaves out are unbounded.
     """
     updated = {}
     for name, (ids, g, h) in stats.items():
@@ -94,20 +147,38 @@ def newton_update(params: Mapping[str, np.ndarray], stats: WideStats, lam: float
         prior = 0.0 if name.startswith("first_order.bias.") else lam[task] if isinstance(lam, Mapping) else lam
         current = flat[ids]
         step = damping * (g - prior * current) / np.maximum(prior + h, 1e-12)
+        if prior == 0.0:  # nothing else holds a prior-free bias back where the curvature vanishes
+            bound = (max_step or {}).get(task, np.inf)
+            step = np.clip(step, -bound, bound)
         flat[ids] = current + step  # a view: writes through to value
         updated[name] = value.reshape(np.shape(params[name])).astype(np.asarray(params[name]).dtype)
     return updated
 
 
+def newton_settings(train_cfg: Mapping[str, Any], tasks: Sequence[Task]
+                    ) -> tuple[dict[str, float], float, dict[str, float]]:
+    """newton_update's (priors, damping, max_step) from the train config, the same for the server and
+    the trainers. A binary task's prior-free biases (its global one; per-id ones too under
+    bias_l2=0) move by at most `newton_max_logit_step` per step (XGBoost's max_delta_step for
+    logistic loss): where a small merchant's deep part has saturated its predictions, h = p (1 - p)
+    nearly vanishes and one step on its few rows moves the global bias by several logits (3.7 on the
+    tiny local-mode test). Per-id biases are held back by their prior; a rating's step is exact on
+    its quadratic loss. Both stay unbounded."""
+    bound = train_cfg.get("newton_max_logit_step")
+    if bound is not None and not float(bound) > 0:
+        raise InputError(f"train.newton_max_logit_step must be > 0 or null, got {bound}")
+    max_step = {t.name: float(bound) for t in tasks if t.kind == "binary"} if bound is not None else {}
+    return bias_priors(train_cfg, [t.name for t in tasks]), float(train_cfg["newton_damping"]), max_step
+
+
 @torch.no_grad()
-def apply_newton(model: MultiTaskModel, stats: WideStats, train_cfg: Mapping[str, object]) -> None:
+def apply_newton(model: MultiTaskModel, stats: WideStats, train_cfg: Mapping[str, Any], tasks: Sequence[Task]) -> None:
     """The trainer's own step (centralized, local): the model's biases moved in place; no-op without stats."""
     if not stats:
         return
     state = model.state_dict()
     params = {name: state[name].cpu().numpy() for name in stats}
-    for name, value in newton_update(params, stats, bias_priors(train_cfg, model.task_names),
-                                     float(train_cfg["newton_damping"])).items():
+    for name, value in newton_update(params, stats, *newton_settings(train_cfg, tasks)).items():
         state[name].copy_(torch.as_tensor(value))
 
 
@@ -131,6 +202,8 @@ def train_round(model: MultiTaskModel, weighting: LossWeighting, optimizer: torc
         report = train_epochs(model, weighting, optimizer, shard, tasks, train_cfg, seed, device, proximal, row_totals)
     # After the deep part's epochs: the biases then correct only the residual the deep part left. Taken
     # before them, both parts would chase the same residual and overshoot, round after round.
+    fit_bias_only(model, shard, tasks, train_cfg, device,
+                  only_unfitted=server_round > int(train_cfg.get("wide_rounds", 0)))
     return report, wide_statistics(model, shard, tasks, device)
 
 
@@ -141,7 +214,8 @@ def newton_fitted(model: MultiTaskModel, train_cfg: Mapping[str, Any]) -> set[st
         return set()
     by_sgd = set(sgd_bias_tasks(model, train_cfg))
     fitted = {id(p) for t in model.task_names if t not in by_sgd for p in model.first_order_parameters(t)}
-    return {name for name, p in model.named_parameters() if id(p) in fitted}
+    sent = model.bias_only_tables()  # fitted by the trainer itself (fit_bias_only): they travel as rows
+    return {name for name, p in model.named_parameters() if id(p) in fitted and name not in sent}
 
 
 def averaged_by_rows(model: MultiTaskModel, cfg: Mapping[str, Any]) -> list[str]:

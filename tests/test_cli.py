@@ -113,6 +113,18 @@ def test_baseline_modes_write_every_output(tmp_path, tiny_cfg, mode):
         assert last["rating"]["rmse"] < first["rating"]["rmse"]
 
 
+def test_a_small_merchants_model_with_its_own_bias_stays_calibrated(tmp_path, tiny_cfg):
+    """mode=local with the merchant bias: a model on one small merchant's rows, where the deep part
+    saturates within a round and the prior-free global bias's curvature nearly vanishes. Unbounded,
+    its Newton step moved the click bias by 3.7 logits and the log-loss rose above round 0's."""
+    cfg = tiny_cfg("mode=local", *DENSE, "data.val_fraction=0.1", "select_round=best_val", "ranking.enabled=false",
+                   "data.features.bias_only=[merchant_id]")
+    run_job(cfg, tmp_path)
+    rounds = json.loads((tmp_path / "metrics.json").read_text())["rounds"]
+    assert all(r["tasks"][t]["logloss"] < rounds[0]["tasks"][t]["logloss"]
+               for r in rounds[1:] for t in ("purchase", "click"))
+
+
 @pytest.mark.parametrize("mode", ["centralized", "local"])
 def test_early_stopping_ends_training_patience_rounds_after_the_best(tmp_path, tiny_cfg, mode):
     rounds, patience = 12, 1

@@ -201,7 +201,7 @@ def test_a_cold_id_changes_no_prediction_relative_to_the_id_free_prediction(name
     report, wide = train_round(model, weighting, make_optimizer(model, weighting, train_cfg),
                                Shard(x.numpy(), labels, {}), tasks, train_cfg, seed=0, device=torch.device("cpu"),
                                server_round=1)
-    apply_newton(model, wide, train_cfg)
+    apply_newton(model, wide, train_cfg, tasks)
     assert report.losses and (bool(wide) == (fit == "newton"))
 
     cold = batch(40, seed=4)

@@ -25,7 +25,7 @@ def rating_setup(items, ratings, buckets=(6,)):
 def test_one_newton_step_on_one_feature_is_the_bias_models_regularised_mean():
     items, ratings = [0, 0, 0, 1, 2, 2], [5, 4, 5, 1, 3, 4]
     model, tasks, shard = rating_setup(items, ratings)
-    apply_newton(model, wide_statistics(model, shard, tasks, CPU), {"bias_l2": 2.0, "newton_damping": 1.0})
+    apply_newton(model, wide_statistics(model, shard, tasks, CPU), {"bias_l2": 2.0, "newton_damping": 1.0}, tasks)
     residual = np.asarray(ratings) - np.mean(ratings)  # the untrained model predicts the mean
     expected = [residual[np.asarray(items) == i].sum() / (2.0 + (np.asarray(items) == i).sum()) for i in range(3)]
     table = model.first_order.tables["rating"][0].weight.detach().numpy()[:, 0]
@@ -64,6 +64,30 @@ def test_a_logit_step_moves_towards_the_labels_and_the_prior_holds_rare_ids_back
     assert float(out["first_order.bias.click"]) == pytest.approx(2.0)  # the global bias has no prior
 
 
+def test_a_global_logit_step_is_bounded_and_a_rating_or_per_id_step_is_not():
+    """Saturated predictions leave a vanishing curvature: the prior-free logit bias stops at the bound."""
+    from core.errors import InputError
+    from tasks.wide import newton_settings
+    tasks = resolve_tasks(["rating", "click"], ["rating", "click"],
+                          label_stats={"rating": {"mean": 3.0, "std": 1.0}, "click": {"mean": 0.3}})
+    train_cfg = {"bias_l2": 1.0, "newton_damping": 1.0, "newton_max_logit_step": 1.0}
+    priors, damping, bounds = newton_settings(train_cfg, tasks)
+    assert bounds == {"click": 1.0} and damping == 1.0 and priors == {"rating": 1.0, "click": 1.0}
+    params = {**{f"first_order.bias.{t}": np.float32(0.0) for t in ("rating", "click")},
+              "first_order.tables.click.0.weight": np.zeros((2, 1), np.float32)}
+    stats = {name: (np.array([0]), np.array([57.0]), np.array([10.0])) for name in params}  # 5.7 without a prior
+    out = newton_update(params, stats, priors, damping, bounds)
+    assert float(out["first_order.bias.click"]) == pytest.approx(1.0)
+    assert float(out["first_order.bias.rating"]) == pytest.approx(5.7)
+    assert float(out["first_order.tables.click.0.weight"][0, 0]) == pytest.approx(57.0 / 11.0)  # its prior holds it
+    stats["first_order.bias.click"] = (np.array([0]), np.array([-0.5]), np.array([10.0]))  # within the bound
+    out = newton_update(params, stats, priors, damping, bounds)
+    assert float(out["first_order.bias.click"]) == pytest.approx(-0.05)
+    assert newton_settings({**train_cfg, "newton_max_logit_step": None}, tasks)[2] == {}
+    with pytest.raises(InputError, match="train.newton_max_logit_step must be > 0 or null, got 0"):
+        newton_settings({**train_cfg, "newton_max_logit_step": 0}, tasks)
+
+
 def test_each_task_takes_its_own_prior():
     from core.errors import InputError
     from tasks.training import bias_priors
@@ -78,37 +102,47 @@ def test_each_task_takes_its_own_prior():
         bias_priors({"bias_l2": {"purchase": 1.0}}, ["rating"])
 
 
-def test_a_bias_only_column_trains_with_the_deep_part_each_row_on_its_own_merchants_rows():
-    """The merchant as a bias-only column: two merchants share items but not base rates."""
+def test_a_bias_only_column_is_fitted_once_by_the_trainer_each_row_on_its_own_merchants_rows():
+    """The merchant as a bias-only column: two merchants share items but not rating levels."""
     from tasks.training import make_optimizer
     from tasks.weighting import build_weighting
     from tasks.wide import averaged_by_rows, newton_fitted, train_round
     rng = np.random.default_rng(0)
     merchant = np.repeat([1, 3], 60)
     features = np.column_stack([rng.integers(0, 8, 120), rng.integers(0, 8, 120), merchant])
-    clicks = (rng.random(120) < np.where(merchant == 1, 0.8, 0.1)).astype(np.float32)
-    tasks = resolve_tasks(["click"], ["click"], label_stats={"click": {"mean": float(clicks.mean())}})
+    ratings = np.clip(np.round(np.where(merchant == 1, 4.5, 2.0) + rng.normal(0, 1, 120)), 1, 5).astype(np.float32)
+    tasks = resolve_tasks(["rating"], ["rating"], label_stats={"rating": {"mean": float(ratings.mean()), "std": 1.5}})
     cfg = to_plain(compose_config([]))
     torch.manual_seed(0)
-    model = build_model({**cfg["model"], "dropout": 0.0}, FeatureSpec((8, 8), bias_buckets=(4,)), ["click"])
-    model.init_priors({"click": float(clicks.mean())})
+    model = build_model({**cfg["model"], "dropout": 0.0, "embedding_init_std": 0.1},
+                        FeatureSpec((8, 8), bias_buckets=(4,)), ["rating"])
     assert len(model.embedding.tables) == 2 and model.first_order.columns == [0, 1, 2]
-    merchant_table = "first_order.tables.click.2.weight"
+    merchant_table = "first_order.tables.rating.2.weight"
     assert merchant_table not in newton_fitted(model, cfg["train"]) and merchant_table in averaged_by_rows(model, cfg)
-    weighting = build_weighting(cfg["loss"], ["click"])
+    weighting = build_weighting(cfg["loss"], ["rating"])
     optimizer = make_optimizer(model, weighting, cfg["train"])
-    only_first = Shard(features[merchant == 1], {"click": clicks[merchant == 1]}, {})
-    _, stats = train_round(model, weighting, optimizer, only_first, tasks, cfg["train"], 0, CPU, server_round=2)
-    assert merchant_table not in stats and "first_order.tables.click.0.weight" in stats  # Newton: embedded ones
-    bias = model.first_order.tables["click"][2].weight.detach()[:, 0]
-    assert bias[1] > 0 and bias[0] == bias[2] == bias[3] == 0  # a merchant's rows train its row alone
-    # The deep part never reads it: another merchant moves a row's logit by the biases' difference only.
-    with torch.no_grad():
-        model.first_order.tables["click"][2].weight[3] = -0.25
-    other = features.copy()
-    other[:, 2] = 4 - other[:, 2]
+    assert all(p is not model.first_order.tables["rating"][2].weight for g in optimizer.param_groups for p in g["params"])
+    first = merchant == 1
+    shard = Shard(features[first], {"rating": ratings[first]}, {})
+    _, stats = train_round(model, weighting, optimizer, shard, tasks, cfg["train"], 0, CPU, server_round=2)
+    assert merchant_table not in stats and "first_order.tables.rating.0.weight" in stats  # Newton: the embedded ones
+    bias = model.first_order.tables["rating"][2].weight.detach()[:, 0].double()
+    assert bias[0] == bias[2] == bias[3] == 0 and bias[1] > 0  # a merchant's rows set its row alone
+    # Its value: the regularised mean of the standardised residual the rest of the model leaves.
     model.eval()
     with torch.no_grad():
-        shift = model(torch.as_tensor(features))["click"] - model(torch.as_tensor(other))["click"]
-    expected = torch.where(torch.as_tensor(merchant) == 1, bias[1] + 0.25, -0.25 - bias[1])
-    torch.testing.assert_close(shift, expected.float(), rtol=1e-5, atol=1e-6)
+        rest = model(torch.as_tensor(features[first]))["rating"].double() - bias[1]
+    residual = (torch.as_tensor(ratings[first]).double() - tasks[0].center) / tasks[0].scale - rest
+    lam = float(cfg["train"]["bias_l2"])
+    assert float(bias[1]) == pytest.approx(float(residual.sum()) / (lam + int(first.sum())), rel=1e-4)
+    # Fitted once, then held: a later round's epochs and refit leave it as it is.
+    train_round(model, weighting, optimizer, shard, tasks, cfg["train"], 1, CPU, server_round=3)
+    assert float(model.first_order.tables["rating"][2].weight[1, 0]) == float(bias[1])
+    # The deep part never reads it: another merchant moves a row's output by the biases' difference only.
+    with torch.no_grad():
+        model.first_order.tables["rating"][2].weight[3] = -0.25
+        other = features[first].copy()
+        other[:, 2] = 3
+        shift = model(torch.as_tensor(features[first]))["rating"] - model(torch.as_tensor(other))["rating"]
+    torch.testing.assert_close(shift.double(), torch.full_like(shift.double(), float(bias[1]) + 0.25), rtol=1e-5,
+                               atol=1e-5)
