@@ -166,7 +166,7 @@ def evaluate_reply(msg: Message, node_config: Mapping[str, Any], manifest: str |
     data = node_data(node_config, manifest, cfg)
     model, _ = _trainable_from(msg.content, experiment)
     with_ranking = bool(int(msg.content.config_records[protocol.CONFIG].get(protocol.RANKING, 0)))
-    # ranking filters the user's train items; local_bias fits the merchant's offsets on them
+    # ranking filters the user's train items; personalization fits the merchant's offsets or heads on them
     train = data.shard("train") if with_ranking or personalization_of(cfg)[0] != "none" else None
     test, val = data.shard("test"), data.shard("val")
     scores = evaluate_merchant(model, experiment, train, test, val, with_ranking)

@@ -1,5 +1,5 @@
-"""Personalisation kept on the merchant (`personalization=none|local_bias`): what a merchant-id
-feature learns in pooled training, learned where federated learning allows it.
+"""Personalisation kept on the merchant (`personalization=none|local_bias|local_heads`): what a
+merchant-id feature learns in pooled training, learned where federated learning allows it.
 
 local_bias: before scoring, each merchant fits one offset per task on its own train split against the
 model it was given (a logit offset for a binary task, a value offset for a rating), shrunk towards 0
@@ -10,10 +10,19 @@ sent), so resume and checkpoints are unaffected. Within one merchant an offset i
 AUCs and the ranking are those of the global model; log-loss and RMSE are where it shows. Every mode
 applies it alike (centralized and local score each merchant with its own offset too), so the modes
 stay comparable; the personalised metrics travel beside the global ones as `<metric>_personal`.
+
+local_heads (FedPer's per-client heads, fitted afresh as in FedBABU): before scoring, each merchant
+trains a copy of the model's task heads (the towers and every other per-task part but the Newton-
+fitted biases) for `steps` passes over its own train split, everything shared held, with FedProx's
+proximal term of strength `l2` pulling them towards the global heads, and keeps a task's personal
+head only where it lowers the merchant's validation loss (`kept_where_better`). Unlike an offset, a
+head can reorder a merchant's rows, so the AUCs may change too. The same rules: nothing leaves the
+node or is stored, every mode applies it, the scores travel as `<metric>_personal`.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -22,11 +31,12 @@ import numpy as np
 
 from core.errors import InputError
 from data.shards import Shard
-from tasks.models import MultiTaskModel
+from tasks.models import MultiTaskModel, parameter_tasks
 from tasks.registry import Task
-from tasks.training import predict, task_labels
+from tasks.training import make_optimizer, predict, score, task_labels, train_epochs
+from tasks.weighting import LossWeighting
 
-MODES = ("none", "local_bias")
+MODES = ("none", "local_bias", "local_heads")
 SUFFIX = "_personal"
 EPS = 1e-6
 
@@ -99,6 +109,46 @@ def local_offsets(model: MultiTaskModel, tasks: Sequence[Task], device: torch.de
             continue
         offsets.update(merchant_offsets([task], task_labels(shard, [task]), predictions, l2, steps))
     return offsets
+
+
+def head_parameters(model: MultiTaskModel) -> list[torch.nn.Parameter]:
+    """The parameters local_heads trains: every per-task one but the first-order biases (their
+    Newton fit is the federation's, and local_bias is the per-merchant level)."""
+    owners = parameter_tasks(model)
+    return [p for name, p in model.named_parameters() if owners[name] is not None and not name.startswith("first_order.")]
+
+
+def local_heads(model: MultiTaskModel, weighting: LossWeighting, train: Shard, tasks: Sequence[Task],
+                train_cfg: Mapping[str, Any], device: torch.device, l2: float, steps: int, seed: int
+                ) -> MultiTaskModel:
+    """A copy of `model` whose heads trained `steps` passes over this merchant's train split, pulled
+    towards the global heads by a proximal term of strength `l2`; `model` itself is left as it is."""
+    personal = copy.deepcopy(model)
+    heads = head_parameters(personal)
+    if not heads or len(train) == 0:
+        return personal
+    fit_cfg = {**train_cfg, "local_epochs": steps, "embedding_l2": 0.0}
+    optimizer = make_optimizer(personal, weighting, fit_cfg, only=heads)
+    train_epochs(personal, weighting, optimizer, train, tasks, fit_cfg, seed, device, proximal=l2)
+    personal.eval()
+    return personal
+
+
+def kept_where_better(tasks: Sequence[Task], val: Shard, global_val: Mapping[str, np.ndarray],
+                      personal_val: Mapping[str, np.ndarray]) -> dict[str, bool]:
+    """Per task, whether the personal head lowers the merchant's validation loss (log-loss, RMSE):
+    trained on the rows the global model already fits, a head can only overfit them, so it is kept
+    only where the merchant's latest rows say it helps. True where the split holds no label."""
+    global_scores, _ = score(global_val, val, tasks)
+    personal_scores, _ = score(personal_val, val, tasks)
+    keep = {}
+    for task in tasks:
+        key = "logloss" if task.kind == "binary" else "rmse"
+        if task.name not in global_scores:
+            keep[task.name] = True
+        else:
+            keep[task.name] = personal_scores[task.name][key] < global_scores[task.name][key]
+    return keep
 
 
 def personal_metrics(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:

@@ -35,7 +35,8 @@ from data.shards import Shard
 from tasks.models import MultiTaskModel
 from tasks.registry import Task
 from tasks.metrics import RANKING
-from tasks.personalization import local_offsets, personal_metrics, personalization_of, shifted
+from tasks.personalization import (kept_where_better, local_heads, local_offsets, personal_metrics,
+                                   personalization_of, shifted)
 from tasks.training import predict, score
 
 if TYPE_CHECKING:
@@ -234,16 +235,27 @@ def evaluate_merchant(model: MultiTaskModel, experiment: "Experiment", train: Sh
     the one scoring that federated clients and the centralized/local baselines both use. Under
     personalization=local_bias the test metrics also hold `<metric>_personal`: the scores with this
     merchant's own offsets (tasks/personalization.py), fitted on its validation split, its latest
-    rows, when that holds the task's labels (else on its train split)."""
+    rows, when that holds the task's labels (else on its train split); under local_heads, with heads
+    trained on its train split where they lower its validation loss."""
     tasks, device = experiment.tasks, experiment.device
     test_predictions = predict(model, test.features, tasks, device)
     val_predictions = predict(model, val.features, tasks, device) if len(val) else None
     metrics, counts = score(test_predictions, test, tasks)
     mode, l2, steps = personalization_of(experiment.cfg)
+    personal_predictions = None
     if mode == "local_bias":
         offsets = local_offsets(model, tasks, device, (val, val_predictions), train, l2, steps)
-        personal, _ = score({t.name: shifted(t, test_predictions[t.name], offsets[t.name]) for t in tasks}, test, tasks)
-        for task, values in personal_metrics(personal).items():
+        personal_predictions = {t.name: shifted(t, test_predictions[t.name], offsets[t.name]) for t in tasks}
+    elif mode == "local_heads" and train is not None:
+        personal = local_heads(model, experiment.new_weighting(), train, tasks, experiment.cfg["train"], device, l2,
+                               steps, int(experiment.cfg["seed"]))
+        personal_predictions = predict(personal, test.features, tasks, device)
+        if val_predictions is not None:
+            keep = kept_where_better(tasks, val, val_predictions, predict(personal, val.features, tasks, device))
+            personal_predictions = {t: p if keep[t] else test_predictions[t] for t, p in personal_predictions.items()}
+    if personal_predictions is not None:
+        personal_scores, _ = score(personal_predictions, test, tasks)
+        for task, values in personal_metrics(personal_scores).items():
             metrics[task].update(values)
     if with_ranking:
         if train is None:

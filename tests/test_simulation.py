@@ -84,12 +84,12 @@ def test_a_round_where_every_client_fails_fails_the_run(tmp_path):
 
 
 # Each architecture also carries one wire format end to end (core/update_codec.py; esmm: sparse rows of
-# its SGD-trained purchase biases), esmm the merchants' local offsets (personalization=local_bias) and
-# ple the merchants' optimizer state kept in Flower's Context.state over three rounds (the first fits
-# only the biases). Through the door's own run() (the process door is proven above).
+# its SGD-trained purchase biases), esmm the merchants' local offsets (personalization=local_bias), ple
+# their own heads (local_heads) and the merchants' optimizer state kept in Flower's Context.state over
+# three rounds (the first fits only the biases). Through the door's own run() (the process door is proven above).
 @pytest.mark.parametrize("model,compression,personalization,extra",
                          [("mmoe", "int8", "none", []),
-                          ("ple", "float16", "none", ["train.keep_optimizer_state=true", "federation.rounds=3"]),
+                          ("ple", "float16", "local_heads", ["train.keep_optimizer_state=true", "federation.rounds=3"]),
                           ("esmm", "none", "local_bias", [])])
 def test_every_architecture_trains_federated(tmp_path, model, compression, personalization, extra):
     out = tmp_path / "run"
@@ -108,6 +108,8 @@ def test_every_architecture_trains_federated(tmp_path, model, compression, perso
             assert not personal
         else:
             assert set(personal) == {"auc_personal", "logloss_personal"}
+            assert all(0 < v < 1 for v in personal.values())
+        if personalization == "local_bias":
             assert personal["auc_personal"] == pytest.approx(doc["per_merchant"]["m00"][task]["auc"], abs=1e-3)
 
 
