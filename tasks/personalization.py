@@ -11,7 +11,7 @@ AUCs and the ranking are those of the global model; log-loss and RMSE are where 
 applies it alike (centralized and local score each merchant with its own offset too), so the modes
 stay comparable; the personalised metrics travel beside the global ones as `<metric>_personal`.
 
-local_heads (FedPer's per-client heads, fitted afresh as in FedBABU): before scoring, each merchant
+local_heads (FedPer's per-client heads, fitted afresh as in FedBABU): at every scoring, each merchant
 trains a copy of the model's task heads (the towers and every other per-task part but the Newton-
 fitted biases) for `steps` passes over its own train split, everything shared held, with FedProx's
 proximal term of strength `l2` pulling them towards the global heads, and keeps a task's personal
@@ -115,7 +115,8 @@ def head_parameters(model: MultiTaskModel) -> list[torch.nn.Parameter]:
     """The parameters local_heads trains: every per-task one but the first-order biases (their
     Newton fit is the federation's, and local_bias is the per-merchant level)."""
     owners = parameter_tasks(model)
-    return [p for name, p in model.named_parameters() if owners[name] is not None and not name.startswith("first_order.")]
+    return [p for name, p in model.named_parameters()
+            if owners[name] is not None and not name.startswith("first_order.")]
 
 
 def local_heads(model: MultiTaskModel, weighting: LossWeighting, train: Shard, tasks: Sequence[Task],
@@ -137,17 +138,15 @@ def local_heads(model: MultiTaskModel, weighting: LossWeighting, train: Shard, t
 def kept_where_better(tasks: Sequence[Task], val: Shard, global_val: Mapping[str, np.ndarray],
                       personal_val: Mapping[str, np.ndarray]) -> dict[str, bool]:
     """Per task, whether the personal head lowers the merchant's validation loss (log-loss, RMSE):
-    trained on the rows the global model already fits, a head can only overfit them, so it is kept
-    only where the merchant's latest rows say it helps. True where the split holds no label."""
+    trained on rows the global model already fits, a head mostly overfits them, so it is kept only
+    where the merchant's latest rows say it helps. True where the split holds no label."""
     global_scores, _ = score(global_val, val, tasks)
     personal_scores, _ = score(personal_val, val, tasks)
     keep = {}
     for task in tasks:
         key = "logloss" if task.kind == "binary" else "rmse"
-        if task.name not in global_scores:
-            keep[task.name] = True
-        else:
-            keep[task.name] = personal_scores[task.name][key] < global_scores[task.name][key]
+        keep[task.name] = (task.name not in global_scores
+                           or personal_scores[task.name][key] < global_scores[task.name][key])
     return keep
 
 
