@@ -84,6 +84,19 @@ def wide_statistics(model: MultiTaskModel, shard: Shard, tasks: Sequence[Task], 
     return stats
 
 
+def has_unfitted_rows(model: MultiTaskModel, shard: Shard, tasks: Sequence[Task]) -> bool:
+    """Whether some bias-only row that this shard's labelled rows look up is still at its initial zero."""
+    first_order, additive = model.first_order, set(model.additive_tasks())
+    for task, y in zip(tasks, task_labels(shard, tasks).values()):
+        if task.name in additive:
+            for j in range(first_order.n_embedded, len(first_order.tables[task.name])):
+                ids = np.unique(shard.features[np.isfinite(y), first_order.columns[j]])
+                table = first_order.tables[task.name][j].weight
+                if bool((table[torch.as_tensor(ids, device=table.device), 0] == 0).any()):
+                    return True
+    return False
+
+
 # Newton iterations of a bias-only row: a logit's converges in a few; a rating's is exact in one.
 BIAS_ONLY_STEPS = 8
 
@@ -98,9 +111,11 @@ def fit_bias_only(model: MultiTaskModel, shard: Shard, tasks: Sequence[Task], tr
     wide rounds); the others keep their value."""
     if model.first_order is None or not newton_fit(train_cfg) or not model.bias_only_tables():
         return
+    first_order = model.first_order
+    if only_unfitted and not has_unfitted_rows(model, shard, tasks):
+        return  # every row this shard labels is held: no pass over its rows
     priors = bias_priors(train_cfg, model.task_names)
     by_name = {t.name: t for t in tasks}
-    first_order = model.first_order
     for name, (mask, y, z) in additive_outputs(model, shard, tasks, device).items():
         task, lam = by_name[name], priors[name]
         for j in range(first_order.n_embedded, len(first_order.tables[name])):

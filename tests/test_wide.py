@@ -106,7 +106,7 @@ def test_a_bias_only_column_is_fitted_once_by_the_trainer_each_row_on_its_own_me
     """The merchant as a bias-only column: two merchants share items but not rating levels."""
     from tasks.training import make_optimizer
     from tasks.weighting import build_weighting
-    from tasks.wide import averaged_by_rows, newton_fitted, train_round
+    from tasks.wide import averaged_by_rows, has_unfitted_rows, newton_fitted, train_round
     rng = np.random.default_rng(0)
     merchant = np.repeat([1, 3], 60)
     features = np.column_stack([rng.integers(0, 8, 120), rng.integers(0, 8, 120), merchant])
@@ -124,7 +124,9 @@ def test_a_bias_only_column_is_fitted_once_by_the_trainer_each_row_on_its_own_me
     assert all(p is not model.first_order.tables["rating"][2].weight for g in optimizer.param_groups for p in g["params"])
     first = merchant == 1
     shard = Shard(features[first], {"rating": ratings[first]}, {})
+    assert has_unfitted_rows(model, shard, tasks)
     _, stats = train_round(model, weighting, optimizer, shard, tasks, cfg["train"], 0, CPU, server_round=2)
+    assert not has_unfitted_rows(model, shard, tasks)  # later rounds skip the pass over its rows
     assert merchant_table not in stats and "first_order.tables.rating.0.weight" in stats  # Newton: the embedded ones
     bias = model.first_order.tables["rating"][2].weight.detach()[:, 0].double()
     assert bias[0] == bias[2] == bias[3] == 0 and bias[1] > 0  # a merchant's rows set its row alone
