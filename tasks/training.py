@@ -139,13 +139,16 @@ def make_optimizer(model: MultiTaskModel, weighting: LossWeighting, train_cfg: M
     """One optimizer; the first-order (wide) part gets its own learning rate, `train.first_order_lr`:
     per-id biases need many passes to converge while the deep part overfits within a few. `only`:
     these parameters alone, at `lr` (personalization=local_heads trains the heads)."""
-    first_order = {id(p) for p in model.first_order.parameters()} if model.first_order is not None else set()
-    deep = [p for p in model.parameters() if id(p) not in first_order] + list(weighting.parameters())
-    wide = [p for t in sgd_bias_tasks(model, train_cfg) for p in model.first_order_parameters(t)]
-    first_order_lr = train_cfg.get("first_order_lr")
-    params = [{"params": deep}] + ([{"params": wide, "lr": float(first_order_lr or train_cfg["lr"])}] if wide else [])
     if only is not None:  # a subset trained alone, at one rate
         params = [{"params": list(only)}]
+    else:
+        first_order = {id(p) for p in model.first_order.parameters()} if model.first_order is not None else set()
+        deep = [p for p in model.parameters() if id(p) not in first_order] + list(weighting.parameters())
+        wide = [p for t in sgd_bias_tasks(model, train_cfg) for p in model.first_order_parameters(t)]
+        first_order_lr = train_cfg.get("first_order_lr")
+        params = [{"params": deep}]
+        if wide:
+            params.append({"params": wide, "lr": float(first_order_lr or train_cfg["lr"])})
     for key in ("lr", "first_order_lr"):
         value = train_cfg.get(key)
         if value is not None and not 0 < float(value) <= FLOAT32_MAX:
