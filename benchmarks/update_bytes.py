@@ -34,7 +34,7 @@ from server_app.aggregation import aggregate
 from server_app.strategy import train_update
 from tasks.experiment import open_experiment
 from tasks.state import joint_owners, joint_state
-from tasks.wide import averaged_by_rows, newton_fitted
+from tasks.wide import averaged_by_rows, first_deep_round, newton_fitted
 
 # name -> (federation.sparse_updates, federation.compression); the first is the reference
 FORMATS = {"whole, float32": (False, "none"), "sparse, float32": (True, "none"),
@@ -56,7 +56,7 @@ def measure(cfg: Mapping[str, Any], merchants: int) -> dict[str, Any]:
     reference_cfg = _with_format(cfg, *FORMATS["whole, float32"])
     sizes: dict[str, list[int]] = {name: [] for name in FORMATS}
     updates: dict[str, list] = {name: [] for name in FORMATS}
-    server_round = int(cfg["train"].get("wide_rounds", 0)) + 1  # the first round that trains the deep part
+    server_round = first_deep_round(cfg["train"])
     download = 0
     for k in range(min(merchants, n_nodes)):
         request = RecordDict({protocol.ARRAYS: sent, protocol.CONFIG: ConfigRecord(

@@ -5,6 +5,7 @@ same validation rule, as the federated run."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import asdict
 from logging import INFO
 from typing import Any, Mapping
@@ -17,12 +18,13 @@ from data.shards import Shard
 from data.summary import pooled_bad_rows
 from server_app.outputs import RoundRecord, RunResult
 from server_app.progress import RunProgress
+from tasks.averaging import RoundAverage, scored_state, scoring_average
 from tasks.experiment import Experiment, open_experiment
 from tasks.metrics import Metrics, combine_merchants
 from tasks.models import MultiTaskModel
 from tasks.ranking import Scores, evaluate_merchant, wants_ranking
 from tasks.selection import RoundKeeper, resolve_rule, validation_loss
-from tasks.state import load_joint_state, snapshot_state
+from tasks.state import load_joint_state
 from tasks.training import make_optimizer, oracle_score, shuffle_seed
 from tasks.wide import apply_newton, train_round
 
@@ -86,6 +88,7 @@ def run_centralized(experiment: Experiment, splits: Mapping[str, tuple[Shard, Sh
     optimizer = make_optimizer(model, weighting, train_cfg)
     same_model = {m: model for m in merchants}
     keeper: RoundKeeper[dict[str, torch.Tensor]] = RoundKeeper.from_config(cfg)
+    average: RoundAverage[dict[str, torch.Tensor]] = RoundAverage.from_config(train_cfg)
     rounds = []
     losses: dict[str, float] = {}
     for server_round in range(int(cfg["federation"]["rounds"]) + 1):
@@ -94,11 +97,12 @@ def run_centralized(experiment: Experiment, splits: Mapping[str, tuple[Shard, Sh
                                        shuffle_seed(int(cfg["seed"]), server_round, 0), experiment.device, server_round)
             apply_newton(model, wide, train_cfg, experiment.tasks)
             losses = report.losses
-        (overall, per_merchant), (validation, _) = evaluate_merchants(same_model, splits, experiment)
-        rounds.append(RoundRecord(server_round, overall, losses, validation))
+        with scoring_average(model, weighting, average, server_round):  # the model holds what is scored
+            (overall, per_merchant), (validation, _) = evaluate_merchants(same_model, splits, experiment)
+            rounds.append(RoundRecord(server_round, overall, losses, validation))
+            keeper.offer(server_round, validation_loss(validation, experiment.tasks, rounds[0].validation),
+                         lambda: scored_state(model, weighting, average))
         progress.report(rounds[-1], experiment.metric_names, per_merchant)
-        keeper.offer(server_round, validation_loss(validation, experiment.tasks, rounds[0].validation),
-                     lambda: snapshot_state(model, weighting))
         if keeper.stop:
             break
     kept = keeper.state
@@ -118,6 +122,7 @@ def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, S
     weightings = {m: experiment.new_weighting().to(experiment.device) for m in merchants}
     optimizers = {m: make_optimizer(models[m], weightings[m], train_cfg) for m in merchants}
     keepers: dict[str, RoundKeeper[Any]] = {m: RoundKeeper.from_config(cfg) for m in merchants}
+    averages: dict[str, RoundAverage[Any]] = {m: RoundAverage.from_config(train_cfg) for m in merchants}
     rounds = []
     untrained: dict[str, dict[str, Metrics]] = {}
     for server_round in range(int(cfg["federation"]["rounds"]) + 1):
@@ -133,11 +138,14 @@ def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, S
                 apply_newton(models[m], wide, train_cfg, experiment.tasks)
                 losses[m] = {t: {"loss": v} for t, v in report.losses.items()}
                 counts[m] = report.label_counts
-        (overall, per_merchant), (validation, per_merchant_val) = evaluate_merchants(models, splits, experiment)
-        untrained = untrained or per_merchant_val  # each merchant's reference: its prior's validation loss
-        for m in merchants:
-            keepers[m].offer(server_round, validation_loss(per_merchant_val[m], experiment.tasks, untrained[m]),
-                             lambda m=m: snapshot_state(models[m], weightings[m]))
+        with ExitStack() as scoring:  # every model holds what is scored
+            for m in merchants:
+                scoring.enter_context(scoring_average(models[m], weightings[m], averages[m], server_round))
+            (overall, per_merchant), (validation, per_merchant_val) = evaluate_merchants(models, splits, experiment)
+            untrained = untrained or per_merchant_val  # each merchant's reference: its prior's validation loss
+            for m in merchants:
+                keepers[m].offer(server_round, validation_loss(per_merchant_val[m], experiment.tasks, untrained[m]),
+                                 lambda m=m: scored_state(models[m], weightings[m], averages[m]))
         train_loss = {t: v["loss"] for t, v in combine_merchants(losses, counts).items()}
         rounds.append(RoundRecord(server_round, overall, train_loss, validation))
         progress.report(rounds[-1], experiment.metric_names, per_merchant)

@@ -3,7 +3,7 @@
 Everything that shapes the rounds still to come is in the checkpoint: the global arrays (the loss
 weighting's learned state included, it travels with the model), the server optimiser's state, the
 plan fixed at setup, the merchants' indices (they seed each client's batch order), the round keeper
-(kept round, its arrays, patience), the metrics history, failures, RNG states and the config. Clients
+(kept round, its arrays, patience), the scored model's running average (tasks/averaging.py), the metrics history, failures, RNG states and the config. Clients
 keep no state between rounds (their batch order is seeded from seed, round and merchant index), and
 client sampling is seeded from seed and round, so resuming replays the same rounds as an
 uninterrupted run. The file is written to a temporary name and renamed: a crash mid-write leaves the
@@ -54,6 +54,7 @@ class Checkpoint:
     config: dict[str, Any]                       # as the run was started (select_round unresolved)
     rng: dict[str, Any] = field(default_factory=dict)
     row_totals: dict[str, Any] = field(default_factory=dict)  # RowTotals.state()
+    averaged: Arrays | None = None               # RoundAverage.average: the scored model's running average
 
 
 def _tensors(arrays: Mapping[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:
@@ -93,6 +94,7 @@ def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "config": checkpoint.config, "rng": checkpoint.rng,
         "row_totals": {"totals": _tensors(checkpoint.row_totals.get("totals", {})),
                        "counted": list(checkpoint.row_totals.get("counted", []))},
+        "averaged": _tensors(checkpoint.averaged),
     }
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as handle:
@@ -135,7 +137,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         merchant_indices=document["merchant_indices"], failures=document["failures"],
         config=document["config"], rng=document["rng"],
         row_totals={"totals": _arrays(document.get("row_totals", {}).get("totals", {})),
-                    "counted": list(document.get("row_totals", {}).get("counted", []))})
+                    "counted": list(document.get("row_totals", {}).get("counted", []))},
+        averaged=_arrays(document.get("averaged")))
 
 
 def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -43,6 +43,7 @@ from server_app.cohorts import evaluation_cohort, evaluation_count, train_cohort
 from server_app.setup import Directory, addressees, failure, identify_newcomers, node_of, set_up_nodes
 from server_app.strategy import (Evaluation, MultiTaskFedAvg, RoundFailed, arrays_to_numpy, combined_train_metrics,
                                  numpy_to_arrays)
+from tasks.averaging import RoundAverage
 from tasks.experiment import Experiment, experiment_for
 from tasks.metrics import Metrics, combine_merchants, unflatten
 from tasks.plan import RunPlan, plan_from_summaries
@@ -185,11 +186,13 @@ def _optimised(model, cfg: Mapping[str, Any]) -> list[str]:
 
 def _checkpoint(server_round: int, arrays: ArrayRecord, optimizer: ServerOptimizer, rounds: list[RoundRecord],
                 keeper: RoundKeeper[ArrayRecord], experiment: Experiment, roster: Roster,
-                failures: list[dict[str, Any]], started_with: Mapping[str, Any], row_totals: RowTotals) -> Checkpoint:
+                failures: list[dict[str, Any]], started_with: Mapping[str, Any], row_totals: RowTotals,
+                average: RoundAverage[dict]) -> Checkpoint:
     best = keeper.best_state
     return Checkpoint(server_round, arrays_to_numpy(arrays), optimizer.state, rounds, keeper.progress(),
                       None if best is None else arrays_to_numpy(best), experiment.plan.to_json(),
-                      dict(roster.index_of_merchant), failures, dict(started_with), rng_state(), row_totals.state())
+                      dict(roster.index_of_merchant), failures, dict(started_with), rng_state(), row_totals.state(),
+                      average.average)
 
 
 def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, output_dir: Path | None = None,
@@ -235,6 +238,7 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
         log(INFO, "init_from: starting from the trained model in %s", cfg["init_from"])
     rounds: list[RoundRecord] = []
     keeper: RoundKeeper[ArrayRecord] = RoundKeeper.from_config(cfg)
+    average: RoundAverage[dict] = RoundAverage.from_config(cfg["train"])
     n_rounds = int(fed["rounds"])
     if resumed:
         arrays, rounds = numpy_to_arrays(resumed.arrays), list(resumed.rounds)
@@ -242,6 +246,7 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
         row_totals.restore(resumed.row_totals)
         keeper.restore(resumed.keeper, None if resumed.kept_arrays is None else numpy_to_arrays(resumed.kept_arrays),
                        lambda: arrays)
+        average.average = resumed.averaged
         restore_rng(resumed.rng)
         log(INFO, "resume: continuing %s after round %d", cfg["resume"], resumed.round)
 
@@ -279,14 +284,18 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
                 arrays = new_arrays
                 privacy.spend(server_round)
             losses = {t: m["loss"] for t, m in unflatten(dict(train_metrics or {})).items() if "loss" in m}
-        evaluation = evaluate(server_round, arrays)
+        # Training goes on from `arrays`; what is scored, kept and saved is their average over rounds.
+        scored = numpy_to_arrays(average.offer(server_round, arrays_to_numpy(arrays))) \
+            if average.averages(server_round) else arrays
+        evaluation = evaluate(server_round, scored)
         rounds.append(RoundRecord(server_round, evaluation.overall, losses, evaluation.validation, privacy.record()))
         progress.report(rounds[-1], experiment.metric_names, evaluation.per_merchant)
         keeper.offer(server_round, validation_loss(evaluation.validation, experiment.tasks, rounds[0].validation),
-                     lambda: arrays)
+                     lambda: scored)
         if output_dir is not None:
             write_checkpoint(Path(output_dir) / CHECKPOINT, _checkpoint(
-                server_round, arrays, optimizer, rounds, keeper, experiment, roster, failures, started_with, row_totals))
+                server_round, arrays, optimizer, rounds, keeper, experiment, roster, failures, started_with, row_totals,
+                average))
 
     # The kept model, scored once more with ranking, as the evaluation after the last round played.
     kept_arrays = keeper.state

@@ -197,6 +197,11 @@ def apply_newton(model: MultiTaskModel, stats: WideStats, train_cfg: Mapping[str
         state[name].copy_(torch.as_tensor(value))
 
 
+def first_deep_round(train_cfg: Mapping[str, Any]) -> int:
+    """The first round whose training moves the deep part: past the bias-only rounds under newton."""
+    return int(train_cfg.get("wide_rounds", 0)) + 1 if newton_fit(train_cfg) else 1
+
+
 def train_round(model: MultiTaskModel, weighting: LossWeighting, optimizer: torch.optim.Optimizer | None,
                 shard: Shard, tasks: Sequence[Task], train_cfg: Mapping[str, object], seed: int,
                 device: torch.device, server_round: int, proximal: float = 0.0,
@@ -210,15 +215,15 @@ def train_round(model: MultiTaskModel, weighting: LossWeighting, optimizer: torc
     """
     if not newton_fit(train_cfg):
         return train_epochs(model, weighting, optimizer, shard, tasks, train_cfg, seed, device, proximal, row_totals), {}
-    if server_round <= int(train_cfg.get("wide_rounds", 0)):
+    deep = server_round >= first_deep_round(train_cfg)
+    if not deep:
         report = TrainReport(examples=int(labelled_rows(shard, tasks).sum()), label_counts=label_counts(shard, tasks),
                              losses={})
     else:
         report = train_epochs(model, weighting, optimizer, shard, tasks, train_cfg, seed, device, proximal, row_totals)
     # After the deep part's epochs: the biases then correct only the residual the deep part left. Taken
     # before them, both parts would chase the same residual and overshoot, round after round.
-    fit_bias_only(model, shard, tasks, train_cfg, device,
-                  only_unfitted=server_round > int(train_cfg.get("wide_rounds", 0)))
+    fit_bias_only(model, shard, tasks, train_cfg, device, only_unfitted=deep)
     return report, wide_statistics(model, shard, tasks, device)
 
 

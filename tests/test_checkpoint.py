@@ -26,7 +26,8 @@ def checkpoint(server_round=2):
                                                                      {"click": {"logloss": math.nan}})],
         keeper={"round": 1, "latest": 2, "loss": 0.75}, kept_arrays={"emb": np.ones((3, 2), np.float32)},
         plan='{"tasks": ["click"]}', merchant_indices={"m0": 0, "m1": 1}, failures=[{"round": 1, "node": 7,
-        "merchant": "m1", "reason": "boom"}], config=CFG, rng=rng_state())
+        "merchant": "m1", "reason": "boom"}], config=CFG, rng=rng_state(),
+        averaged={"emb": np.full((3, 2), 0.5, np.float32)})
 
 
 def test_a_checkpoint_reads_back_as_written(tmp_path):
@@ -40,6 +41,7 @@ def test_a_checkpoint_reads_back_as_written(tmp_path):
     assert back.rounds[1].train_loss == {"click": 0.3} and math.isnan(back.rounds[1].validation["click"]["logloss"])
     assert back.keeper == {"round": 1, "latest": 2, "loss": 0.75} and back.merchant_indices == {"m0": 0, "m1": 1}
     assert back.failures[0]["merchant"] == "m1" and read_checkpoint(tmp_path / CHECKPOINT).round == 2
+    np.testing.assert_array_equal(back.averaged["emb"], np.full((3, 2), 0.5, np.float32))
 
 
 def test_the_rng_state_is_restored(tmp_path):

@@ -86,6 +86,8 @@ def test_a_run_stopped_after_round_2_of_4_and_resumed_ends_as_the_uninterrupted_
         np.testing.assert_allclose(sb[name].numpy(), sa[name].numpy(), rtol=1e-5, atol=1e-6)
     ckpt = torch.load(resumed / "checkpoint.pt", weights_only=True)
     assert ckpt["round"] == 4 and set(ckpt["optimizer"]) == {"m", "v"}
+    # Scored and kept: the rounds' average (train.average_decay), carried across the resume; trained on: the latest.
+    assert any(not torch.equal(ckpt["averaged"][n], ckpt["arrays"][n]) for n in ckpt["arrays"])
 
     # A new run from the trained model: its untrained round 0 is the trained model's test metrics.
     fresh = tmp_path / "fresh"
