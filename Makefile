@@ -11,10 +11,11 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 .PHONY: install run test test-fast deploy-local bench bench-speed bench-privacy references sweep clean
 
 # torch goes first and pinned: this takes the CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# constraints.txt pins every other package to the versions the README's figures were measured with.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
