@@ -64,7 +64,8 @@ def test_too_few_usable_replies_fail_the_round_with_a_clear_line_and_keep_the_la
     assert torch.load(out / "checkpoint.pt", weights_only=True)["round"] == 0  # round 0 survives to resume from
 
 
-RESUMABLE = ["strategy=fedadam", "federation.clients_per_round=3", "data.val_fraction=0.2", "select_round=best_val", "patience=0"]
+RESUMABLE = ["strategy=fedadam", "federation.clients_per_round=3", "data.val_fraction=0.2", "select_round=best_val", "patience=0",
+             "train.average_decay=0.5"]  # the rounds' average must carry across the resume too
 
 
 def test_a_run_stopped_after_round_2_of_4_and_resumed_ends_as_the_uninterrupted_run(tmp_path):
