@@ -142,12 +142,9 @@ def kept_where_better(tasks: Sequence[Task], val: Shard, global_val: Mapping[str
     where the merchant's latest rows say it helps. True where the split holds no label."""
     global_scores, _ = score(global_val, val, tasks)
     personal_scores, _ = score(personal_val, val, tasks)
-    keep = {}
-    for task in tasks:
-        key = "logloss" if task.kind == "binary" else "rmse"
-        keep[task.name] = (task.name not in global_scores
-                           or personal_scores[task.name][key] < global_scores[task.name][key])
-    return keep
+    return {task.name: task.name not in global_scores
+            or task.loss_from_metrics(personal_scores[task.name]) < task.loss_from_metrics(global_scores[task.name])
+            for task in tasks}
 
 
 def personal_metrics(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
