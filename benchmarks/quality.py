@@ -24,9 +24,12 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
-from benchmarks.references import ReferenceResult, chosen_table, gather_splits, run_references, tuning_note
+import numpy as np
+
+from benchmarks.references import (MerchantSplits, ReferenceResult, chosen_table, gather_splits, run_references,
+                                   tuning_note)
 from benchmarks.report import make_command, markdown, publish
 from core.config import compose_config, to_plain
 from core.errors import InputError
@@ -35,8 +38,10 @@ from server_app.orchestration import run_job
 from server_app.merchant_view import plot_merchants
 from server_app.outputs import RunResult
 from tasks.experiment import open_experiment
+from tasks.metrics import auc_standard_error, combined_standard_error, rmse_standard_error
 from tasks.personalization import SUFFIX
-from tasks.registry import TASKS
+from tasks.registry import TASKS, Task
+from tasks.training import task_labels
 
 FLOORS = {"auc": 0.98, "rmse": 1.02}  # federated/centralized: AUC at least, RMSE at most (issue 8)
 # The best-round protocol, unless the overrides say otherwise: every mode trains up to 20 rounds and
@@ -95,8 +100,36 @@ def best_of(candidates: Mapping[str, Mapping[str, Mapping[str, float]]], task: s
     return best
 
 
-def reference_sections(results: dict[str, RunResult], references: Mapping[str, ReferenceResult]) -> str:
-    """Per task the best method overall and the best reference, then federated against every reference."""
+def held_out_labels(splits: Mapping[str, MerchantSplits], tasks: Sequence[Task]) -> dict[str, dict[str, tuple[int, int]]]:
+    """Per merchant and task, its test split's (labels, positives); positives are 0 for the rating."""
+    out = {}
+    for merchant, split in splits.items():
+        labels = task_labels(split.test, tasks)
+        out[merchant] = {t.name: (int(np.isfinite(labels[t.name]).sum()),
+                                  int(np.nansum(labels[t.name])) if t.kind == "binary" else 0) for t in tasks}
+    return out
+
+
+def sampling_error(task: str, metric: str, per_merchant: Mapping[str, Mapping[str, Mapping[str, float]]],
+                     counts: Mapping[str, Mapping[str, tuple[int, int]]]) -> float:
+    """The approximate sampling error of one model's headline metric on these test splits, merchants
+    combined like the metric (tasks/metrics.py); the model's own per-merchant values set its size."""
+    errors = {}
+    for merchant, (n, positives) in ((m, c[task]) for m, c in counts.items() if task in c):
+        v = per_merchant.get(merchant, {}).get(task, {}).get(metric)
+        if v is None:
+            continue
+        se = auc_standard_error(v, positives, n - positives) if metric == "auc" else rmse_standard_error(v, n)
+        errors[merchant] = (se, n)
+    return combined_standard_error(errors)
+
+
+def reference_sections(results: dict[str, RunResult], references: Mapping[str, ReferenceResult],
+                       seed_finals: Sequence[Mapping[str, Mapping[str, float]]] = (),
+                       counts: Mapping[str, Mapping[str, tuple[int, int]]] | None = None) -> str:
+    """Per task the best method overall and the best reference, then federated against every reference:
+    with `seed_finals` (federated's final metrics per seed) and `counts` (held_out_labels), how far ahead it
+    is, seed by seed and against the test split's own sampling error."""
     tasks = results["federated"].tasks
     fed = results["federated"].final
     lines, rows = [], []
@@ -116,13 +149,21 @@ def reference_sections(results: dict[str, RunResult], references: Mapping[str, R
         if TASKS[t].kind == "binary" and "mean" in references:
             fed_ll, base_ll = value(fed, t, "logloss"), value(references["mean"].final, t, "logloss")
             beats = beats and fed_ll is not None and base_ll is not None and fed_ll < base_ll
-        rows.append([f"{t} {m}", fmt(f), f"{best_ref[0]} ({best_ref[1]:.4f})", fmt(fed_ll), fmt(base_ll),
-                     "yes" if beats else "NO"])
-    verdict = markdown(["task", "federated", "best reference", "federated logloss", "base-rate logloss",
-                        "federated beats every reference"], rows)
+        margin = (f - best_ref[1]) * (1 if m in TASKS[t].higher_is_better else -1)
+        per_seed = ", ".join(fmt(value(final, t, m)) for final in seed_finals) or "-"
+        error = sampling_error(t, m, results["federated"].per_merchant, counts) if counts else math.nan
+        rows.append([f"{t} {m}", fmt(f), per_seed, f"{best_ref[0]} ({best_ref[1]:.4f})", f"{margin:+.4f}",
+                     fmt(error if math.isfinite(error) else None), fmt(fed_ll), fmt(base_ll), "yes" if beats else "NO"])
+    verdict = markdown(["task", "federated", "per seed", "best reference", "margin", "test-split error",
+                        "federated logloss", "base-rate logloss", "federated beats every reference"], rows)
     return ("Best per task (mean over seeds for the modes):\n\n" + "\n".join(lines) + "\n\n"
             f"Federated against every reference (higher AUC, lower RMSE, and for binary tasks a log-loss "
-            f"below the base rate's):\n\n{verdict}")
+            f"below the base rate's):\n\n{verdict}\n\n"
+            "Margin: how far federated is ahead of the best reference (negative: behind). Test-split error: "
+            "the sampling error of one model's metric on these test rows (Hanley-McNeil for an AUC, "
+            "RMSE / sqrt(2n) for an RMSE; merchants combined like the metric). Both are scored on the same "
+            "rows, so their difference varies less than that, but a margin far inside it is a tie that "
+            "another test window could reverse.")
 
 
 def per_merchant_section(results: Mapping[str, RunResult]) -> str:
@@ -149,7 +190,9 @@ def per_merchant_section(results: Mapping[str, RunResult]) -> str:
 
 
 def report(results: dict[str, RunResult], smallest: list[str], seconds: dict[str, float], command: str,
-           references: Mapping[str, ReferenceResult] | None = None, references_note: str = "") -> str:
+           references: Mapping[str, ReferenceResult] | None = None, references_note: str = "",
+           seed_finals: Sequence[Mapping[str, Mapping[str, float]]] = (),
+           counts: Mapping[str, Mapping[str, tuple[int, int]]] | None = None) -> str:
     tasks = results["federated"].tasks
     cols = metric_columns(tasks)
     rows = []
@@ -195,7 +238,7 @@ def report(results: dict[str, RunResult], smallest: list[str], seconds: dict[str
                 f"{references_note or 'settings chosen on validation'}. The linear reference is "
                 f"logistic regression for binary tasks and ridge for the rating; MF is the bias model plus "
                 f"p_u . q_i (benchmarks/references.py).\n\n"
-                f"{chosen_table(references, tasks)}\n\n{reference_sections(results, references)}\n\n")
+                f"{chosen_table(references, tasks)}\n\n{reference_sections(results, references, seed_finals, counts)}\n\n")
     merchants = f"\n{per_merchant_section(results)}" if fed.merchant_rows else ""
     return (f"Command: `{command}`\n\n{table}\n\n{refs}{ratios}\n\n"
             f"Merchants with the least training data ({', '.join(smallest)}):\n\n{small}\n{merchants}")
@@ -219,23 +262,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("flwr").setLevel(logging.WARNING)
     out = Path(args.out).resolve()
     try:
-        results, seconds = {}, {}
+        results, seconds, seed_finals = {}, {}, {}
         for mode in ("centralized", "federated", "local"):
             runs, start = [], time.perf_counter()
             for seed in range(args.seeds):
                 cfg = to_plain(compose_config([*with_protocol(args.overrides), f"mode={mode}", f"seed={seed}"]))
                 run = run_federated_simulation if mode == "federated" else run_job
                 runs.append(run(cfg, out / mode / f"seed-{seed}"))
-            results[mode] = over_seeds(runs)
+            results[mode], seed_finals[mode] = over_seeds(runs), [r.final for r in runs]
             seconds[mode] = (time.perf_counter() - start) / args.seeds
             print(f"{mode}: {args.seeds} run(s), {seconds[mode]:.0f} s each", flush=True)
         index = open_experiment(cfg, prepare=True).index
         smallest = [m.merchant_id for m in sorted(index.merchants, key=lambda m: m.n_train)[:SMALLEST]]
-        references, note = None, ""
+        references, note, counts = None, "", None
         if not args.no_references:
             start = time.perf_counter()
             splits, run_tasks, features = gather_splits(cfg)
             references, note = run_references(splits, run_tasks, features, seed=0), tuning_note(splits)
+            counts = held_out_labels(splits, run_tasks)
             print(f"references: {time.perf_counter() - start:.0f} s", flush=True)
     except InputError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
@@ -244,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds != 3 or args.out != OUT or args.no_references:
         command = " ".join(["python -m benchmarks.quality", f"--seeds {args.seeds}", f"--out {args.out}",
                             *(["--no-references"] if args.no_references else []), *args.overrides])
-    publish(report(results, smallest, seconds, command, references, note), out)
+    publish(report(results, smallest, seconds, command, references, note, seed_finals["federated"], counts), out)
     plot_merchants(results, out / "merchants.png", {t: TASKS[t].metric_names for t in results["federated"].tasks})
     return 0
 

@@ -47,6 +47,32 @@ def combine_merchants(per_merchant: Mapping[str, Mapping[str, Metrics]],
     return {task: {name: sums[task][name] / weights[task][name] for name in sums[task]} for task in sums}
 
 
+def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
+    """The sampling error of one model's AUC on a test split of this many positives and negatives
+    (Hanley & McNeil, 1982: exact for exponential scores, about 15 % high for binormal ones); NaN where
+    the AUC is undefined. A few dozen positives make it several hundredths: a margin far inside it is a
+    tie another test window could reverse."""
+    if positives < 1 or negatives < 1 or not math.isfinite(auc):
+        return math.nan
+    q1, q2 = auc / (2.0 - auc), 2.0 * auc * auc / (1.0 + auc)
+    variance = (auc * (1.0 - auc) + (positives - 1) * (q1 - auc * auc)
+                + (negatives - 1) * (q2 - auc * auc)) / (positives * negatives)
+    return math.sqrt(max(variance, 0.0))
+
+
+def rmse_standard_error(rmse: float, n: int) -> float:
+    """The sampling error of an RMSE over n test rows with normal errors (delta method: RMSE / sqrt(2n))."""
+    return rmse / math.sqrt(2.0 * n) if n > 0 and math.isfinite(rmse) else math.nan
+
+
+def combined_standard_error(per_merchant: Mapping[str, tuple[float, int]]) -> float:
+    """The standard error of combine_merchants' mean from each merchant's (standard error, test labels),
+    merchants independent; undefined ones are left out, as combine_merchants leaves out their metric."""
+    defined = [(se, n) for se, n in per_merchant.values() if n > 0 and math.isfinite(se)]
+    total = sum(n for _, n in defined)
+    return math.sqrt(sum((n * se) ** 2 for se, n in defined)) / total if total else math.nan
+
+
 COUNT = "num-labels"  # per-task label count travelling with a task's metrics
 RANKING = "ranking"   # pseudo-task holding HR/NDCG@K, weighted across merchants by positives scored
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
 from benchmarks.speed import aggregation_cost, model_figures
 from tasks.experiment import open_experiment
 from tests.conftest import TINY
@@ -43,8 +47,11 @@ def test_quality_report_shows_the_references_and_the_verdict(tiny_cfg):
         return RunResult(mode, names, [], final, {m: final for m in merchants}, 2, {}, {})
     results = {"centralized": fake("centralized", 0.9, 0.5), "federated": fake("federated", 0.99, 0.1),
                "local": fake("local", 0.4, 3.0)}
+    from benchmarks.quality import held_out_labels
+    counts = held_out_labels(splits, tasks)
+    seeds = [results["federated"].final, results["federated"].final]
     text = report(results, merchants[:2], {m: 1.0 for m in results}, "make bench", references,
-                  tuning_note(splits))
+                  tuning_note(splits), seeds, counts)
     for name in NAMES:
         assert f"| {name} (reference) |" in text
     assert "settings chosen on the validation split" in text
@@ -52,13 +59,30 @@ def test_quality_report_shows_the_references_and_the_verdict(tiny_cfg):
     for t in names:
         metric = "rmse" if t == "rating" else "auc"
         assert f"- {t} {metric}: best is federated (" in text and "; best reference: " in text
-    verdict = text.split("| task | federated | best reference |")[1].split("\n\n")[0]
+    verdict = text.split("| task | federated | per seed | best reference | margin | test-split error |")[1].split("\n\n")[0]
     assert verdict.count("| yes |") == len(names) and "NO" not in verdict
+    for t in names:
+        row = next(line for line in verdict.splitlines() if line.startswith(f"| {t} "))
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        metric = "rmse" if t == "rating" else "auc"
+        best = min if metric == "rmse" else max
+        best_ref = best(r.final[t][metric] for r in references.values())
+        assert cells[2] == f"{cells[1]}, {cells[1]}"  # each seed's value
+        margin = (0.99 - best_ref) if metric == "auc" else (best_ref - 0.1)
+        assert float(cells[4]) == pytest.approx(margin, abs=1e-4) and float(cells[4]) > 0
+        # the sampling error from the merchants' test labels and the federated model's per-merchant values
+        n = {m: c[t][0] for m, c in counts.items()}
+        if metric == "rmse":
+            expected = math.sqrt(sum((k * 0.1 / math.sqrt(2 * k)) ** 2 for k in n.values() if k)) / sum(n.values())
+            assert float(cells[5]) == pytest.approx(expected, abs=1e-4)
+        else:
+            assert 0 < float(cells[5]) < 0.1
 
     worse = {**results, "federated": fake("federated", 0.3, 9.0)}
     verdict = report(worse, merchants[:2], {m: 1.0 for m in results}, "make bench", references
-                     ).split("| task | federated | best reference |")[1].split("\n\n")[0]
-    assert verdict.count("| NO |") == len(names)
+                     ).split("| task | federated | per seed | best reference | margin | test-split error |")[1].split("\n\n")[0]
+    assert verdict.count("| NO |") == len(names) and verdict.count("| - |") >= 2 * len(names)  # no seeds, no counts
+    assert all(float(line.split("|")[5]) < 0 for line in verdict.splitlines()[2:])  # behind: negative margins
 
 
 def test_scoring_bench_scores_every_row_in_each_format(tiny_runs, tmp_path):

@@ -6,7 +6,8 @@ import torch
 
 from core.errors import InputError
 from data.shards import Shard
-from tasks.metrics import binary_metrics, combine_merchants, flatten, split_counts, unflatten, with_counts
+from tasks.metrics import (auc_standard_error, binary_metrics, combine_merchants, combined_standard_error, flatten,
+                          rmse_standard_error, split_counts, unflatten, with_counts)
 from tasks.models import build_model, parameter_tasks
 from tasks.registry import TASKS, resolve_tasks
 from tasks.training import evaluate, make_optimizer, masked_task_losses, train_epochs
@@ -73,6 +74,25 @@ def test_combine_weights_merchants_by_test_labels_and_skips_undefined():
     per_merchant = {"a": {"click": {"auc": 0.8}}, "b": {"click": {"auc": 0.5}}, "c": {"click": {"auc": math.nan}}}
     counts = {"a": {"click": 30}, "b": {"click": 10}, "c": {"click": 1000}}
     assert combine_merchants(per_merchant, counts)["click"]["auc"] == pytest.approx((30 * 0.8 + 10 * 0.5) / 40)
+
+
+def test_the_standard_errors_match_the_spread_of_metrics_over_redrawn_test_splits():
+    """Hanley-McNeil for an AUC (exact where scores are exponential, its derivation's model) and RMSE /
+    sqrt(2n) against the spread of 1,000 simulated test splits."""
+    rng = np.random.default_rng(0)
+    positives, negatives = 40, 400
+
+    def auc() -> float:  # Mann-Whitney: the positives' rank sum (continuous scores: no ties)
+        ranks = np.r_[rng.exponential(3.0, positives), rng.exponential(1.0, negatives)].argsort().argsort() + 1
+        return (ranks[:positives].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+    aucs = [auc() for _ in range(1000)]
+    assert auc_standard_error(float(np.mean(aucs)), positives, negatives) == pytest.approx(np.std(aucs), rel=0.1)
+    rmses = [np.sqrt(np.mean(rng.normal(0.0, 0.9, 300) ** 2)) for _ in range(1000)]
+    assert rmse_standard_error(0.9, 300) == pytest.approx(np.std(rmses), rel=0.1)
+    assert math.isnan(auc_standard_error(0.7, 0, 100)) and math.isnan(rmse_standard_error(1.0, 0))
+    # merchants combined like combine_merchants: weights = test labels; an undefined one is left out
+    assert combined_standard_error({"a": (0.03, 100), "b": (0.01, 300), "c": (math.nan, 50)}) == pytest.approx(
+        math.sqrt((100 * 0.03) ** 2 + (300 * 0.01) ** 2) / 400)
 
 
 def test_metric_records_round_trip():
