@@ -36,7 +36,7 @@ from core.errors import InputError
 from launch.simulation import run_federated_simulation
 from server_app.orchestration import run_job
 from server_app.merchant_view import plot_merchants
-from server_app.outputs import RunResult
+from server_app.outputs import RunResult, read_metrics_document
 from tasks.experiment import open_experiment
 from tasks.metrics import auc_standard_error, combined_standard_error, rmse_standard_error
 from tasks.personalization import SUFFIX
@@ -198,7 +198,7 @@ def report(results: dict[str, RunResult], smallest: list[str], seconds: dict[str
     rows = []
     for mode, r in results.items():
         rows.append([mode, *(fmt(r.final.get(t, {}).get(m)) for t, m in cols), str(r.selected_round),
-                     f"{seconds[mode]:.0f}"])
+                     f"{seconds[mode]:.0f}" if math.isfinite(seconds[mode]) else "-"])
         if any(k.endswith(SUFFIX) for metrics in r.final.values() for k in metrics):  # personalization=local_bias
             rows.append([f"{mode}, each merchant's offsets", *(fmt(r.final.get(t, {}).get(m + SUFFIX)) for t, m in cols),
                          str(r.selected_round), "-"])
@@ -244,6 +244,14 @@ def report(results: dict[str, RunResult], smallest: list[str], seconds: dict[str
             f"Merchants with the least training data ({', '.join(smallest)}):\n\n{small}\n{merchants}")
 
 
+def stored_run(directory: Path) -> RunResult:
+    """One run of an earlier bench (--from-runs), or one clear line if it is not there."""
+    if not (directory / "metrics.json").is_file():
+        raise InputError(f"--from-runs: {directory / 'metrics.json'} does not exist (run the bench with the same "
+                         "--out, --seeds and overrides first)")
+    return read_metrics_document(directory / "metrics.json")
+
+
 def with_protocol(overrides: list[str]) -> list[str]:
     """The overrides, after the PROTOCOL settings they do not set themselves."""
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
@@ -258,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="runs per mode (seed=0..N-1: model init, batch order, dropout); metrics are averaged")
     parser.add_argument("--no-references", action="store_true",
                         help="skip the pooled references (mean, merchant mean, bias model, one-hot linear, MF)")
+    parser.add_argument("--from-runs", action="store_true",
+                        help="train nothing: rebuild the report from the runs already in --out (each mode's "
+                             "seed-N/metrics.json), e.g. after the references failed; seconds per run show as -")
     args = parser.parse_args(argv)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     out = Path(args.out).resolve()
@@ -267,11 +278,15 @@ def main(argv: list[str] | None = None) -> int:
             runs, start = [], time.perf_counter()
             for seed in range(args.seeds):
                 cfg = to_plain(compose_config([*with_protocol(args.overrides), f"mode={mode}", f"seed={seed}"]))
+                if args.from_runs:
+                    runs.append(stored_run(out / mode / f"seed-{seed}"))
+                    continue
                 run = run_federated_simulation if mode == "federated" else run_job
                 runs.append(run(cfg, out / mode / f"seed-{seed}"))
             results[mode], seed_finals[mode] = over_seeds(runs), [r.final for r in runs]
-            seconds[mode] = (time.perf_counter() - start) / args.seeds
-            print(f"{mode}: {args.seeds} run(s), {seconds[mode]:.0f} s each", flush=True)
+            seconds[mode] = math.nan if args.from_runs else (time.perf_counter() - start) / args.seeds
+            print(f"{mode}: {args.seeds} run(s), " + (f"read from {out / mode}" if args.from_runs
+                                                        else f"{seconds[mode]:.0f} s each"), flush=True)
         index = open_experiment(cfg, prepare=True).index
         smallest = [m.merchant_id for m in sorted(index.merchants, key=lambda m: m.n_train)[:SMALLEST]]
         references, note, counts = None, "", None
@@ -285,9 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
     command = make_command("bench", args.overrides)
-    if args.seeds != 3 or args.out != OUT or args.no_references:
+    if args.seeds != 3 or args.out != OUT or args.no_references or args.from_runs:
         command = " ".join(["python -m benchmarks.quality", f"--seeds {args.seeds}", f"--out {args.out}",
-                            *(["--no-references"] if args.no_references else []), *args.overrides])
+                            *(["--no-references"] if args.no_references else []),
+                            *(["--from-runs"] if args.from_runs else []), *args.overrides])
     publish(report(results, smallest, seconds, command, references, note, seed_finals["federated"], counts), out)
     plot_merchants(results, out / "merchants.png", {t: TASKS[t].metric_names for t in results["federated"].tasks})
     return 0

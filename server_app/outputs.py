@@ -74,6 +74,15 @@ def metrics_document(result: RunResult) -> dict[str, Any]:
     })
 
 
+def read_metrics_document(path: Path) -> RunResult:
+    """A finished run's metrics.json back as the RunResult the reports read: final and per-merchant
+    metrics, kept round, config; the rounds and the model state stay behind (undefined metrics: None)."""
+    doc = json.loads(Path(path).read_text())
+    return RunResult(doc["mode"], list(doc["task_list"]), [], doc["tasks"], doc["per_merchant"], doc["selected_round"],
+                     {}, doc["config"], doc.get("oracle"), doc.get("failures", []), doc.get("plan"),
+                     doc.get("merchant_train_rows", {}), doc.get("bad_rows", {}))
+
+
 def round_table_header(metric_names: dict[str, tuple[str, ...]]) -> str:
     cells = ["round"] + [f"{t}.{m}" for t, names in metric_names.items() for m in names]
     return "  ".join(f"{c:>14}" for c in cells)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -192,6 +193,35 @@ def test_the_scale_table_reads_its_figures():
     text = "\n".join(scale_section({10_000: figures}))
     assert "| 10,000 | 2,000,000 | 20.0 | 12.0 | 395 | 30.0 / 20.0 / 20.0 | 60.0 | 1.50 | 0.86 | 1.71 | 2.0 | 100 |" \
         " 2,900 (3,900) | 2.5 |" in text and "2 Ray actors" in text
+
+
+def test_the_quality_report_is_rebuilt_from_stored_runs(tiny_runs, tmp_path, capsys):
+    """--from-runs trains nothing: it reads each mode's seed-N/metrics.json (here the stored tiny runs)."""
+    import shutil
+
+    from benchmarks.quality import main
+    from server_app.outputs import read_metrics_document
+
+    stored = read_metrics_document(tiny_runs["centralized"] / "metrics.json")
+    doc = json.loads((tiny_runs["centralized"] / "metrics.json").read_text())
+    assert (stored.mode, stored.tasks, stored.final, stored.selected_round) == (
+        "centralized", doc["task_list"], doc["tasks"], doc["selected_round"])
+    for mode, source in (("centralized", "centralized"), ("federated", "centralized"), ("local", "local")):
+        (tmp_path / mode / "seed-0").mkdir(parents=True)
+        shutil.copy(tiny_runs[source] / "metrics.json", tmp_path / mode / "seed-0")
+    overrides = [*TINY, "data.val_fraction=0.2"]
+    assert main(["--from-runs", "--seeds", "1", "--out", str(tmp_path), "--no-references", *overrides]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith(f"Command: `python -m benchmarks.quality --seeds 1 --out {tmp_path} --no-references "
+                             "--from-runs ")
+    row = next(line for line in report.splitlines() if line.startswith("| federated |"))
+    assert f"| {stored.final['click']['auc']:.4f} |" in row and row.endswith(f"| {stored.selected_round} | - |")
+    assert not (tmp_path / "federated" / "seed-0" / "model.pt").exists()  # nothing trained
+    capsys.readouterr()
+    assert main(["--from-runs", "--seeds", "2", "--out", str(tmp_path), "--no-references", *overrides]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"bench: error: --from-runs: {tmp_path / 'centralized' / 'seed-1' / 'metrics.json'} does not exist (run the "
+        "bench with the same --out, --seeds and overrides first)"]
 
 
 def test_the_quality_bench_keeps_the_best_round_of_20_unless_told_otherwise():
