@@ -244,9 +244,11 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
         arrays, rounds = numpy_to_arrays(resumed.arrays), list(resumed.rounds)
         optimizer.state = resumed.optimizer
         row_totals.restore(resumed.row_totals)
-        keeper.restore(resumed.keeper, None if resumed.kept_arrays is None else numpy_to_arrays(resumed.kept_arrays),
-                       lambda: arrays)
         average.average = resumed.averaged
+        # Under select_round=last with no round left to play, the model kept is the one last scored: the
+        # rounds' average where there is one, not the trained arrays.
+        keeper.restore(resumed.keeper, None if resumed.kept_arrays is None else numpy_to_arrays(resumed.kept_arrays),
+                       lambda: arrays if average.average is None else numpy_to_arrays(average.average))
         restore_rng(resumed.rng)
         log(INFO, "resume: continuing %s after round %d", cfg["resume"], resumed.round)
 

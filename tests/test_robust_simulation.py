@@ -98,3 +98,15 @@ def test_a_run_stopped_after_round_2_of_3_and_resumed_ends_as_the_uninterrupted_
     c = json.loads((fresh / "metrics.json").read_text())
     for task, metrics in a["tasks"].items():
         assert c["rounds"][0]["tasks"][task] == pytest.approx(metrics, rel=1e-5, abs=1e-6)
+
+
+def test_a_resume_with_no_round_left_keeps_the_average_it_last_scored(tmp_path):
+    """select_round=last: the kept model of a resumed run that plays nothing is the checkpoint's average."""
+    done, again = tmp_path / "done", tmp_path / "again"
+    merchant_fl(done, "federation.rounds=3", "train.average_decay=0.5", "select_round=last")
+    merchant_fl(again, "federation.rounds=3", "train.average_decay=0.5", "select_round=last", f"resume={done}")
+    ckpt = torch.load(done / "checkpoint.pt", weights_only=True)
+    first, second = (torch.load(out / "model.pt", weights_only=True)["state"] for out in (done, again))
+    assert any(not torch.equal(ckpt["averaged"][n], ckpt["arrays"][n]) for n in ckpt["arrays"])
+    for name, value in ckpt["averaged"].items():
+        assert torch.equal(second[name], value) and torch.equal(first[name], value), name
