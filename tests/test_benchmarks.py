@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pytest
@@ -210,15 +211,20 @@ def test_the_quality_report_is_rebuilt_from_stored_runs(tiny_runs, tmp_path, cap
         (tmp_path / mode / "seed-0").mkdir(parents=True)
         shutil.copy(tiny_runs[source] / "metrics.json", tmp_path / mode / "seed-0")
     overrides = [*TINY, "data.val_fraction=0.2"]
-    assert main(["--from-runs", "--seeds", "1", "--out", str(tmp_path), "--no-references", *overrides]) == 0
-    report = (tmp_path / "report.md").read_text()
-    assert report.startswith(f"Command: `python -m benchmarks.quality --seeds 1 --out {tmp_path} --no-references "
-                             "--from-runs ")
-    row = next(line for line in report.splitlines() if line.startswith("| federated |"))
-    assert f"| {stored.final['click']['auc']:.4f} |" in row and row.endswith(f"| {stored.selected_round} | - |")
-    assert not (tmp_path / "federated" / "seed-0" / "model.pt").exists()  # nothing trained
-    capsys.readouterr()
-    assert main(["--from-runs", "--seeds", "2", "--out", str(tmp_path), "--no-references", *overrides]) == 2
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    try:  # main quiets Flower's logger for the process; later tests read its INFO lines
+        assert main(["--from-runs", "--seeds", "1", "--out", str(tmp_path), "--no-references", *overrides]) == 0
+        report = (tmp_path / "report.md").read_text()
+        assert report.startswith(f"Command: `python -m benchmarks.quality --seeds 1 --out {tmp_path} --no-references "
+                                 "--from-runs ")
+        row = next(line for line in report.splitlines() if line.startswith("| federated |"))
+        assert f"| {stored.final['click']['auc']:.4f} |" in row and row.endswith(f"| {stored.selected_round} | - |")
+        assert not (tmp_path / "federated" / "seed-0" / "model.pt").exists()  # nothing trained
+        capsys.readouterr()
+        assert main(["--from-runs", "--seeds", "2", "--out", str(tmp_path), "--no-references", *overrides]) == 2
+    finally:
+        flwr_logger.setLevel(level)
     assert capsys.readouterr().err.strip().splitlines() == [
         f"bench: error: --from-runs: {tmp_path / 'centralized' / 'seed-1' / 'metrics.json'} does not exist (run the "
         "bench with the same --out, --seeds and overrides first)"]
