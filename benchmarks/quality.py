@@ -111,7 +111,7 @@ def held_out_labels(splits: Mapping[str, MerchantSplits], tasks: Sequence[Task])
 
 
 def sampling_error(task: str, metric: str, per_merchant: Mapping[str, Mapping[str, Mapping[str, float]]],
-                     counts: Mapping[str, Mapping[str, tuple[int, int]]]) -> float:
+                   counts: Mapping[str, Mapping[str, tuple[int, int]]]) -> float:
     """The approximate sampling error of one model's headline metric on these test splits, merchants
     combined like the metric (tasks/metrics.py); the model's own per-merchant values set its size."""
     errors = {}

@@ -31,7 +31,7 @@ def test_model_figures_count_what_a_client_sends(tiny_cfg):
 
 
 def test_quality_report_shows_the_references_and_the_verdict(tiny_cfg):
-    from benchmarks.quality import report
+    from benchmarks.quality import held_out_labels, report
     from benchmarks.references import NAMES, gather_splits, run_references, tuning_note
     from server_app.outputs import RunResult
 
@@ -49,7 +49,6 @@ def test_quality_report_shows_the_references_and_the_verdict(tiny_cfg):
         return RunResult(mode, names, [], final, {m: final for m in merchants}, 2, {}, {})
     results = {"centralized": fake("centralized", 0.9, 0.5), "federated": fake("federated", 0.99, 0.1),
                "local": fake("local", 0.4, 3.0)}
-    from benchmarks.quality import held_out_labels
     counts = held_out_labels(splits, tasks)
     seeds = [results["federated"].final, results["federated"].final]
     text = report(results, merchants[:2], {m: 1.0 for m in results}, "make bench", references,
