@@ -20,6 +20,19 @@ from core.errors import InputError
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
+def by_validation_split(val_fraction: Any, with_split: Any, without_split: Any) -> Any:
+    """`${by_validation_split:${data.val_fraction},A,B}` in conf/: A where the data holds out a
+    validation split, else B. A value that is not a number counts as none; the split itself reports it."""
+    try:
+        held_out = float(val_fraction) > 0
+    except (TypeError, ValueError):
+        held_out = False
+    return with_split if held_out else without_split
+
+
+OmegaConf.register_new_resolver("by_validation_split", by_validation_split, replace=True)
+
+
 def split_overrides(text: str) -> list[str]:
     """Split "a=1 tasks=[x,y]" the way a shell would, so run-config strings read like a CLI."""
     return shlex.split(text or "")

@@ -68,3 +68,22 @@ def test_patience_never_stops_without_validation_or_under_last():
 
 def test_binary_loss_is_logloss():
     assert TASKS["purchase"].loss_from_metrics({"auc": 0.5, "logloss": 0.2}) == 0.2
+
+
+@pytest.mark.parametrize("overrides, rounds", [
+    ([], 10),                                               # the synthetic default holds out no rows
+    (["data.val_fraction=0.1"], 20),
+    (["data=synthetic_sparse"], 20),                        # the presets and tables hold out 10 %
+    (["data=table", "data.path=/nowhere/t.csv"], 20),
+    (["data=synthetic_coldstart", "data.val_fraction=0"], 10),
+    (["data=synthetic_sparse", "federation.rounds=5"], 5),  # a number overrides the budget
+])
+def test_the_round_budget_is_the_benchs_where_early_stopping_guards_it(overrides, rounds):
+    """federation.rounds by default: 20 where a validation split keeps the best round and patience
+    stops a run (benchmarks/quality.py PROTOCOL), 10 where every round is played."""
+    from benchmarks.quality import PROTOCOL
+    from core.config import compose_config, to_plain
+
+    assert to_plain(compose_config(overrides))["federation"]["rounds"] == rounds
+    protocol = [f"{key}={value}" for key, value in PROTOCOL.items() if key != "federation.rounds"]
+    assert to_plain(compose_config(protocol))["federation"]["rounds"] == int(PROTOCOL["federation.rounds"])
