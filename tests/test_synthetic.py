@@ -107,6 +107,15 @@ def test_synthetic_coldstart_hits_its_targets():
     assert 0.015 <= labels["purchase"]["mean"] <= 0.035
 
 
+def test_synthetic_events_is_the_coldstart_log_without_its_ratings():
+    """An event log (clicks and purchases only): the same rows and binary labels as synthetic_coldstart."""
+    events, coldstart = generate_platform(preset_spec("synthetic_events")), generate_platform(preset_spec("synthetic_coldstart"))
+    assert events["rating"].isna().all() and coldstart["rating"].notna().mean() > 0.3
+    pd.testing.assert_frame_equal(events.drop(columns=["rating", "true_rating_mean"]),
+                                  coldstart.drop(columns=["rating", "true_rating_mean"]))
+    assert set(describe(events, test_fraction=0.2, val_fraction=0.1)["labels"]) == {"purchase", "click"}
+
+
 def test_default_split_has_no_cold_start():
     stats = describe(generate_platform(SPEC), test_fraction=0.2)
     assert stats["split"]["test_unseen_user"] < 0.05 and stats["split"]["test_unseen_item"] < 0.01
