@@ -5,6 +5,7 @@ import math
 import pytest
 
 from tasks.registry import TASKS, resolve_tasks
+from core.config import compose_config, to_plain
 from core.errors import InputError
 from tasks.selection import RoundKeeper, resolve_rule, validation_loss
 
@@ -78,12 +79,15 @@ def test_binary_loss_is_logloss():
     (["data=synthetic_coldstart", "data.val_fraction=0"], 10),
     (["data=synthetic_sparse", "federation.rounds=5"], 5),  # a number overrides the budget
 ])
-def test_the_round_budget_is_the_benchs_where_early_stopping_guards_it(overrides, rounds):
+def test_the_round_budget_follows_the_validation_split(overrides, rounds):
     """federation.rounds by default: 20 where a validation split keeps the best round and patience
-    stops a run (benchmarks/quality.py PROTOCOL), 10 where every round is played."""
-    from benchmarks.quality import PROTOCOL
-    from core.config import compose_config, to_plain
-
+    stops a run, 10 where every round is played."""
     assert to_plain(compose_config(overrides))["federation"]["rounds"] == rounds
+
+
+def test_the_default_round_budget_on_a_table_is_the_benchs():
+    """So a plain `merchant-fl data=table ...` runs what `make bench` reports (benchmarks/quality.py)."""
+    from benchmarks.quality import PROTOCOL
+
     protocol = [f"{key}={value}" for key, value in PROTOCOL.items() if key != "federation.rounds"]
     assert to_plain(compose_config(protocol))["federation"]["rounds"] == int(PROTOCOL["federation.rounds"])
