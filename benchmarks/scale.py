@@ -108,13 +108,13 @@ def data_cost(out: Path, rows: int = DATA_ROWS, repeats: int = 5) -> dict[str, A
     from core.config import compose_config, to_plain
     from data.partition import partition_table, read_manifest
     from data.shards import prepare_merchant
-    from data.synthetic import PlatformSpec, generate_platform
+    from data.synthetic import generate_platform, platform_spec
 
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
     cfg = to_plain(compose_config([f"data.synthetic.n_rows={rows}", f"data.cache_dir={out}"]))["data"]
     start = time.perf_counter()
-    generate_platform(PlatformSpec(**cfg["synthetic"]))
+    generate_platform(platform_spec(cfg["synthetic"]))
     generate_s = time.perf_counter() - start
     start = time.perf_counter()
     partitions = read_manifest(partition_table(cfg))

@@ -27,7 +27,7 @@ from data.loading import apply_column_mapping, column_mapping, read_table, sourc
 from data.schema import LABEL_COLUMNS, MERCHANT, blank_cells, validate_interactions
 from data.shards import check_merchant_rows, needed_columns
 from data.silos import assign_merchants, partition_column
-from data.synthetic import PlatformSpec, generate_platform
+from data.synthetic import generate_platform, platform_spec
 
 MANIFEST_FILE = "manifest.json"
 ASSIGNMENT_FILE = "assignment.parquet"
@@ -83,7 +83,7 @@ def load_source(data_cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, str]:
     """The pooled table a simulation starts from (its used columns, under the run's names, merchants
     assigned by data.partition), and how errors should name it."""
     if data_cfg["source"] == "synthetic":
-        return generate_platform(PlatformSpec(**data_cfg["synthetic"])), "synthetic data"
+        return generate_platform(platform_spec(data_cfg["synthetic"])), "synthetic data"
     path = _table_path(data_cfg)
     source = str(path)
     raw = apply_column_mapping(read_table(path, _to_read(data_cfg)), column_mapping(data_cfg), source)

@@ -23,7 +23,7 @@ from data.features import MISSING, FeatureColumns, FeatureSpec, feature_columns,
 from data.loading import apply_column_mapping, column_mapping, read_table, source_columns
 from data.schema import (ID_COLUMNS, LABEL_COLUMNS, MERCHANT, ORACLE_COLUMNS, TIMESTAMP, blank_cells,
                          clean_interactions)
-from data.splits import split_positions
+from data.splits import split_fractions, split_positions
 from data.summary import SPLITS, DataSummary, LabelMoments
 
 HASH_KEY = "merchant-fl-0001"  # 16 bytes, fixed so every process hashes an id to the same bucket
@@ -277,8 +277,7 @@ def prepare_merchant(path: str | Path, data_cfg: Mapping[str, Any], merchant_id:
         raise MerchantDataError(merchant, str(exc)) from exc
     merchant = str(merchant)
     stamps = df[TIMESTAMP].to_numpy() if TIMESTAMP in df.columns else None
-    parts = dict(zip(SPLITS, split_positions(len(df), float(data_cfg["test_fraction"]),
-                                             float(data_cfg["val_fraction"]),
+    parts = dict(zip(SPLITS, split_positions(len(df), *split_fractions(data_cfg),
                                              int(data_cfg["split_seed"]) + merchant_seed(merchant), stamps)))
     encoded = hash_columns(df, data_cfg)
     bias_only = hash_columns(df, data_cfg, columns.bias_only)

@@ -24,7 +24,7 @@ from data.features import feature_columns
 from data.partition import load_source
 from data.schema import BINARY_LABELS, LABEL_COLUMNS, MERCHANT, TIMESTAMP, clean_interactions
 from data.shards import merchant_seed
-from data.splits import split_positions
+from data.splits import split_fractions, split_positions
 
 SMALL_MERCHANT_ROWS = 200
 TRAIN, VAL, TEST, DROPPED = "train", "val", "test", "dropped"
@@ -177,7 +177,7 @@ def load_frame(data_cfg: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def stats_for_config(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    return describe(load_frame(data_cfg), float(data_cfg["test_fraction"]), float(data_cfg["val_fraction"]),
+    return describe(load_frame(data_cfg), *split_fractions(data_cfg),
                     int(data_cfg["split_seed"]), int(data_cfg["min_rows_per_merchant"]))
 
 

@@ -10,11 +10,13 @@ in train (conf/data/synthetic_coldstart.yaml uses it as a feature; the other pre
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
+from core.errors import InputError
 from data.schema import ORACLE_COLUMNS
 
 
@@ -50,6 +52,24 @@ class PlatformSpec:
     arrival_start: float = 0.0       # arrivals are uniform over [arrival_start, 1] of the window
     user_lifetime: float = 1.0       # an arrived user is active this share of the window (1 = to the end)
     item_lifetime: float = 1.0       # an arrived item is on sale this share of the window
+
+    def __post_init__(self) -> None:
+        # The largest merchant always collects ratings and records purchases, so the tasks have a base.
+        for key in ("no_rating_fraction", "no_purchase_fraction"):
+            value = getattr(self, key)
+            if not 0.0 <= value <= 1.0 or round(value * self.n_merchants) > self.n_merchants - 1:
+                raise InputError(f"data.synthetic.{key} must be in [0, 1) and leave the largest of the "
+                                 f"{self.n_merchants} merchants out, got {value}"
+                                 + (" (for no ratings at all: data.synthetic.rating_rate=0)" if key == "no_rating_fraction" else ""))
+
+
+def platform_spec(synthetic_cfg: Mapping[str, Any]) -> PlatformSpec:
+    """`data.synthetic` as a PlatformSpec: an unknown knob or a bad value fails in one line."""
+    known = {f.name for f in fields(PlatformSpec)}
+    unknown = sorted(set(synthetic_cfg) - known)
+    if unknown:
+        raise InputError(f"data.synthetic has no setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    return PlatformSpec(**synthetic_cfg)
 
 
 COLUMNS = ("merchant_id", "user_id", "item_id", "category", "timestamp", "rating", "purchase", "click",

@@ -17,6 +17,8 @@ from core.errors import InputError
 from core.privacy import PrivacySettings
 from core.runtime import resolve_device, seed_everything
 from data.schema import format_bad_rows
+from data.splits import split_fractions
+from data.synthetic import platform_spec
 from server_app.baselines import run_baseline
 from server_app.federated import run_federated
 from server_app.outputs import RunResult, write_outputs
@@ -38,6 +40,9 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None,
     seed_everything(int(cfg["seed"]))
     resolve_device(str(cfg["device"]))  # a bad device setting fails here, before any training
     PrivacySettings.from_config(cfg)  # an unsupported privacy combination fails before any data is read
+    split_fractions(cfg["data"])  # the nodes split their own rows; a bad fraction fails here, once
+    if cfg["data"]["source"] == "synthetic":
+        platform_spec(cfg["data"]["synthetic"])
     check_rule(str(cfg["select_round"]))  # whether there are validation rows is known once data is prepared
     if int(cfg["patience"]) < 0:
         raise InputError(f"patience must be >= 0 (0 = never stop early), got {cfg['patience']}")

@@ -47,6 +47,11 @@ BAD_INPUT = [
      "select_round=best_val needs validation rows: set data.val_fraction > 0"),
     (None, [*TINY, "train.optimizer=sgd", "train.lr=1e30", "train.wide_rounds=0"], "training diverged: the "),
     (None, [*TINY, "train.lr=1e300"], "train.lr must be a positive number a float32 can hold, got 1e+300"),
+    (lambda p: good_table(p), ["data=table", "data.path={tmp}/t.csv", "data.val_fraction=abc"],
+     "data.val_fraction must be a number, got 'abc'"),
+    (None, [*TINY, "+data.synthetic.no_rating_fraction=1.0"],
+     "data.synthetic.no_rating_fraction must be in [0, 1) and leave the largest of the 4 merchants out, got 1.0"),
+    (None, [*TINY, "+data.synthetic.n_merchant=3"], "data.synthetic has no setting 'n_merchant'"),
 ]
 
 
