@@ -95,6 +95,7 @@ def train_content(request: RecordDict, node_config: Mapping[str, Any], manifest:
     `kept`: what this node keeps between rounds (Flower's Context.state), where its optimizer state
     lives under train.keep_optimizer_state (client_app/optimizer_state.py)."""
     experiment = _experiment(request, cfg)
+    cfg = experiment.cfg  # train.*=auto decided by the plan's tasks
     data = node_data(node_config, manifest, cfg)
     model, weighting = _trainable_from(request, experiment)
     optimizer = make_optimizer(model, weighting, cfg["train"])

@@ -62,7 +62,7 @@ def run_baseline(cfg: Mapping[str, Any], progress: RunProgress) -> RunResult:
     """mode=centralized or local, in this process, over every merchant's prepared data."""
     experiment = open_experiment(cfg)
     log(INFO, "%s", experiment.id_dropout_note())
-    experiment.cfg = {**cfg, "select_round": resolve_rule(str(cfg["select_round"]),
+    experiment.cfg = {**experiment.cfg, "select_round": resolve_rule(str(cfg["select_round"]),
                                                           sum(m.n_val for m in experiment.index.merchants))}
     splits = _splits(experiment)
     run = run_centralized if cfg["mode"] == "centralized" else run_local

@@ -214,7 +214,8 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
     first = resumed.round + 1 if resumed else 0
     experiment = set_up_federation(grid, cfg, roster, failures, cohorts, first,
                                    RunPlan.from_json(resumed.plan) if resumed else None, directory)
-    cfg = experiment.cfg  # select_round resolved now that the validation rows are known
+    cfg = experiment.cfg  # select_round and train.*=auto resolved now that the data's tasks and rows are known
+    rules = round_rules(cfg)  # again: federation.row_normalization=auto reads the resolved train settings
     plan = ConfigRecord({protocol.PLAN: experiment.plan.to_json()})
     model, weighting = experiment.new_model(), experiment.new_weighting()
     row_tables = averaged_by_rows(model, cfg)
