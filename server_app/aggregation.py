@@ -135,11 +135,14 @@ PROGRESS_POWERS = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
 
 def row_normalization_power(federation_cfg: Mapping[str, object], train_cfg: Mapping[str, object]) -> float:
     """federation.row_normalization as aggregate_rows' power: auto = sqrt where it was measured to
-    help (Adagrad, its state fresh each round: README, What the federation does), none otherwise."""
+    help (Adagrad, its state fresh each round: README, What the federation does), none otherwise.
+    A train.keep_optimizer_state still `auto` (the run's tasks not known yet) counts as fresh, as it
+    is on any run with ratings; the server asks again once setup has resolved it."""
     chosen = str(federation_cfg.get("row_normalization", "none"))
     if chosen == "auto":
+        keep = train_cfg.get("keep_optimizer_state", False)
         fresh_adagrad = str(train_cfg.get("optimizer", "")).lower() == "adagrad" \
-            and not bool(train_cfg.get("keep_optimizer_state", False))
+            and (str(keep) == "auto" or not bool(keep))
         return PROGRESS_POWERS["sqrt" if fresh_adagrad else "none"]
     if chosen not in PROGRESS_POWERS:
         raise InputError(f"federation.row_normalization must be auto, {', '.join(PROGRESS_POWERS)}, got {chosen!r}")

@@ -7,6 +7,8 @@ from core.config import compose_config, to_plain
 from core.errors import InputError
 from server_app.aggregation import ClientUpdate, aggregate, aggregate_multitask, robust_mean
 from server_app.replies import reply_problem, required_replies, round_rules, sample_clients
+from tasks.experiment import resolved_training
+from tasks.registry import TASKS
 
 GLOBAL = {"w": np.zeros((3, 2), np.float32), "steps": np.zeros(1, np.int64)}
 
@@ -50,6 +52,10 @@ def test_a_reply_must_match_the_global_model_and_be_finite():
 def test_round_rules_check_their_settings():
     assert round_rules(to_plain(compose_config([]))).min_replies == 1
     assert round_rules(to_plain(compose_config([]))).row_progress_power == 0.5  # the default: Adagrad, fresh state
+    # a run without ratings keeps its optimizer state (train.keep_optimizer_state=auto, resolved at setup)
+    without_ratings = to_plain(compose_config([]))
+    without_ratings["train"] = resolved_training(without_ratings["train"], [TASKS["purchase"], TASKS["click"]])
+    assert round_rules(without_ratings).row_progress_power == 0.0
     assert round_rules(to_plain(compose_config(["train.optimizer=adam"]))).row_progress_power == 0.0
     for override, message in [("federation.clients_per_round=0", "clients_per_round"),
                               ("federation.aggregation=mode", "federation.aggregation"),
