@@ -22,6 +22,13 @@ def _holdout(n_rows: int, fraction: float, seed: int, timestamps: np.ndarray | N
     return np.sort(order[: n_rows - n_out]), np.sort(order[n_rows - n_out:])
 
 
+def _check_fractions(test_fraction: float, val_fraction: float) -> None:
+    if not 0.0 < test_fraction < 1.0:
+        raise InputError(f"data.test_fraction must be in (0, 1), got {test_fraction}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise InputError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+
+
 def split_fractions(data_cfg: Mapping[str, Any]) -> tuple[float, float]:
     """(data.test_fraction, data.val_fraction) read and checked, so a bad value fails in one line
     before any node reads a row, not as a float() error on every node."""
@@ -31,12 +38,8 @@ def split_fractions(data_cfg: Mapping[str, Any]) -> tuple[float, float]:
             fractions.append(float(data_cfg[key]))
         except (TypeError, ValueError):
             raise InputError(f"data.{key} must be a number, got {data_cfg[key]!r}") from None
-    test_fraction, val_fraction = fractions
-    if not 0.0 < test_fraction < 1.0:
-        raise InputError(f"data.test_fraction must be in (0, 1), got {test_fraction}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise InputError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
-    return test_fraction, val_fraction
+    _check_fractions(*fractions)
+    return fractions[0], fractions[1]
 
 
 def split_positions(n_rows: int, test_fraction: float, val_fraction: float, seed: int,
@@ -46,7 +49,7 @@ def split_positions(n_rows: int, test_fraction: float, val_fraction: float, seed
     Validation is carved from the train part; a merchant whose train part is a single row, or
     val_fraction 0, gets no validation rows.
     """
-    split_fractions({"test_fraction": test_fraction, "val_fraction": val_fraction})
+    _check_fractions(test_fraction, val_fraction)
     train, test = _holdout(n_rows, test_fraction, seed, timestamps)
     if val_fraction == 0.0 or len(train) < 2:
         return train, np.zeros(0, dtype=train.dtype), test
