@@ -58,9 +58,9 @@ class PlatformSpec:
         for key in ("no_rating_fraction", "no_purchase_fraction"):
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0 or round(value * self.n_merchants) > self.n_merchants - 1:
+                hint = " (for no ratings at all: data.synthetic.rating_rate=0)" if key == "no_rating_fraction" else ""
                 raise InputError(f"data.synthetic.{key} must be in [0, 1) and leave the largest of the "
-                                 f"{self.n_merchants} merchants out, got {value}"
-                                 + (" (for no ratings at all: data.synthetic.rating_rate=0)" if key == "no_rating_fraction" else ""))
+                                 f"{self.n_merchants} merchants out, got {value}{hint}")
 
 
 def platform_spec(synthetic_cfg: Mapping[str, Any]) -> PlatformSpec:
