@@ -1,6 +1,7 @@
 """What one merchant's node does with a server request: report its data's aggregates (setup), train
-or evaluate on its own splits. It reads only the file its node config names; counts, sums, metrics
-and model updates are all that leave this module."""
+or evaluate on its own splits, or sum its train rows' statistics at the round's averaged model. It
+reads only the file its node config names; counts, sums, metrics and model updates are all that
+leave this module."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from tasks.plan import RunPlan
 from tasks.ranking import evaluate_merchant
 from tasks.registry import resolve_tasks
 from tasks.state import joint_parameters, joint_state, load_joint_state
+from tasks.embedding_newton import embedding_statistics, pack_statistics
 from tasks.training import make_optimizer, oracle_score, proximal_mu, shuffle_seed, trained_rows
 from tasks.wide import averaged_by_rows, newton_fitted, train_round
 from tasks.weighting import LossWeighting
@@ -159,6 +161,20 @@ def update_records(sent: ArrayRecord, trained: Mapping[str, torch.Tensor], rows:
     records = {protocol.ARRAYS: dense, protocol.TABLE_ROWS: table_rows, protocol.SCALES: scales}
     return {key: ArrayRecord({name: Array(value) for name, value in arrays.items()})
             for key, arrays in records.items() if arrays or key == protocol.ARRAYS}
+
+
+def curvature_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | None,
+                    cfg: Mapping[str, Any]) -> Message:
+    """The sums per embedding row of this merchant's train rows at the model sent (the round's average):
+    the server adds every merchant's and takes the Newton step (tasks/embedding_newton.py)."""
+    experiment = _experiment(msg.content, cfg)
+    data = node_data(node_config, manifest, experiment.cfg)
+    model, _ = _trainable_from(msg.content, experiment)
+    stats = embedding_statistics(model, data.shard("train"), experiment.tasks, experiment.device)
+    return Message(RecordDict({
+        protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: data.merchant_id}),
+        protocol.EMBEDDING_STATS: ArrayRecord({name: Array(value) for name, value in pack_statistics(stats).items()}),
+    }), reply_to=msg)
 
 
 def evaluate_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | None,

@@ -86,6 +86,9 @@ class PrivacySettings:
         if cfg["train"]["first_order_fit"] != "sgd":
             raise InputError(f"{prefix} needs train.first_order_fit=sgd (the Newton statistics are unclipped "
                              f"per-row sums), got {cfg['train']['first_order_fit']}")
+        if str(cfg["train"].get("embedding_newton", "auto")).lower() not in ("auto", "false"):
+            raise InputError(f"{prefix} needs train.embedding_newton=false or auto (its statistics are unclipped "
+                             f"per-row sums), got {cfg['train']['embedding_newton']}")
         if cfg["federation"]["table_aggregation"] != "dense":
             raise InputError(f"{prefix} needs federation.table_aggregation=dense (row counts name the rows a "
                              f"merchant touched), got {cfg['federation']['table_aggregation']}")

@@ -3,6 +3,8 @@ and the node-config and run-config keys a node reads."""
 
 ARRAYS = "arrays"              # ArrayRecord: the model's state_dict (in a train reply, as core/update_codec.py encodes it)
 WIDE_STATS = "wide-stats"      # ArrayRecord of a train reply: bias table -> float64 [3, k] (row ids; gradient and curvature sums)
+EMBEDDING_STATS = "embedding-stats"  # ArrayRecord of a curvature reply: embedding table -> float64 [k, 1 + d + d * d]
+                               # (per row its id, gradient and curvature sums: tasks/embedding_newton.py)
 ROW_COUNTS = "row-counts"      # ArrayRecord of a train reply: id-indexed table -> int64 [2, k] (row ids; counts)
 TABLE_ROWS = "table-rows"      # ArrayRecord of a sparse train reply: id-indexed table -> its ROW_COUNTS rows' values
 ROW_TOTALS = "row-totals"      # ArrayRecord of a train request: embedding table -> float32 [rows], labelled rows per row
@@ -21,6 +23,7 @@ NUM_EXAMPLES = "num-examples"  # FedAvg weight of shared parameters
 WEIGHT_BOUND = "weight-bound"  # key in a SecAgg+ round's FitIns config: the public bound weights are divided by
 
 IDENTIFY = "identify"          # query action ("query.identify"): the node answers MERCHANT with its MERCHANT_ID only
+CURVATURE = "curvature"        # query action ("query.curvature"): the node sums EMBEDDING_STATS at the model sent
 SETUP = "setup"                # ConfigRecord of a setup (query) reply: the node's data summary, flat
 SETUP_ERROR = "error"          # key in SETUP when the node cannot take part: one line saying why
 ORACLE = "oracle"              # MetricRecord of a setup reply: ground truth scored on its test split

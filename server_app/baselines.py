@@ -19,6 +19,7 @@ from data.summary import pooled_bad_rows
 from server_app.outputs import RoundRecord, RunResult
 from server_app.progress import RunProgress
 from tasks.averaging import RoundAverage, scored_state, scoring_average
+from tasks.embedding_newton import embedding_newton, refit_embeddings
 from tasks.experiment import Experiment, open_experiment
 from tasks.metrics import Metrics, combine_merchants
 from tasks.models import MultiTaskModel
@@ -26,7 +27,7 @@ from tasks.ranking import Scores, evaluate_merchant, wants_ranking
 from tasks.selection import RoundKeeper, resolve_rule, validation_loss
 from tasks.state import load_joint_state
 from tasks.training import make_optimizer, oracle_score, shuffle_seed
-from tasks.wide import apply_newton, train_round
+from tasks.wide import apply_newton, first_deep_round, train_round
 
 Scored = tuple[dict[str, Metrics], dict[str, dict[str, Metrics]]]  # (merchants combined, per merchant)
 
@@ -78,6 +79,14 @@ def run_baseline(cfg: Mapping[str, Any], progress: RunProgress) -> RunResult:
     return result
 
 
+def refit_after_round(model: MultiTaskModel, shard: Shard, experiment: Experiment, server_round: int) -> None:
+    """train.embedding_newton: the embedding rows' Newton step on the trainer's own rows, as the
+    federated server takes it on the merchants' sums after each average."""
+    train_cfg = experiment.cfg["train"]
+    if embedding_newton(train_cfg) and server_round >= first_deep_round(train_cfg):
+        refit_embeddings(model, shard, experiment.tasks, train_cfg, experiment.device)
+
+
 def run_centralized(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, Shard]], progress: RunProgress
                     ) -> RunResult:
     cfg, train_cfg = experiment.cfg, experiment.cfg["train"]
@@ -96,6 +105,7 @@ def run_centralized(experiment: Experiment, splits: Mapping[str, tuple[Shard, Sh
             report, wide = train_round(model, weighting, optimizer, pooled, experiment.tasks, train_cfg,
                                        shuffle_seed(int(cfg["seed"]), server_round, 0), experiment.device, server_round)
             apply_newton(model, wide, train_cfg, experiment.tasks)
+            refit_after_round(model, pooled, experiment, server_round)
             losses = report.losses
         with scoring_average(model, weighting, average, server_round):  # the model holds what is scored
             (overall, per_merchant), (validation, _) = evaluate_merchants(same_model, splits, experiment)
@@ -136,6 +146,7 @@ def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, S
                                            train_cfg, shuffle_seed(int(cfg["seed"]), server_round, k),
                                            experiment.device, server_round)
                 apply_newton(models[m], wide, train_cfg, experiment.tasks)
+                refit_after_round(models[m], trains[m], experiment, server_round)
                 losses[m] = {t: {"loss": v} for t, v in report.losses.items()}
                 counts[m] = report.label_counts
         with ExitStack() as scoring:  # every model holds what is scored

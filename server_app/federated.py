@@ -44,6 +44,7 @@ from server_app.setup import Directory, addressees, failure, identify_newcomers,
 from server_app.strategy import (Evaluation, MultiTaskFedAvg, RoundFailed, arrays_to_numpy, combined_train_metrics,
                                  numpy_to_arrays)
 from tasks.averaging import RoundAverage
+from tasks.embedding_newton import embedding_newton, embedding_newton_settings
 from tasks.experiment import Experiment, experiment_for
 from tasks.metrics import Metrics, combine_merchants, unflatten
 from tasks.plan import RunPlan, plan_from_summaries
@@ -51,7 +52,7 @@ from tasks.ranking import wants_ranking
 from tasks.selection import RoundKeeper, resolve_rule, validation_loss
 from tasks.state import joint_owners, joint_state
 from tasks.training import newton_fit
-from tasks.wide import averaged_by_rows, newton_fitted, newton_settings
+from tasks.wide import averaged_by_rows, first_deep_round, newton_fitted, newton_settings
 
 
 def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float) -> list[int]:
@@ -262,6 +263,7 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
         return strategy.evaluations[server_round]
 
     losses: dict[str, float] = {}
+    refit_embeddings = embedding_newton(cfg["train"])  # a query after each average (tasks/embedding_newton.py)
     for server_round in range(first, n_rounds + 1):
         if keeper.stop:
             break
@@ -283,6 +285,11 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
             else:
                 replies = _exchange(grid, messages, timeout, server_round, "train", roster, failures)
                 new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+                if new_arrays is not None and refit_embeddings and server_round >= first_deep_round(cfg["train"]):
+                    replies = _exchange(grid, strategy.configure_curvature(server_round, new_arrays, plan), timeout,
+                                        server_round, "curvature", roster, failures)
+                    new_arrays = strategy.aggregate_curvature(server_round, replies, new_arrays,
+                                                              embedding_newton_settings(cfg["train"]))
             if new_arrays is not None:
                 arrays = new_arrays
                 privacy.spend(server_round)

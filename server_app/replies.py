@@ -88,15 +88,26 @@ def reply_problem(global_arrays: Mapping[str, np.ndarray], arrays: Mapping[str, 
             return f"row counts for {name!r} name rows outside its {len(global_arrays[name])} rows"
         if not (np.isfinite(counts).all() and (counts >= 0).all()):
             return f"row counts for {name!r} are negative or not finite"
-    for name, (ids, g, h) in wide_stats.items():
+    return statistics_problem(global_arrays, wide_stats, "first-order")
+
+
+def statistics_problem(global_arrays: Mapping[str, np.ndarray],
+                       stats: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], kind: str) -> str | None:
+    """Why per-row Newton statistics cannot be summed (one line), or None: each must name a parameter
+    of the global model, rows inside it, a scalar per row (a bias) or the row's vector and matrix (an
+    embedding, tasks/embedding_newton.py), all finite."""
+    for name, (ids, g, h) in stats.items():
         if name not in global_arrays or not len(ids) == len(g) == len(h):
-            return f"first-order statistics for {name!r} do not match a parameter of the global model"
+            return f"{kind} statistics for {name!r} do not match a parameter of the global model"
         reference = global_arrays[name]
+        if g.ndim > 1 and (reference.ndim != 2 or g.shape[1:] != reference.shape[1:]
+                           or h.shape[1:] != 2 * reference.shape[1:]):
+            return f"{kind} statistics for {name!r} do not match its rows of {list(reference.shape[1:])}"
         rows = reference.size if reference.ndim < 2 else reference.shape[0]  # as tasks/wide.newton_update reads it
         if len(ids) and (ids.min() < 0 or ids.max() >= rows):
-            return f"first-order statistics for {name!r} name rows outside it"
+            return f"{kind} statistics for {name!r} name rows outside it"
         if not (np.isfinite(g).all() and np.isfinite(h).all()):
-            return f"first-order statistics for {name!r} are not finite"
+            return f"{kind} statistics for {name!r} are not finite"
     return None
 
 

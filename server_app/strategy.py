@@ -15,9 +15,10 @@ from flwr.serverapp.strategy import FedAvg
 from core import protocol
 from core.update_codec import decode_update
 from server_app.aggregation import ClientUpdate, RowCounts, RowTotals, aggregate
-from server_app.replies import RoundRules, reply_problem, required_replies
+from server_app.replies import RoundRules, reply_problem, required_replies, statistics_problem
 from server_app.server_opt import ServerOptimizer
 from server_app.setup import addressees, failure, node_of
+from tasks.embedding_newton import embedding_newton_update, unpack_statistics
 from tasks.metrics import Metrics, combine_merchants, flatten, split_counts, unflatten
 from tasks.wide import WideStats, newton_update, sum_statistics
 
@@ -124,6 +125,7 @@ class MultiTaskFedAvg(FedAvg):
         self.unsent = set(unsent)
         self.row_totals = row_totals
         self.participants: dict[int, int] = {}
+        self.contributors: dict[int, int] = {}  # the latest train round's nodes whose update was aggregated
         self.sent: list[Message] = []  # the latest phase's messages, to tell which node a reply answers for
         self.evaluations: dict[int, Evaluation] = {}
         self._global: ArrayRecord | None = None
@@ -189,6 +191,7 @@ class MultiTaskFedAvg(FedAvg):
             return None, None
         current = arrays_to_numpy(self._global) if self._global is not None else None
         updates, wide, flats = [], [], []
+        self.contributors = {}
         for msg in ok:
             parsed = train_update(msg.content, current, self.compression, self.unsent)
             if isinstance(parsed, str):
@@ -198,6 +201,8 @@ class MultiTaskFedAvg(FedAvg):
             if self.row_totals is not None:
                 self.row_totals.add(self._merchant_of_reply(msg), update.row_counts)
             flats.append(msg.content.metric_records[protocol.METRICS])
+            node = self.node_of(msg)
+            self.contributors[node] = self.participants.get(node, 0)
             updates.append(update)
             wide.append(stats)
         needed = required_replies(self.rules.min_replies, len(self.sent))
@@ -213,6 +218,35 @@ class MultiTaskFedAvg(FedAvg):
         if self.server_opt is not None:
             arrays = self.server_opt.step(current, arrays)
         return numpy_to_arrays(arrays), combined_train_metrics(flats)
+
+    def configure_curvature(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> list[Message]:
+        """The round's averaged model to the nodes whose updates made it: each sums its train rows'
+        embedding statistics there (train.embedding_newton)."""
+        self.participants = dict(self.contributors)
+        return self._messages(server_round, arrays, config, f"{MessageType.QUERY}.{protocol.CURVATURE}")
+
+    def aggregate_curvature(self, server_round: int, replies: Iterable[Message], arrays: ArrayRecord,
+                            settings: tuple[float, float]) -> ArrayRecord:
+        """The averaged model with its embedding rows moved by one Newton step on the replies' summed
+        statistics (tasks/embedding_newton.py; `settings` = its prior and damping); an unusable reply is
+        rejected and the step taken on the others' sums."""
+        current = arrays_to_numpy(arrays)
+        tables = {name for name in current if name.startswith("embedding.tables.")}
+        parts = []
+        for msg in self._successful(server_round, replies, "curvature"):
+            try:
+                stats = unpack_statistics(_records(msg.content, protocol.EMBEDDING_STATS))
+                problem = statistics_problem(current, stats, "embedding") if set(stats) <= tables else \
+                    f"embedding statistics for {sorted(set(stats) - tables)[:3]}, which are not embedding tables"
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                problem = f"malformed reply ({type(exc).__name__}: {exc})"
+            if problem is not None:
+                self._reject(server_round, msg, "curvature", f"statistics rejected: {problem}")
+                continue
+            parts.append(stats)
+        if parts:
+            current.update(embedding_newton_update(current, sum_statistics(parts), *settings))
+        return numpy_to_arrays(current)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         ok = self._successful(server_round, replies, "evaluate")

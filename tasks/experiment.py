@@ -20,6 +20,7 @@ from tasks.models import MultiTaskModel, build_model, id_dropout_rates
 from tasks.personalization import personalization_of
 from tasks.plan import RunPlan, plan_from_summaries
 from tasks.registry import TASKS, Task, resolve_tasks
+from tasks.training import newton_fit
 from tasks.weighting import LossWeighting, build_weighting
 
 
@@ -107,6 +108,8 @@ def resolved_training(train_cfg: Mapping[str, Any], tasks: list[Task]) -> dict[s
     for key, (without, with_) in AUTO_BY_RATING_TASK.items():
         if str(resolved.get(key)) == "auto":
             resolved[key] = with_ if with_rating else without
+    if str(resolved.get("embedding_newton", False)) == "auto":  # statistics only where the biases send them too
+        resolved["embedding_newton"] = not with_rating and newton_fit(resolved)
     return resolved
 
 

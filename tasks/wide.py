@@ -35,7 +35,8 @@ from tasks.training import (TrainReport, bias_priors, label_counts, labelled_row
                             task_labels, train_epochs)
 from tasks.weighting import LossWeighting
 
-# parameter name -> (row ids [k], gradient sums [k], curvature sums [k]); a task's global bias has one row, id 0
+# parameter name -> (row ids [k], gradient sums [k], curvature sums [k]); a task's global bias has one row, id 0.
+# An embedding table's (tasks/embedding_newton.py): gradient sums [k, d], curvature sums [k, d, d].
 WideStats = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
@@ -135,13 +136,18 @@ def fit_bias_only(model: MultiTaskModel, shard: Shard, tasks: Sequence[Task], tr
 
 
 def sum_statistics(parts: Sequence[WideStats]) -> WideStats:
-    """Many trainers' statistics as if their rows were one shard's."""
+    """Many trainers' statistics as if their rows were one shard's (per row a scalar, or the vector and
+    matrix of tasks/embedding_newton.py)."""
     total: WideStats = {}
     for name in sorted({name for part in parts for name in part}):
         ids = np.concatenate([part[name][0] for part in parts if name in part])
         unique, inverse = np.unique(ids, return_inverse=True)
-        sums = [np.bincount(inverse, np.concatenate([part[name][k] for part in parts if name in part]), len(unique))
-                for k in (1, 2)]
+        sums = []
+        for k in (1, 2):
+            values = np.concatenate([np.asarray(part[name][k], np.float64) for part in parts if name in part])
+            summed = np.zeros((len(unique),) + values.shape[1:])
+            np.add.at(summed, inverse, values)
+            sums.append(summed)
         total[name] = (unique, sums[0], sums[1])
     return total
 

@@ -13,6 +13,8 @@ from core.privacy import (PrivacySettings, add_gaussian_noise, clip_update, l2_n
 from server_app.accounting import PrivacyBudget, sample_rate
 from server_app.aggregation import ClientUpdate
 from server_app.private_aggregation import private_mean
+from tasks.experiment import resolved_training
+from tasks.registry import TASKS
 
 OWNERS = {"shared": None, "towers.rating.w": "rating", "towers.click.w": "click"}
 
@@ -129,11 +131,14 @@ def test_default_config_has_no_privacy_and_dp_switches_off_newton_and_row_counts
     settings = PrivacySettings.from_config(cfg)
     assert (settings.mode, settings.noise_multiplier) == ("dp", 0.3)
     assert cfg["train"]["first_order_fit"] == "sgd" and cfg["federation"]["table_aggregation"] == "dense"
+    # and with it the embedding rows' statistics: auto resolves to off even on a run without ratings
+    assert resolved_training(cfg["train"], [TASKS["click"]])["embedding_newton"] is False
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["privacy=dp", "train.first_order_fit=newton"], "needs train.first_order_fit=sgd"),
     (["privacy=ldp", "federation.table_aggregation=rows"], "needs federation.table_aggregation=dense"),
+    (["privacy=secagg", "train.embedding_newton=true"], "needs train.embedding_newton=false or auto"),
     (["privacy=dp", "privacy.clip_norm=0"], "privacy.clip_norm must be > 0"),
     (["privacy=dp", "privacy.on_target=pause"], "privacy.on_target must be stop or warn"),
     (["privacy=dp", "mode=centralized"], "needs mode=federated"),

@@ -204,7 +204,11 @@ class MultiTaskModel(nn.Module):
 
     def raw(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-task outputs before `link`: deep + pairwise interactions + first order."""
-        vectors = self.embedding.vectors(features)  # once: the deep and pairwise parts see the same lookups
+        # looked up once: the deep and pairwise parts see the same vectors
+        return self.raw_from_vectors(features, self.embedding.vectors(features))
+
+    def raw_from_vectors(self, features: torch.Tensor, vectors: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`raw` from the looked-up vectors [B, fields, dim] (tasks/embedding_newton.py differentiates in them)."""
         outputs = self.deep(self.embedding.combine(vectors))
         if self.interactions is not None:
             pairwise = self.interactions(vectors)

@@ -1,0 +1,156 @@
+"""The embedding rows' Newton step on summed statistics (tasks/embedding_newton.py)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.config import compose_config, to_plain
+from data.shards import Shard
+from server_app.replies import statistics_problem
+from tasks.embedding_newton import (embedding_newton, embedding_newton_settings, embedding_newton_update,
+                                    embedding_statistics, pack_statistics, unpack_statistics)
+from tasks.experiment import open_experiment, resolved_training
+from tasks.models import build_model
+from tasks.registry import TASKS, resolve_tasks
+from tasks.wide import sum_statistics
+from tests.conftest import TINY
+
+CPU = torch.device("cpu")
+TABLE = "embedding.tables.0.weight"
+
+
+def test_one_undamped_step_on_a_quadratic_loss_lands_on_the_ridge_solution():
+    rng = np.random.default_rng(0)
+    a, y, lam = rng.normal(size=(30, 4)), rng.normal(size=30), 3.0  # loss: sum (y - a.e)^2 / 2 + lam |e|^2 / 2
+    start = rng.normal(size=(2, 4))
+    g = ((y - a @ start[1]) @ a)[None]  # row 1's statistics at its current value
+    h = (a.T @ a)[None]
+    new = embedding_newton_update({TABLE: start}, {TABLE: (np.array([1]), g, h)}, lam, 1.0)[TABLE]
+    np.testing.assert_allclose(new[1], np.linalg.solve(a.T @ a + lam * np.eye(4), a.T @ y), rtol=1e-6)
+    np.testing.assert_array_equal(new[0], start[0])  # a row without statistics keeps its value
+
+
+def test_a_row_no_labelled_row_reaches_is_only_shrunk_by_its_prior():
+    start = np.ones((1, 3))
+    new = embedding_newton_update({TABLE: start}, {TABLE: (np.array([0]), np.zeros((1, 3)), np.zeros((1, 3, 3)))},
+                                  4.0, 0.5)[TABLE]
+    np.testing.assert_allclose(new, 0.5 * start)
+    zero_prior = embedding_newton_update({TABLE: start}, {TABLE: (np.array([0]), np.zeros((1, 3)),
+                                                                  np.zeros((1, 3, 3)))}, 0.0, 1.0)[TABLE]
+    np.testing.assert_allclose(zero_prior, start)  # solvable, and nothing moves it
+
+
+def binary_setup(seed=0, n=60):
+    rng = np.random.default_rng(seed)
+    features = rng.integers(0, 8, (n, 2))
+    labels = {"click": (rng.random(n) < 0.4).astype(np.float32),
+              "purchase": np.where(rng.random(n) < 0.7, rng.random(n) < 0.2, np.nan).astype(np.float32)}
+    tasks = resolve_tasks(["purchase", "click"], ["purchase", "click"],
+                          label_stats={"purchase": {"mean": 0.2}, "click": {"mean": 0.4}})
+    torch.manual_seed(seed)
+    model = build_model({**to_plain(compose_config([]))["model"], "embedding_init_std": 0.3, "dropout": 0.0},
+                        [8, 8], ["purchase", "click"])
+    with torch.no_grad():  # a trained-looking model: towers that read their input
+        for name, p in model.named_parameters():
+            if name.startswith("towers"):
+                p.normal_(0, 0.3)
+    return model, tasks, Shard(features, labels, {})
+
+
+def test_the_gradient_sums_are_minus_the_summed_losses_gradient_in_each_row():
+    model, tasks, shard = binary_setup()
+    stats = embedding_statistics(model, shard, tasks, CPU)
+    model.zero_grad()
+    outputs = model(torch.as_tensor(shard.features))
+    loss = sum(torch.nn.functional.binary_cross_entropy_with_logits(
+        outputs[t.name][mask], torch.as_tensor(shard.labels[t.label])[mask], reduction="sum")
+        for t in tasks for mask in [torch.isfinite(torch.as_tensor(shard.labels[t.label]))])
+    loss.backward()
+    for j in range(2):
+        ids, g, h = stats[f"embedding.tables.{j}.weight"]
+        np.testing.assert_array_equal(ids, np.unique(shard.features[:, j]))
+        grad = model.embedding.tables[j].weight.grad.numpy()
+        np.testing.assert_allclose(g, -grad[ids], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(h, np.transpose(h, (0, 2, 1)))  # curvature: symmetric ...
+        assert np.all(np.linalg.eigvalsh(h) > -1e-9)                # ... and positive semi-definite
+
+
+def test_statistics_summed_over_merchants_equal_the_pooled_statistics():
+    model, tasks, shard = binary_setup(seed=1)
+    pooled = embedding_statistics(model, shard, tasks, CPU)
+    parts = [embedding_statistics(model, Shard(shard.features[s], {k: v[s] for k, v in shard.labels.items()}, {}),
+                                  tasks, CPU) for s in (slice(0, 17), slice(17, 41), slice(41, 60))]
+    summed = sum_statistics(parts)
+    assert set(summed) == set(pooled)
+    for name in pooled:
+        for a, b in zip(summed[name], pooled[name]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)  # float32 forward passes
+
+
+def test_the_wire_form_round_trips_and_a_malformed_one_is_refused():
+    model, tasks, shard = binary_setup(seed=2)
+    stats = embedding_statistics(model, shard, tasks, CPU)
+    back = unpack_statistics(pack_statistics(stats))
+    for name in stats:
+        for a, b in zip(back[name], stats[name]):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="not \\[rows, 1 \\+ d \\+ d \\* d\\]"):
+        unpack_statistics({TABLE: np.zeros((3, 8))})
+
+
+def test_statistics_that_do_not_fit_the_global_table_are_named():
+    table = {TABLE: np.zeros((5, 2), np.float32)}
+    good = (np.array([0, 4]), np.zeros((2, 2)), np.zeros((2, 2, 2)))
+    assert statistics_problem(table, {TABLE: good}, "embedding") is None
+    assert "rows outside" in statistics_problem(table, {TABLE: (np.array([5]), good[1][:1], good[2][:1])}, "embedding")
+    assert "do not match its rows" in statistics_problem(
+        table, {TABLE: (good[0], np.zeros((2, 3)), np.zeros((2, 3, 3)))}, "embedding")
+    assert "not finite" in statistics_problem(table, {TABLE: (good[0], np.full((2, 2), np.nan), good[2])}, "embedding")
+
+
+@pytest.mark.parametrize("tasks, fit, on", [
+    (["purchase", "click"], "newton", True),
+    (["rating", "purchase", "click"], "newton", False),
+    (["purchase", "click"], "sgd", False),  # the privacy options' setting: no per-row statistics
+])
+def test_auto_refits_embeddings_only_without_ratings_and_where_statistics_are_sent(tasks, fit, on):
+    train = resolved_training({"embedding_newton": "auto", "first_order_fit": fit}, [TASKS[t] for t in tasks])
+    assert embedding_newton(train) is on
+    assert resolved_training({"embedding_newton": True, "first_order_fit": fit}, [TASKS["rating"]])["embedding_newton"]
+
+
+def test_a_setting_that_is_not_a_boolean_is_refused():
+    with pytest.raises(Exception, match="train.embedding_newton must be auto, true or false, got 'yes'"):
+        embedding_newton({"embedding_newton": "yes"})
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")
+def test_the_federated_step_is_the_pooled_step_at_the_rounds_average(tmp_path):
+    """Two real simulations alike but for train.embedding_newton (round 1 fits the biases only, round 2
+    trains and, in the second, queries the merchants' sums): the second's embedding rows are the
+    first's moved by one step on every merchant's train rows at the first's model, nothing else differs."""
+    from launch.cli import run as cli_run
+
+    base = [*TINY, "tasks=[purchase,click]", "train.keep_optimizer_state=false", "train.average_decay=0",
+            "ranking.enabled=false"]
+    saved = {}
+    for on in ("false", "true"):
+        cli_run(compose_config([*base, f"train.embedding_newton={on}"]), tmp_path / on)
+        saved[on] = torch.load(tmp_path / on / "model.pt", weights_only=False)
+        assert json.loads((tmp_path / on / "metrics.json").read_text())["failures"] == []
+    experiment = open_experiment(saved["false"]["config"])
+    model = experiment.new_model()
+    model.load_state_dict({k: v for k, v in saved["false"]["state"].items() if k in model.state_dict()})
+    stats = sum_statistics([embedding_statistics(model, experiment.shard(m, "train"), experiment.tasks, CPU)
+                            for m in experiment.index.merchant_ids])
+    expected = embedding_newton_update({name: saved["false"]["state"][name].numpy() for name in stats}, stats,
+                                       *embedding_newton_settings(experiment.cfg["train"]))
+    moved = 0.0
+    for name, value in saved["true"]["state"].items():
+        want = expected.get(name, saved["false"]["state"][name].numpy())
+        np.testing.assert_allclose(value.numpy(), want, rtol=1e-4, atol=1e-6, err_msg=name)
+        moved += float(np.abs(want - saved["false"]["state"][name].numpy()).sum())
+    assert moved > 1e-3  # the step did move the rows
