@@ -129,13 +129,14 @@ def test_a_setting_that_is_not_a_boolean_is_refused():
 @pytest.mark.slow
 @pytest.mark.usefixtures("shared_ray")
 def test_the_federated_step_is_the_pooled_step_at_the_rounds_average(tmp_path):
-    """Two real simulations alike but for train.embedding_newton (round 1 fits the biases only, round 2
-    trains and, in the second, queries the merchants' sums): the second's embedding rows are the
-    first's moved by one step on every merchant's train rows at the first's model, nothing else differs."""
+    """Two real one-round simulations alike but for train.embedding_newton (no bias-only round: the
+    round trains the deep part and, in the second, then queries the merchants' sums): the second's
+    embedding rows are the first's moved by one step on every merchant's train rows at the first's
+    model, and nothing else differs."""
     from launch.cli import run as cli_run
 
     base = [*TINY, "tasks=[purchase,click]", "train.keep_optimizer_state=false", "train.average_decay=0",
-            "ranking.enabled=false"]
+            "train.wide_rounds=0", "federation.rounds=1", "ranking.enabled=false"]
     saved = {}
     for on in ("false", "true"):
         cli_run(compose_config([*base, f"train.embedding_newton={on}"]), tmp_path / on)
