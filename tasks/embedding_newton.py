@@ -27,7 +27,7 @@ from data.shards import Shard
 from tasks.models import MultiTaskModel
 from tasks.registry import Task
 from tasks.training import task_labels
-from tasks.wide import WideStats, gradient_curvature
+from tasks.wide import WideStats, gradient_curvature, step_in_place
 
 # The per-row outer products of one chunk of rows are held at once: at most this many float64 values.
 CHUNK_VALUES = 1 << 24
@@ -106,21 +106,12 @@ def embedding_newton_settings(train_cfg: Mapping[str, Any]) -> tuple[float, floa
     return float(train_cfg["embedding_l2"]), float(train_cfg["newton_damping"])
 
 
-@torch.no_grad()
-def _write(model: MultiTaskModel, arrays: Mapping[str, np.ndarray]) -> None:
-    state = model.state_dict()
-    for name, value in arrays.items():
-        state[name].copy_(torch.as_tensor(value))
-
-
 def refit_embeddings(model: MultiTaskModel, shard: Shard, tasks: Sequence[Task], train_cfg: Mapping[str, Any],
                      device: torch.device) -> None:
     """The trainer's own step (centralized, local): statistics on its shard, applied in place."""
-    stats = embedding_statistics(model, shard, tasks, device)
-    if stats:
-        state = model.state_dict()
-        _write(model, embedding_newton_update({name: state[name].cpu().numpy() for name in stats}, stats,
-                                              *embedding_newton_settings(train_cfg)))
+    settings = embedding_newton_settings(train_cfg)
+    step_in_place(model, embedding_statistics(model, shard, tasks, device),
+                  lambda params, stats: embedding_newton_update(params, stats, *settings))
 
 
 def pack_statistics(stats: WideStats) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ fresh Adagrad each round it jitters.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -193,14 +193,21 @@ def newton_settings(train_cfg: Mapping[str, Any], tasks: Sequence[Task]
 
 
 @torch.no_grad()
-def apply_newton(model: MultiTaskModel, stats: WideStats, train_cfg: Mapping[str, Any], tasks: Sequence[Task]) -> None:
-    """The trainer's own step (centralized, local): the model's biases moved in place; no-op without stats."""
+def step_in_place(model: MultiTaskModel, stats: WideStats,
+                  update: Callable[[dict[str, np.ndarray], WideStats], dict[str, np.ndarray]]) -> None:
+    """A trainer's own step (centralized, local): `update` (the arrays the statistics cover, the
+    statistics -> their new values) applied to the model in place; no-op without stats."""
     if not stats:
         return
     state = model.state_dict()
-    params = {name: state[name].cpu().numpy() for name in stats}
-    for name, value in newton_update(params, stats, *newton_settings(train_cfg, tasks)).items():
+    for name, value in update({name: state[name].cpu().numpy() for name in stats}, stats).items():
         state[name].copy_(torch.as_tensor(value))
+
+
+def apply_newton(model: MultiTaskModel, stats: WideStats, train_cfg: Mapping[str, Any], tasks: Sequence[Task]) -> None:
+    """The trainer's own bias step: the model's biases moved in place."""
+    settings = newton_settings(train_cfg, tasks)
+    step_in_place(model, stats, lambda params, summed: newton_update(params, summed, *settings))
 
 
 def first_deep_round(train_cfg: Mapping[str, Any]) -> int:

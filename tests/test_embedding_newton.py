@@ -10,7 +10,8 @@ from core.config import compose_config, to_plain
 from data.shards import Shard
 from server_app.replies import statistics_problem
 from tasks.embedding_newton import (embedding_newton, embedding_newton_settings, embedding_newton_update,
-                                    embedding_statistics, pack_statistics, unpack_statistics)
+                                    embedding_statistics, pack_statistics, refit_embeddings,
+                                    unpack_statistics)
 from tasks.experiment import open_experiment, resolved_training
 from tasks.models import build_model
 from tasks.registry import TASKS, resolve_tasks
@@ -75,6 +76,24 @@ def test_the_gradient_sums_are_minus_the_summed_losses_gradient_in_each_row():
         np.testing.assert_allclose(g, -grad[ids], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(h, np.transpose(h, (0, 2, 1)))  # curvature: symmetric ...
         assert np.all(np.linalg.eigvalsh(h) > -1e-9)                # ... and positive semi-definite
+
+
+def test_the_trainers_own_step_lowers_its_training_loss():
+    model, tasks, shard = binary_setup(seed=3, n=400)
+    features = torch.as_tensor(shard.features)
+
+    def loss() -> float:
+        with torch.no_grad():
+            outputs = model(features)
+            return sum(float(torch.nn.functional.binary_cross_entropy_with_logits(
+                outputs[t.name][mask], torch.as_tensor(shard.labels[t.label])[mask], reduction="sum"))
+                for t in tasks for mask in [torch.isfinite(torch.as_tensor(shard.labels[t.label]))])
+
+    losses = [loss()]
+    for _ in range(3):
+        refit_embeddings(model, shard, tasks, {"embedding_l2": 1.0, "newton_damping": 0.7}, CPU)
+        losses.append(loss())
+    assert losses[0] > losses[1] > losses[2] > losses[3], losses
 
 
 def test_statistics_summed_over_merchants_equal_the_pooled_statistics():
