@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from core.runtime import resolve_device
@@ -98,20 +99,22 @@ class Experiment:
 # the rounds' average took federated purchase AUC from 0.6931 to 0.7040 and 0.6337 to 0.6651; with a
 # rating task they cost on every preset (seed 0; README, "Tables unlike the presets").
 # train.embedding_newton=auto follows the same rule where per-row statistics are sent at all
-# (first_order_fit=newton): 0.7040 to 0.7178 there (tasks/embedding_newton.py).
+# (first_order_fit=newton) and no id is dropped in training (model.id_dropout resolved to 0): the
+# step fits each row to its rows as if its id were always there, which id dropout trains the model
+# not to lean on (synthetic_coldstart and synthetic_events lost with it; tasks/embedding_newton.py).
 AUTO_BY_RATING_TASK = {"keep_optimizer_state": (True, False), "average_decay": (0.5, 0.0)}
 
 
-def resolved_training(train_cfg: Mapping[str, Any], tasks: list[Task]) -> dict[str, Any]:
-    """`train` with its `auto` settings decided by the run's tasks: the same on every side, since
-    every side knows the plan."""
+def resolved_training(train_cfg: Mapping[str, Any], tasks: list[Task], drops_ids: bool = False) -> dict[str, Any]:
+    """`train` with its `auto` settings decided by the run's tasks (and whether it drops ids in
+    training, model.id_dropout): the same on every side, since every side knows the plan."""
     with_rating = any(t.kind != "binary" for t in tasks)
     resolved = dict(train_cfg)
     for key, (without, with_) in AUTO_BY_RATING_TASK.items():
         if str(resolved.get(key)) == "auto":
             resolved[key] = with_ if with_rating else without
-    if str(resolved.get("embedding_newton", False)) == "auto":  # statistics only where the biases send them too
-        resolved["embedding_newton"] = not with_rating and newton_fit(resolved)
+    if str(resolved.get("embedding_newton", False)) == "auto":
+        resolved["embedding_newton"] = not with_rating and not drops_ids and newton_fit(resolved)
     return resolved
 
 
@@ -120,7 +123,10 @@ def experiment_for(cfg: Mapping[str, Any], plan: RunPlan, index: MerchantIndex |
     personalization_of(cfg)  # checked once, before any training
     labels = [TASKS[name].label for name in plan.tasks if name in TASKS]
     tasks = resolve_tasks(plan.tasks, labels, label_stats=plan.label_stats)
-    return Experiment(cfg={**cfg, "train": resolved_training(cfg["train"], tasks)}, plan=plan, tasks=tasks, index=index)
+    experiment = Experiment(cfg=cfg, plan=plan, tasks=tasks, index=index)
+    drops_ids = any(rate > 0 for rate in np.atleast_1d(experiment.id_dropout))
+    experiment.cfg = {**cfg, "train": resolved_training(cfg["train"], tasks, drops_ids)}
+    return experiment
 
 
 def prepare_every_merchant(data_cfg: Mapping[str, Any]) -> MerchantIndex:

@@ -129,13 +129,15 @@ def test_statistics_that_do_not_fit_the_global_table_are_named():
     assert "not finite" in statistics_problem(table, {TABLE: (good[0], np.full((2, 2), np.nan), good[2])}, "embedding")
 
 
-@pytest.mark.parametrize("tasks, fit, on", [
-    (["purchase", "click"], "newton", True),
-    (["rating", "purchase", "click"], "newton", False),
-    (["purchase", "click"], "sgd", False),  # the privacy options' setting: no per-row statistics
+@pytest.mark.parametrize("tasks, fit, drops_ids, on", [
+    (["purchase", "click"], "newton", False, True),
+    (["rating", "purchase", "click"], "newton", False, False),
+    (["purchase", "click"], "sgd", False, False),  # the privacy options' setting: no per-row statistics
+    (["purchase", "click"], "newton", True, False),  # model.id_dropout trains the model not to lean on ids
 ])
-def test_auto_refits_embeddings_only_without_ratings_and_where_statistics_are_sent(tasks, fit, on):
-    train = resolved_training({"embedding_newton": "auto", "first_order_fit": fit}, [TASKS[t] for t in tasks])
+def test_auto_refits_embeddings_only_without_ratings_and_where_statistics_are_sent(tasks, fit, drops_ids, on):
+    train = resolved_training({"embedding_newton": "auto", "first_order_fit": fit}, [TASKS[t] for t in tasks],
+                              drops_ids)
     assert embedding_newton(train) is on
     assert resolved_training({"embedding_newton": True, "first_order_fit": fit}, [TASKS["rating"]])["embedding_newton"]
 
@@ -174,3 +176,12 @@ def test_the_federated_step_is_the_pooled_step_at_the_rounds_average(tmp_path):
         np.testing.assert_allclose(value.numpy(), want, rtol=1e-4, atol=1e-6, err_msg=name)
         moved += float(np.abs(want - saved["false"]["state"][name].numpy()).sum())
     assert moved > 1e-3  # the step did move the rows
+
+
+@pytest.mark.parametrize("overrides, on", [
+    (["tasks=[purchase,click]"], True),
+    (["tasks=[purchase,click]", "model.id_dropout=0.1"], False),
+    ([], False),
+])
+def test_the_experiment_every_side_builds_resolves_it_from_its_tasks_and_id_dropout(tiny_cfg, overrides, on):
+    assert open_experiment(tiny_cfg(*overrides)).cfg["train"]["embedding_newton"] is on
