@@ -129,15 +129,17 @@ def test_statistics_that_do_not_fit_the_global_table_are_named():
     assert "not finite" in statistics_problem(table, {TABLE: (good[0], np.full((2, 2), np.nan), good[2])}, "embedding")
 
 
-@pytest.mark.parametrize("tasks, fit, drops_ids, on", [
-    (["purchase", "click"], "newton", False, True),
-    (["rating", "purchase", "click"], "newton", False, False),
-    (["purchase", "click"], "sgd", False, False),  # the privacy options' setting: no per-row statistics
-    (["purchase", "click"], "newton", True, False),  # model.id_dropout trains the model not to lean on ids
+@pytest.mark.parametrize("tasks, fit, drops_ids, keeps_best, on", [
+    (["purchase", "click"], "newton", False, True, True),
+    (["rating", "purchase", "click"], "newton", False, True, True),
+    (["purchase", "click"], "sgd", False, True, False),  # the privacy options' setting: no per-row statistics
+    (["purchase", "click"], "newton", True, True, False),  # model.id_dropout trains the model not to lean on ids
+    (["rating", "purchase", "click"], "newton", False, False, False),  # the last round kept: past the peak
 ])
-def test_auto_refits_embeddings_only_without_ratings_and_where_statistics_are_sent(tasks, fit, drops_ids, on):
+def test_auto_refits_embeddings_where_statistics_are_sent_no_id_is_dropped_and_the_best_round_kept(
+        tasks, fit, drops_ids, keeps_best, on):
     train = resolved_training({"embedding_newton": "auto", "first_order_fit": fit}, [TASKS[t] for t in tasks],
-                              drops_ids)
+                              drops_ids, keeps_best)
     assert embedding_newton(train) is on
     assert resolved_training({"embedding_newton": True, "first_order_fit": fit}, [TASKS["rating"]])["embedding_newton"]
 
@@ -179,9 +181,12 @@ def test_the_federated_step_is_the_pooled_step_at_the_rounds_average(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, on", [
-    (["tasks=[purchase,click]"], True),
-    (["tasks=[purchase,click]", "model.id_dropout=0.1"], False),
-    ([], False),
+    (["data.val_fraction=0.2"], True),
+    (["data.val_fraction=0.2", "tasks=[purchase,click]"], True),
+    (["data.val_fraction=0.2", "model.id_dropout=0.1"], False),
+    (["data.val_fraction=0.2", "select_round=last"], False),
+    (["data.val_fraction=0.2", "train.first_order_fit=sgd"], False),
+    ([], False),  # TINY is the synthetic default's shape: no validation split
 ])
 def test_the_experiment_every_side_builds_resolves_it_from_its_tasks_and_id_dropout(tiny_cfg, overrides, on):
     assert open_experiment(tiny_cfg(*overrides)).cfg["train"]["embedding_newton"] is on

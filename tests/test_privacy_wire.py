@@ -2,7 +2,8 @@
 recorded (a pass-through wrapper around Flower's grid) and checked to hold only the model's arrays at
 the model's shapes, scalar metrics and counts, and the known aggregate records, never a row, a raw
 user or item id, or a label vector. What they do still carry is pinned down too: the hashed rows a
-merchant touched (WIDE_STATS, ROW_COUNTS) unless privacy=dp|ldp, which leaves only the model."""
+merchant touched (WIDE_STATS, ROW_COUNTS, and EMBEDDING_STATS under train.embedding_newton) unless
+privacy=dp|ldp, which leaves only the model."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from tasks.wide import newton_fitted
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
-ARRAY_RECORDS = {protocol.ARRAYS, protocol.TABLE_ROWS, protocol.WIDE_STATS, protocol.ROW_COUNTS}
+ARRAY_RECORDS = {protocol.ARRAYS, protocol.TABLE_ROWS, protocol.WIDE_STATS, protocol.ROW_COUNTS,
+                 protocol.EMBEDDING_STATS}
 METRIC_RECORDS = {protocol.METRICS, protocol.VAL_METRICS, protocol.ORACLE}
 CONFIG_RECORDS = {protocol.MERCHANT, protocol.SETUP}
 
@@ -118,16 +120,24 @@ def test_only_model_arrays_scalars_and_known_aggregates_reach_the_server(recorde
                     assert stacked.shape[0] == 3 and stacked.dtype == np.float64
                     check_row_ids(stacked[0], key, splits["train"].features, tables)
                     assert np.all(stacked[2] >= 0)  # curvature sums: of p (1 - p), or 1 per rating row
+            if name == protocol.EMBEDDING_STATS:  # per looked-up embedding row: (id, G [d], H [d, d]) flat
+                for key, packed in arrays.items():
+                    dim = model_state[key][1]
+                    assert packed.dtype == np.float64 and packed.shape[1] == 1 + dim + dim * dim, key
+                    check_row_ids(packed[:, 0], key, splits["train"].features, tables)
+                    curvature = packed[:, 1 + dim:].reshape(-1, dim, dim)
+                    assert np.all(np.linalg.eigvalsh(curvature) > -1e-9)  # sums of h J J^T, h >= 0
             if name == protocol.ROW_COUNTS:  # per touched table row: (id, how often it was looked up)
                 for key, pair in arrays.items():
                     assert pair.shape[0] == 2 and pair.dtype == np.int64
                     check_row_ids(pair[0], key, splits["train"].features, tables)
                     assert np.all(pair[1] >= 1) and pair[1].sum() <= len(splits["train"])
 
+    row_records = {protocol.WIDE_STATS, protocol.ROW_COUNTS, protocol.TABLE_ROWS, protocol.EMBEDDING_STATS}
     if privacy == "none":  # what the default still reveals: the hashed rows each merchant touched
-        assert {protocol.WIDE_STATS, protocol.ROW_COUNTS, protocol.TABLE_ROWS} <= seen_records
+        assert row_records <= seen_records
     else:  # under DP only the (clipped, noised) model leaves a merchant
-        assert not seen_records & {protocol.WIDE_STATS, protocol.ROW_COUNTS, protocol.TABLE_ROWS}
+        assert not seen_records & row_records
 
 
 def test_train_requests_carry_the_row_totals_of_the_counts_already_received(recorded_federated_run):
