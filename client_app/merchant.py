@@ -20,6 +20,7 @@ from core.update_codec import check_compression, encode_update
 from core.errors import InputError
 from data.partition import partition_for_node, partition_table
 from data.shards import PreparedMerchant, prepare_merchant
+from tasks.embedding_newton import embedding_statistics, pack_statistics
 from tasks.experiment import Experiment, experiment_for
 from tasks.metrics import flatten, with_counts
 from tasks.models import MultiTaskModel
@@ -28,7 +29,6 @@ from tasks.plan import RunPlan
 from tasks.ranking import evaluate_merchant
 from tasks.registry import resolve_tasks
 from tasks.state import joint_parameters, joint_state, load_joint_state
-from tasks.embedding_newton import embedding_statistics, pack_statistics
 from tasks.training import make_optimizer, oracle_score, proximal_mu, shuffle_seed, trained_rows
 from tasks.wide import averaged_by_rows, newton_fitted, train_round
 from tasks.weighting import LossWeighting

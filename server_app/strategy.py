@@ -102,7 +102,10 @@ class MultiTaskFedAvg(FedAvg):
     (default: aggregation.aggregate) turns the updates into new arrays; the privacy options pass their
     own (server_app/privacy.py). Replies are decoded by core/update_codec.py (`compression`; a row
     table may come as its trained rows only, a Newton-fitted bias (`unsent`) not at all). `row_totals`
-    sums the merchants' embedding row counts and goes out with every train request.
+    sums the merchants' embedding row counts and goes out with every train request. Under
+    train.embedding_newton a round then queries its contributors at the aggregate
+    (`configure_curvature`) and moves the embedding rows by a Newton step on their summed statistics
+    (`aggregate_curvature`, tasks/embedding_newton.py).
     """
 
     def __init__(self, parameter_tasks: Mapping[str, str | None], merchant_of: Callable[[int], str | None],
