@@ -17,6 +17,7 @@ from core.runtime import resolve_device
 from data.partition import read_manifest, partition_table
 from data.features import feature_columns
 from data.shards import PreparedMerchant, Shard, feature_spec, prepare_merchant
+from data.splits import split_fractions
 from tasks.models import MultiTaskModel, build_model, id_dropout_rates
 from tasks.personalization import personalization_of
 from tasks.plan import RunPlan, plan_from_summaries
@@ -130,7 +131,7 @@ def experiment_for(cfg: Mapping[str, Any], plan: RunPlan, index: MerchantIndex |
     tasks = resolve_tasks(plan.tasks, labels, label_stats=plan.label_stats)
     experiment = Experiment(cfg=cfg, plan=plan, tasks=tasks, index=index)
     drops_ids = any(rate > 0 for rate in np.atleast_1d(experiment.id_dropout))
-    keeps_best = float(cfg["data"].get("val_fraction", 0.0) or 0.0) > 0 and str(cfg.get("select_round")) != "last"
+    keeps_best = split_fractions(cfg["data"])[1] > 0 and str(cfg.get("select_round")) != "last"
     experiment.cfg = {**cfg, "train": resolved_training(cfg["train"], tasks, drops_ids, keeps_best)}
     return experiment
 
