@@ -45,7 +45,7 @@ def embedding_newton(train_cfg: Mapping[str, Any]) -> bool:
 def embedding_statistics(model: MultiTaskModel, shard: Shard, tasks: Sequence[Task], device: torch.device
                          ) -> WideStats:
     """Per embedding table looked up by this shard's labelled rows: (row ids [k], G [k, d], H [k, d, d]),
-    float64, at the model as it is (eval mode: no dropout, no id dropout)."""
+    float64, at the model as it is (eval mode: no dropout), ids dropped as in training (model.id_dropout)."""
     model.eval()
     tables = model.embedding.tables
     labels = task_labels(shard, tasks)
@@ -61,7 +61,7 @@ def embedding_statistics(model: MultiTaskModel, shard: Shard, tasks: Sequence[Ta
         rows = labelled[start:start + chunk]
         features = torch.as_tensor(shard.features[rows], device=device)
         vectors = model.embedding.vectors(features).detach().requires_grad_(True)
-        outputs = model.link(model.raw_from_vectors(features, vectors))
+        outputs = model.link(model.raw_from_vectors(features, dropped_ids(model, vectors)))
         g_j = torch.zeros(len(rows), len(tables), dim, dtype=torch.float64)
         h_jj = torch.zeros(len(rows), len(tables), dim, dim, dtype=torch.float64)
         for task in tasks:
@@ -82,6 +82,16 @@ def embedding_statistics(model: MultiTaskModel, shard: Shard, tasks: Sequence[Ta
             sums[j][1].index_add_(0, index, h_jj[:, j])
     return {f"embedding.tables.{j}.weight": (ids.astype(np.int64), g.numpy(), h.numpy())
             for j, ((ids, _), (g, h)) in enumerate(zip(columns, sums))}
+
+
+def dropped_ids(model: MultiTaskModel, vectors: torch.Tensor) -> torch.Tensor:
+    """The vectors with the hashed columns' ids dropped as in training (model.id_dropout), so the sums
+    are a draw of the objective id dropout trains: a dropped row gets J = 0 from that example, and the
+    other rows are fitted for predicting without it (what a cold test row asks of them)."""
+    if not model.embedding.drops_ids:
+        return vectors
+    hashed = len(model.embedding.tables)
+    return torch.cat([model.embedding.drop_ids(vectors[:, :hashed]), vectors[:, hashed:]], dim=1)
 
 
 def embedding_newton_update(params: Mapping[str, np.ndarray], stats: WideStats, lam: float, damping: float

@@ -43,7 +43,7 @@ def test_a_row_no_labelled_row_reaches_is_only_shrunk_by_its_prior():
     np.testing.assert_allclose(zero_prior, start)  # solvable, and nothing moves it
 
 
-def binary_setup(seed=0, n=60):
+def binary_setup(seed=0, n=60, id_dropout=0.0):
     rng = np.random.default_rng(seed)
     features = rng.integers(0, 8, (n, 2))
     labels = {"click": (rng.random(n) < 0.4).astype(np.float32),
@@ -51,7 +51,8 @@ def binary_setup(seed=0, n=60):
     tasks = resolve_tasks(["purchase", "click"], ["purchase", "click"],
                           label_stats={"purchase": {"mean": 0.2}, "click": {"mean": 0.4}})
     torch.manual_seed(seed)
-    model = build_model({**to_plain(compose_config([]))["model"], "embedding_init_std": 0.3, "dropout": 0.0},
+    model = build_model({**to_plain(compose_config([]))["model"], "embedding_init_std": 0.3, "dropout": 0.0,
+                         "id_dropout": id_dropout},
                         [8, 8], ["purchase", "click"])
     with torch.no_grad():  # a trained-looking model: towers that read their input
         for name, p in model.named_parameters():
@@ -60,11 +61,20 @@ def binary_setup(seed=0, n=60):
     return model, tasks, Shard(features, labels, {})
 
 
-def test_the_gradient_sums_are_minus_the_summed_losses_gradient_in_each_row():
-    model, tasks, shard = binary_setup()
+@pytest.mark.parametrize("id_dropout", [0.0, [0.5, 0.3]])
+def test_the_gradient_sums_are_minus_the_summed_losses_gradient_in_each_row(id_dropout):
+    """With id dropout, the sums are those of the loss training minimises: ids dropped as in training
+    (the same draw, replayed by reseeding), a dropped id's row getting nothing from that example."""
+    model, tasks, shard = binary_setup(id_dropout=id_dropout)
+    torch.manual_seed(7)
     stats = embedding_statistics(model, shard, tasks, CPU)
     model.zero_grad()
-    outputs = model(torch.as_tensor(shard.features))
+    torch.manual_seed(7)
+    features = torch.as_tensor(shard.features)
+    vectors = model.embedding.vectors(features)  # eval mode: ids dropped only where asked, next line
+    if model.embedding.drops_ids:
+        vectors = model.embedding.drop_ids(vectors)
+    outputs = model.link(model.raw_from_vectors(features, vectors))
     loss = sum(torch.nn.functional.binary_cross_entropy_with_logits(
         outputs[t.name][mask], torch.as_tensor(shard.labels[t.label])[mask], reduction="sum")
         for t in tasks for mask in [torch.isfinite(torch.as_tensor(shard.labels[t.label]))])

@@ -97,11 +97,15 @@ class FeatureEmbedding(nn.Module):
         meeting that input for the first time on a cold test row."""
         vectors = torch.stack(self.lookups(features), dim=1)
         if self.training and self.drops_ids:
-            keep = torch.rand(vectors.shape[:2], device=vectors.device) >= self.id_dropout.to(vectors.device)
-            vectors = vectors * keep.unsqueeze(-1)
+            vectors = self.drop_ids(vectors)
         if self.n_numerical:
             vectors = torch.cat([vectors, self.numerical_vectors(features)], dim=1)
         return vectors
+
+    def drop_ids(self, vectors: torch.Tensor) -> torch.Tensor:
+        """[B, hashed columns, dim] with each row of column j zeroed with probability id_dropout[j]."""
+        keep = torch.rand(vectors.shape[:2], device=vectors.device) >= self.id_dropout.to(vectors.device)
+        return vectors * keep.unsqueeze(-1)
 
     def combine(self, vectors: torch.Tensor) -> torch.Tensor:
         """[B, fields, dim] -> the deep part's input: the vectors concatenated with their pairwise dots."""
