@@ -23,11 +23,16 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/merchant-fl $(ARGS)
 
+# Two pytest workers (pytest-xdist), one test file each at a time (--dist loadfile: a file's module
+# fixtures, such as the one deployment, run once). Most of the suite's time is spent waiting on
+# processes to start, not computing, so two workers on 2 cores halve it (README, Tests).
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # A real deployment on loopback: a TLS SuperLink with SuperNode auth, N SuperNodes (one merchant file
 # each), flwr run; everything under .deploy/, every process stopped on exit. INSECURE=1: no TLS/auth.

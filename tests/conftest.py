@@ -52,7 +52,8 @@ def shared_ray():
     says `pytestmark = pytest.mark.usefixtures("shared_ray")`. Flower's Ray backend starts Ray when it
     is not running and shuts it down after each simulation (several seconds each way); from the first
     module that uses this fixture on, ray.shutdown is a no-op and the real one runs at the session's
-    end. Each simulation still builds its own pool of ClientApp actors on the cluster and kills it.
+    end (one cluster per pytest worker: `make test` runs two). Each simulation still builds its own
+    pool of ClientApp actors on the cluster and kills it.
     The cluster's processes keep the environment of its start: isolated_env's, the same for every test
     (a test that needs other environment variables in its simulated clients must not share it)."""
     import ray

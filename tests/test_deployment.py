@@ -24,10 +24,10 @@ from launch.deploy_local import LocalDeployment, make_node_key, merchant_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.deployment]
 
-ROUND_TIMEOUT_S = 45
+ROUND_TIMEOUT_S = 60  # a healthy phase takes about 20 s here while the suite's other worker runs (make test: -n 2)
 OVERRIDES = ["data.synthetic.n_rows=2400", "data.synthetic.n_users=200", "data.synthetic.n_items=80",
              "data.hash_buckets.user_id=512", "data.hash_buckets.item_id=512", "model.expert_dims=[16]",
-             "model.tower_dims=[8]", "model.embedding_dim=8", "federation.rounds=3", "federation.min_nodes=3",
+             "model.tower_dims=[8]", "model.embedding_dim=8", "federation.rounds=2", "federation.min_nodes=3",
              f"federation.round_timeout_s={ROUND_TIMEOUT_S}", "federation.wait_for_nodes_s=120",
              "ranking.enabled=false", "device=cpu"]
 UNREGISTERED_EXIT_CODE = 305
@@ -80,7 +80,7 @@ def federation(tmp_path_factory):
 def test_a_run_over_tls_with_node_auth_completes(federation):
     assert federation["finished"], federation["output"][-3000:]
     doc = federation["metrics"]
-    assert doc["mode"] == "federated" and [r["round"] for r in doc["rounds"]] == [0, 1, 2, 3]
+    assert doc["mode"] == "federated" and [r["round"] for r in doc["rounds"]] == [0, 1, 2]
     assert set(doc["per_merchant"]) == {"m00", "m01"}
     assert federation["status"] == "finished:completed"
 
@@ -103,8 +103,8 @@ def test_a_node_with_a_bad_file_fails_alone_with_its_clear_error(federation):
 def test_a_killed_node_does_not_stop_the_run_and_no_round_hangs(federation):
     doc = federation["metrics"]
     assert any(f["merchant"] == "m01" and f["round"] >= 1 for f in doc["failures"])
-    # Every phase waits at most its timeout: 3 rounds x (train + evaluate) + setup + final evaluation.
-    assert federation["seconds"] < federation["killed_at"] + 8 * ROUND_TIMEOUT_S
+    # Every phase waits at most its timeout: 2 rounds x (train + evaluate) + setup + final evaluation.
+    assert federation["seconds"] < federation["killed_at"] + 6 * ROUND_TIMEOUT_S
 
 
 def test_a_rejoined_node_is_used_from_the_next_round(federation):

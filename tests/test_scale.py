@@ -46,6 +46,7 @@ def test_the_simulation_engine_hooks_take_on_this_flower_version():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")
 def test_only_the_drawn_merchants_are_set_up_and_their_data_prepared(tmp_path):
     cfg = to_plain(compose_config([*SMALL, f"data.cache_dir={tmp_path / 'cache'}"]))
     merchants = [p.merchant_id for p in read_manifest(partition_table(cfg["data"]))]

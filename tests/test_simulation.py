@@ -1,27 +1,21 @@
-"""Real Flower simulations, 4 merchants: through the `merchant-fl` door as a process (its log, exit code and
-error line), and through launch.cli.run, what the door runs, in this process."""
+"""Real Flower simulations, 4 merchants: through the `merchant-fl` door as a process (its log), through the
+door's main() in this process (exit code and error line), and through launch.cli.run, what the door runs."""
 
 import json
 import math
 import shutil
-import subprocess
 import sys
 
 import pytest
 
 from core.config import compose_config, to_plain
+from launch.cli import main as cli_main
 from launch.cli import run as cli_run
 from tasks.experiment import open_experiment
 from tasks.selection import validation_loss
-from tests.conftest import ROOT, TINY, cli_env, flower_log, isolated
+from tests.conftest import TINY, flower_log, isolated
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
-
-
-def merchant_fl(*args, cwd):
-    # This checkout's code, whichever checkout the environment's editable install points at.
-    return subprocess.run([sys.executable, "-m", "launch.cli", *TINY, *args], cwd=cwd, capture_output=True,
-                          text=True, env={**cli_env(), "PYTHONPATH": str(ROOT)}, timeout=900)
 
 
 def test_federated_training_improves_every_task(door_run):
@@ -67,19 +61,23 @@ def test_best_val_keeps_the_round_with_the_lowest_validation_loss(early_stopped)
     assert any(f"kept round {kept} (select_round=best_val)" in line for line in log)
 
 
-def test_a_round_where_every_client_fails_fails_the_run(tmp_path):
+def test_a_round_where_every_client_fails_fails_the_run(tmp_path, monkeypatch, capsys):
+    """The door's own main() in this process (on the session's Ray; test_cli runs the door as a process)."""
     index = open_experiment(to_plain(compose_config(TINY))).index
     for merchant in index.merchants:  # every node's prepared training split is gone: each client errors
         (merchant.root / "train.parquet").unlink()
     out = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["merchant-fl", *TINY, f"hydra.run.dir={out}"])
     try:
-        run = merchant_fl(f"hydra.run.dir={out}", cwd=tmp_path)
+        with pytest.raises(SystemExit) as exited:
+            cli_main()
     finally:
         for merchant in index.merchants:
             shutil.rmtree(merchant.root)
-    assert run.returncode == 2
-    assert "merchant-fl: error: round 1: every one of 4 clients failed to train" in run.stderr
-    assert "Traceback" not in run.stderr.splitlines()[-1]
+    assert exited.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.splitlines()[-1].startswith("merchant-fl: error: round 1: every one of 4 clients failed to train")
+    assert "Traceback" not in stderr
     assert not (out / "metrics.json").exists()
 
 
