@@ -25,7 +25,7 @@ from server_app.outputs import RunResult, write_outputs
 from server_app.progress import RunProgress
 from server_app.setup import Directory
 from tasks.registry import TASKS
-from tasks.selection import check_rule
+from tasks.selection import check_rule, untrained_round_note
 
 MODES = ("federated", "centralized", "local")
 
@@ -54,6 +54,10 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None,
         raise RuntimeError("mode=federated needs a Flower grid; run it through a ServerApp")
     with RunProgress.for_run(cfg, output_dir) as progress:
         result = run_federated(grid, cfg, progress, output_dir, directory) if mode == "federated" else run_baseline(cfg, progress)
+    if result.config.get("select_round") == "best_val" and result.selected_round == 0:
+        note = untrained_round_note([(r.round, r.validation) for r in result.rounds], [TASKS[t] for t in result.tasks])
+        if note:
+            log(WARNING, note)
     if result.bad_rows:  # every node counted its own; the one line a user sees (and metrics.json bad_rows)
         log(WARNING, "data, all merchants: %s (data.on_bad_rows=skip)", format_bad_rows(result.bad_rows))
     write_outputs(result, output_dir, {t: TASKS[t].metric_names for t in result.tasks})

@@ -42,6 +42,33 @@ def validation_loss(metrics: Mapping[str, Metrics], tasks: Sequence[Task],
     return sum(values) / len(values) if values else math.nan
 
 
+def untrained_round_note(validation: Sequence[tuple[int, Mapping[str, Metrics]]], tasks: Sequence[Task]
+                         ) -> str | None:
+    """Why best_val kept round 0 (the untrained model, every head at its prior) although some head
+    learned: one round is kept for every head, so a head that never beat its prior on validation can
+    outweigh the others' gains (measured on a small review-like table, README). None when no head
+    learned, or every head did. `validation`: (round, validation metrics) from round 0 on."""
+    if len(validation) < 2:
+        return None
+    reference = validation[0][1]
+    learned, never = [], []
+    for task in tasks:
+        base = task.loss_from_metrics(reference.get(task.name, {}))
+        if not (math.isfinite(base) and base > 0):
+            continue
+        ratios = [(task.loss_from_metrics(metrics.get(task.name, {})) / base, r) for r, metrics in validation[1:]]
+        ratio, best = min(((q, r) for q, r in ratios if math.isfinite(q)), default=(math.inf, -1))
+        (learned.append(f"{task.name} (round {best}, {100 * (1 - ratio):.1f} % below its prior's loss)")
+         if ratio < 1 else never.append(task.name))
+    if not learned or not never:
+        return None
+    return (f"kept round 0, the untrained model: on validation {', '.join(never)} never beat "
+            f"{'its prior' if len(never) == 1 else 'their priors'}, and that "
+            f"outweighed what {', '.join(learned)} learned (one round is kept for every head); to keep the "
+            f"trained heads, leave {', '.join(never)} out (tasks=[{','.join(t.name for t in tasks if t.name not in never)}])"
+            f" or set select_round=last")
+
+
 def check_rule(rule: str) -> None:
     if rule not in RULES:
         raise InputError(f"unknown select_round {rule!r} (known: {', '.join(RULES)})")

@@ -7,7 +7,7 @@ import pytest
 from tasks.registry import TASKS, resolve_tasks
 from core.config import compose_config, to_plain
 from core.errors import InputError
-from tasks.selection import RoundKeeper, resolve_rule, validation_loss
+from tasks.selection import RoundKeeper, resolve_rule, untrained_round_note, validation_loss
 
 
 def test_validation_loss_is_the_mean_of_each_heads_training_loss():
@@ -91,3 +91,23 @@ def test_the_default_round_budget_on_a_table_is_the_benchs():
 
     protocol = [f"{key}={value}" for key, value in PROTOCOL.items() if key != "federation.rounds"]
     assert to_plain(compose_config(protocol))["federation"]["rounds"] == int(PROTOCOL["federation.rounds"])
+
+
+def test_a_head_that_never_beats_its_prior_is_named_when_round_0_is_kept():
+    """The review-like table's case (README): the rating's validation loss rose every round while the
+    binary heads learned, and the mean over heads kept the untrained round 0."""
+    tasks = [TASKS["rating"], TASKS["purchase"], TASKS["click"]]
+    validation = [(0, {"rating": {"rmse": 1.00}, "purchase": {"logloss": 0.120}, "click": {"logloss": 0.360}}),
+                  (1, {"rating": {"rmse": 1.06}, "purchase": {"logloss": 0.119}, "click": {"logloss": 0.359}}),
+                  (2, {"rating": {"rmse": 1.08}, "purchase": {"logloss": 0.117}, "click": {"logloss": 0.361}})]
+    reference = validation[0][1]
+    assert all(validation_loss(m, tasks, reference) > 1.0 for _, m in validation[1:])  # round 0 is kept
+    note = untrained_round_note(validation, tasks)
+    assert note.startswith("kept round 0, the untrained model: on validation rating never beat its prior, and "
+                           "that outweighed what purchase (round 2, 2.5 % below its prior's loss), click (round 1, "
+                           "0.3 % below its prior's loss) learned")
+    assert note.endswith("leave rating out (tasks=[purchase,click]) or set select_round=last") and "\n" not in note
+    # No head learned, every head learned, or nothing but round 0: nothing to explain.
+    assert untrained_round_note(validation, [TASKS["rating"]]) is None
+    assert untrained_round_note(validation, [TASKS["purchase"]]) is None
+    assert untrained_round_note(validation[:1], tasks) is None
