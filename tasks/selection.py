@@ -33,13 +33,18 @@ def validation_loss(metrics: Mapping[str, Metrics], tasks: Sequence[Task],
     for task in tasks:
         if task.name not in metrics:
             continue
-        value = task.loss_from_metrics(metrics[task.name])
-        if reference is not None:
-            base = task.loss_from_metrics(reference.get(task.name, {}))
-            value = value / base if math.isfinite(base) and base > 0 else math.nan
-        values.append(value)
+        values.append(task.loss_from_metrics(metrics[task.name]) if reference is None
+                      else relative_loss(task, metrics, reference))
     values = [v for v in values if math.isfinite(v)]
     return sum(values) / len(values) if values else math.nan
+
+
+def relative_loss(task: Task, metrics: Mapping[str, Metrics], reference: Mapping[str, Metrics]) -> float:
+    """The task's validation loss over its reference's (the untrained model's: its prior); NaN where
+    either is missing."""
+    base = task.loss_from_metrics(reference.get(task.name, {}))
+    value = task.loss_from_metrics(metrics.get(task.name, {}))
+    return value / base if math.isfinite(base) and base > 0 else math.nan
 
 
 def untrained_round_note(validation: Sequence[tuple[int, Mapping[str, Metrics]]], tasks: Sequence[Task]
@@ -53,13 +58,12 @@ def untrained_round_note(validation: Sequence[tuple[int, Mapping[str, Metrics]]]
     reference = validation[0][1]
     learned, never = [], []
     for task in tasks:
-        base = task.loss_from_metrics(reference.get(task.name, {}))
-        if not (math.isfinite(base) and base > 0):
-            continue
-        ratios = [(task.loss_from_metrics(metrics.get(task.name, {})) / base, r) for r, metrics in validation[1:]]
-        ratio, best = min(((q, r) for q, r in ratios if math.isfinite(q)), default=(math.inf, -1))
-        (learned.append(f"{task.name} (round {best}, {100 * (1 - ratio):.1f} % below its prior's loss)")
-         if ratio < 1 else never.append(task.name))
+        ratios = [(relative_loss(task, metrics, reference), r) for r, metrics in validation[1:]]
+        ratio, best = min(((q, r) for q, r in ratios if math.isfinite(q)), default=(math.nan, -1))
+        if ratio < 1:
+            learned.append(f"{task.name} (round {best}, {100 * (1 - ratio):.1f} % below its prior's loss)")
+        elif math.isfinite(ratio):  # a task without validation labels says nothing either way
+            never.append(task.name)
     if not learned or not never:
         return None
     return (f"kept round 0, the untrained model: on validation {', '.join(never)} never beat "

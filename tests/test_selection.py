@@ -94,8 +94,8 @@ def test_the_default_round_budget_on_a_table_is_the_benchs():
 
 
 def test_a_head_that_never_beats_its_prior_is_named_when_round_0_is_kept():
-    """The review-like table's case (README): the rating's validation loss rose every round while the
-    binary heads learned, and the mean over heads kept the untrained round 0."""
+    """The review-like table's shape (README): one head's validation loss never beat its prior while
+    the others learned, and the mean over heads kept the untrained round 0."""
     tasks = [TASKS["rating"], TASKS["purchase"], TASKS["click"]]
     validation = [(0, {"rating": {"rmse": 1.00}, "purchase": {"logloss": 0.120}, "click": {"logloss": 0.360}}),
                   (1, {"rating": {"rmse": 1.06}, "purchase": {"logloss": 0.119}, "click": {"logloss": 0.359}}),
