@@ -72,6 +72,12 @@ def mean(values: list[float | None]) -> float | None:
     return sum(finite) / len(finite) if finite else None
 
 
+def kept_label(run: RunResult) -> str:
+    """The kept round, and the heads its model replaced by their prior (tasks/selection.py behind_prior)."""
+    heads = f" ({', '.join(run.prior_heads)} at prior)" if run.prior_heads else ""
+    return f"{run.selected_round}{heads}"
+
+
 def over_seeds(runs: list[RunResult]) -> RunResult:
     """One result whose final and per-merchant metrics are the means over the seeds' runs."""
     def average(dicts: list[dict]) -> dict:
@@ -81,7 +87,7 @@ def over_seeds(runs: list[RunResult]) -> RunResult:
     final = average([r.final for r in runs])
     per_merchant = {x: average([r.per_merchant[x] for r in runs]) for x in first.per_merchant}
     kept = [r.selected_round for r in runs]
-    selected = ", ".join(str(k) for k in kept) if all(isinstance(k, int) for k in kept) else "per merchant"
+    selected = ", ".join(kept_label(r) for r in runs) if all(isinstance(k, int) for k in kept) else "per merchant"
     return RunResult(first.mode, first.tasks, first.rounds, final, per_merchant, selected, {}, first.config,
                      first.oracle, merchant_rows=first.merchant_rows)
 

@@ -21,10 +21,10 @@ from server_app.progress import RunProgress
 from tasks.averaging import RoundAverage, scored_state, scoring_average
 from tasks.embedding_newton import embedding_newton, refit_embeddings
 from tasks.experiment import Experiment, open_experiment
-from tasks.metrics import Metrics, combine_merchants
+from tasks.metrics import Metrics, combine_counted, combine_merchants, with_counts
 from tasks.models import MultiTaskModel
 from tasks.ranking import Scores, evaluate_merchant, wants_ranking
-from tasks.selection import RoundKeeper, resolve_rule, validation_loss
+from tasks.selection import RoundKeeper, behind_prior, resolve_rule, selection_loss
 from tasks.state import load_joint_state
 from tasks.training import make_optimizer, oracle_score, shuffle_seed
 from tasks.wide import apply_newton, first_deep_round, train_round
@@ -37,13 +37,20 @@ def _combine(scores: Mapping[str, Scores]) -> Scored:
     return combine_merchants(per_merchant, {m: counts for m, (_, counts) in scores.items()}), per_merchant
 
 
+def _combine_counted(scores: Mapping[str, Scores]) -> Scored:
+    """Validation, kept as the federated server keeps it: each task's label count rides along."""
+    counts = {m: c for m, (_, c) in scores.items()}
+    return (combine_counted({m: metrics for m, (metrics, _) in scores.items()}, counts),
+            {m: with_counts(metrics, counts[m]) for m, (metrics, _) in scores.items()})
+
+
 def evaluate_merchants(models: Mapping[str, MultiTaskModel], splits: Mapping[str, tuple[Shard, Shard, Shard]],
                        experiment: Experiment, final: bool = False) -> tuple[Scored, Scored]:
     """(test, validation): every merchant scored on its own splits, exactly as a federated client scores itself."""
     with_ranking = wants_ranking(experiment.cfg, final)
     scores = {m: evaluate_merchant(models[m], experiment, train, test, val, with_ranking)
               for m, (train, test, val) in splits.items()}
-    return _combine({m: s[0] for m, s in scores.items()}), _combine({m: s[1] for m, s in scores.items()})
+    return _combine({m: s[0] for m, s in scores.items()}), _combine_counted({m: s[1] for m, s in scores.items()})
 
 
 def _splits(experiment: Experiment) -> dict[str, tuple[Shard, Shard, Shard]]:
@@ -110,16 +117,20 @@ def run_centralized(experiment: Experiment, splits: Mapping[str, tuple[Shard, Sh
         with scoring_average(model, weighting, average, server_round):  # the model holds what is scored
             (overall, per_merchant), (validation, _) = evaluate_merchants(same_model, splits, experiment)
             rounds.append(RoundRecord(server_round, overall, losses, validation))
-            keeper.offer(server_round, validation_loss(validation, experiment.tasks, rounds[0].validation),
+            keeper.offer(server_round, selection_loss([r.validation for r in rounds], experiment.tasks),
                          lambda: scored_state(model, weighting, average))
         progress.report(rounds[-1], experiment.metric_names, per_merchant)
         if keeper.stop:
             break
     kept = keeper.state
+    prior_heads = behind_prior({r.round: r.validation for r in rounds}, keeper.round, cfg["select_round"],
+                               experiment.tasks)
+    if prior_heads:
+        kept = experiment.with_priors(kept, list(prior_heads))
     load_joint_state(model, weighting, kept)
     (final, per_merchant), _ = evaluate_merchants(same_model, splits, experiment, final=True)
     return RunResult("centralized", experiment.task_names, rounds, final, per_merchant, keeper.round, kept,
-                     dict(cfg))
+                     dict(cfg), prior_heads=prior_heads)
 
 
 def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, Shard]], progress: RunProgress
@@ -134,7 +145,7 @@ def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, S
     keepers: dict[str, RoundKeeper[Any]] = {m: RoundKeeper.from_config(cfg) for m in merchants}
     averages: dict[str, RoundAverage[Any]] = {m: RoundAverage.from_config(train_cfg) for m in merchants}
     rounds = []
-    untrained: dict[str, dict[str, Metrics]] = {}
+    validations: dict[str, list[dict[str, Metrics]]] = {m: [] for m in merchants}  # each merchant's, from round 0
     for server_round in range(int(cfg["federation"]["rounds"]) + 1):
         losses: dict[str, dict[str, Metrics]] = {}
         counts: dict[str, dict[str, int]] = {}
@@ -153,9 +164,9 @@ def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, S
             for m in merchants:
                 scoring.enter_context(scoring_average(models[m], weightings[m], averages[m], server_round))
             (overall, per_merchant), (validation, per_merchant_val) = evaluate_merchants(models, splits, experiment)
-            untrained = untrained or per_merchant_val  # each merchant's reference: its prior's validation loss
             for m in merchants:
-                keepers[m].offer(server_round, validation_loss(per_merchant_val[m], experiment.tasks, untrained[m]),
+                validations[m].append(per_merchant_val[m])
+                keepers[m].offer(server_round, selection_loss(validations[m], experiment.tasks),
                                  lambda m=m: scored_state(models[m], weightings[m], averages[m]))
         train_loss = {t: v["loss"] for t, v in combine_merchants(losses, counts).items()}
         rounds.append(RoundRecord(server_round, overall, train_loss, validation))
@@ -163,8 +174,13 @@ def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, S
         if all(keepers[m].stop for m in merchants):
             break
     kept = {m: keepers[m].state for m in merchants}
+    prior_heads = {m: behind_prior(dict(enumerate(validations[m])), keepers[m].round, cfg["select_round"],
+                                   experiment.tasks) for m in merchants}
+    prior_heads = {m: heads for m, heads in prior_heads.items() if heads}
     for m in merchants:
+        if m in prior_heads:
+            kept[m] = experiment.with_priors(kept[m], list(prior_heads[m]))
         load_joint_state(models[m], weightings[m], kept[m])
     (final, per_merchant), _ = evaluate_merchants(models, splits, experiment, final=True)
     return RunResult("local", experiment.task_names, rounds, final, per_merchant,
-                     {m: keepers[m].round for m in merchants}, kept, dict(cfg))
+                     {m: keepers[m].round for m in merchants}, kept, dict(cfg), prior_heads=prior_heads)

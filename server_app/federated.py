@@ -49,7 +49,7 @@ from tasks.experiment import Experiment, experiment_for
 from tasks.metrics import Metrics, combine_merchants, unflatten
 from tasks.plan import RunPlan, plan_from_summaries
 from tasks.ranking import wants_ranking
-from tasks.selection import RoundKeeper, resolve_rule, validation_loss
+from tasks.selection import RoundKeeper, behind_prior, resolve_rule, selection_loss
 from tasks.state import joint_owners, joint_state
 from tasks.training import newton_fit
 from tasks.wide import averaged_by_rows, first_deep_round, newton_fitted, newton_settings
@@ -300,8 +300,7 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
         evaluation = evaluate(server_round, scored)
         rounds.append(RoundRecord(server_round, evaluation.overall, losses, evaluation.validation, privacy.record()))
         progress.report(rounds[-1], experiment.metric_names, evaluation.per_merchant)
-        keeper.offer(server_round, validation_loss(evaluation.validation, experiment.tasks, rounds[0].validation),
-                     lambda: scored)
+        keeper.offer(server_round, selection_loss([r.validation for r in rounds], experiment.tasks), lambda: scored)
         if output_dir is not None:
             write_checkpoint(Path(output_dir) / CHECKPOINT, _checkpoint(
                 server_round, arrays, optimizer, rounds, keeper, experiment, roster, failures, started_with, row_totals,
@@ -309,12 +308,17 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
 
     # The kept model, scored once more with ranking, as the evaluation after the last round played.
     kept_arrays = keeper.state
-    kept = evaluate(rounds[-1].round + 1, kept_arrays, final=True)
     state = {k: torch.from_numpy(v.copy()) for k, v in arrays_to_numpy(kept_arrays).items()}
+    prior_heads = behind_prior({r.round: r.validation for r in rounds}, keeper.round, cfg["select_round"],
+                               experiment.tasks)
+    if prior_heads:
+        state = experiment.with_priors(state, list(prior_heads))
+        kept_arrays = numpy_to_arrays({k: v.numpy() for k, v in state.items()})
+    kept = evaluate(rounds[-1].round + 1, kept_arrays, final=True)
     return RunResult(
         mode="federated", tasks=experiment.task_names, rounds=rounds, final=kept.overall,
         per_merchant=kept.per_merchant, selected_round=keeper.round, model_state=state, config=dict(cfg),
         oracle=oracle_of(roster, experiment, kept.per_merchant), failures=failures, plan=asdict(experiment.plan),
         merchant_rows={m: s.rows["train"] for m, s in sorted(roster.summaries.items())},
-        bad_rows=pooled_bad_rows(roster.summaries.values()),
+        bad_rows=pooled_bad_rows(roster.summaries.values()), prior_heads=prior_heads,
     )

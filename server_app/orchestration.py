@@ -6,7 +6,7 @@ Federated, the server touches no data file: everything it knows comes from the n
 
 from __future__ import annotations
 
-from logging import WARNING
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,7 +25,7 @@ from server_app.outputs import RunResult, write_outputs
 from server_app.progress import RunProgress
 from server_app.setup import Directory
 from tasks.registry import TASKS
-from tasks.selection import check_rule, untrained_round_note
+from tasks.selection import check_rule, prior_note
 
 MODES = ("federated", "centralized", "local")
 
@@ -54,10 +54,11 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None,
         raise RuntimeError("mode=federated needs a Flower grid; run it through a ServerApp")
     with RunProgress.for_run(cfg, output_dir) as progress:
         result = run_federated(grid, cfg, progress, output_dir, directory) if mode == "federated" else run_baseline(cfg, progress)
-    if result.config.get("select_round") == "best_val" and result.selected_round == 0:
-        note = untrained_round_note([(r.round, r.validation) for r in result.rounds], [TASKS[t] for t in result.tasks])
-        if note:
-            log(WARNING, note)
+    if result.prior_heads and mode == "local":  # each merchant's own validation rows decided for its model
+        log(INFO, "heads that predict their prior in a merchant's kept model (its validation loss there was no "
+            "better): %s", "; ".join(f"{m}: {', '.join(heads)}" for m, heads in result.prior_heads.items()))
+    elif result.prior_heads:
+        log(WARNING, prior_note(result.prior_heads, int(result.selected_round)))
     if result.bad_rows:  # every node counted its own; the one line a user sees (and metrics.json bad_rows)
         log(WARNING, "data, all merchants: %s (data.on_bad_rows=skip)", format_bad_rows(result.bad_rows))
     write_outputs(result, output_dir, {t: TASKS[t].metric_names for t in result.tasks})

@@ -42,6 +42,9 @@ class RunResult:
     plan: dict[str, Any] | None = None                      # the run plan (tasks, label stats): rebuilds the model
     merchant_rows: dict[str, int] = field(default_factory=dict)  # merchant -> train rows (from its summary)
     bad_rows: dict[str, int] = field(default_factory=dict)  # reason -> rows the nodes left out (on_bad_rows=skip)
+    # task -> its validation loss over its prior's at the kept round, for each head the kept model replaced
+    # by its prior (tasks/selection.py behind_prior); local: merchant -> that
+    prior_heads: dict[str, Any] = field(default_factory=dict)
 
 
 def _clean(value: Any) -> Any:
@@ -62,6 +65,7 @@ def metrics_document(result: RunResult) -> dict[str, Any]:
         "tasks": result.final,
         "per_merchant": result.per_merchant,
         "selected_round": result.selected_round,
+        "prior_heads": result.prior_heads,
         "select_round": result.config.get("select_round"),
         "rounds": [{"round": r.round, "tasks": r.tasks, "validation": r.validation, "train_loss": r.train_loss,
                     **({"privacy": r.privacy} if r.privacy else {})} for r in result.rounds],
@@ -80,7 +84,7 @@ def read_metrics_document(path: Path) -> RunResult:
     doc = json.loads(Path(path).read_text())
     return RunResult(doc["mode"], list(doc["task_list"]), [], doc["tasks"], doc["per_merchant"], doc["selected_round"],
                      {}, doc["config"], doc.get("oracle"), doc.get("failures", []), doc.get("plan"),
-                     doc.get("merchant_train_rows", {}), doc.get("bad_rows", {}))
+                     doc.get("merchant_train_rows", {}), doc.get("bad_rows", {}), doc.get("prior_heads", {}))
 
 
 def round_table_header(metric_names: dict[str, tuple[str, ...]]) -> str:

@@ -19,7 +19,7 @@ from server_app.replies import RoundRules, reply_problem, required_replies, stat
 from server_app.server_opt import ServerOptimizer
 from server_app.setup import addressees, failure, node_of
 from tasks.embedding_newton import embedding_newton_update, unpack_statistics
-from tasks.metrics import Metrics, combine_merchants, flatten, split_counts, unflatten
+from tasks.metrics import Metrics, combine_counted, combine_merchants, flatten, split_counts, unflatten
 from tasks.wide import WideStats, newton_update, sum_statistics
 
 
@@ -32,7 +32,7 @@ class Evaluation:
     overall: dict[str, Metrics]                              # test, merchants combined
     per_merchant: dict[str, dict[str, Metrics]]
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    validation: dict[str, Metrics] = field(default_factory=dict)  # validation, merchants combined
+    validation: dict[str, Metrics] = field(default_factory=dict)  # validation, merchants combined, with label counts
 
 
 def arrays_to_numpy(record: ArrayRecord) -> dict:
@@ -263,7 +263,7 @@ class MultiTaskFedAvg(FedAvg):
             if protocol.VAL_METRICS in records:
                 val[merchant], val_counts[merchant] = split_counts(unflatten(records[protocol.VAL_METRICS]))
         overall = combine_merchants(per_merchant, counts)
-        self.evaluations[server_round] = Evaluation(overall, per_merchant, counts, combine_merchants(val, val_counts))
+        self.evaluations[server_round] = Evaluation(overall, per_merchant, counts, combine_counted(val, val_counts))
         return MetricRecord(flatten(overall))
 
 

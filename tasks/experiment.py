@@ -8,7 +8,7 @@ data, since they are the references that may pool what federation may not.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from tasks.models import MultiTaskModel, build_model, id_dropout_rates
 from tasks.personalization import personalization_of
 from tasks.plan import RunPlan, plan_from_summaries
 from tasks.registry import TASKS, Task, resolve_tasks
+from tasks.state import joint_state, load_joint_state
 from tasks.training import newton_fit
 from tasks.weighting import LossWeighting, build_weighting
 
@@ -70,6 +71,15 @@ class Experiment:
         model = build_model(model_cfg, feature_spec(self.cfg["data"], self.plan.feature_stats), self.task_names)
         model.init_priors({t.name: t.base_rate for t in self.tasks if t.base_rate is not None})
         return model
+
+    def with_priors(self, state: Mapping[str, torch.Tensor], tasks: Sequence[str]) -> dict[str, torch.Tensor]:
+        """A joint state (model and loss weighting) whose heads `tasks` predict their priors, the rest as
+        in `state`: what a head falls back to where validation says it does no better (tasks/selection.py)."""
+        with torch.random.fork_rng(devices=[]):  # new_model seeds torch; the caller's draws go on as they were
+            model, weighting = self.new_model(), self.new_weighting()
+        load_joint_state(model, weighting, state)
+        model.reset_to_prior(tasks, {t.name: t.base_rate for t in self.tasks if t.base_rate is not None})
+        return joint_state(model, weighting)
 
     @property
     def id_dropout(self) -> float | list[float]:

@@ -97,6 +97,17 @@ def with_counts(metrics: Mapping[str, Metrics], counts: Mapping[str, int]) -> di
     return {task: {**metrics.get(task, {}), COUNT: n} for task, n in counts.items()}
 
 
+def combine_counted(per_merchant: Mapping[str, Mapping[str, Metrics]], counts: Mapping[str, Mapping[str, int]]
+                    ) -> dict[str, dict[str, float]]:
+    """combine_merchants' means, each task's label count over all merchants attached (with_counts): how
+    validation metrics are kept, so a rule reading them knows how much evidence each one holds."""
+    totals: dict[str, int] = {}
+    for merchant_counts in counts.values():
+        for task, n in merchant_counts.items():
+            totals[task] = totals.get(task, 0) + n
+    return with_counts(combine_merchants(per_merchant, counts), totals)
+
+
 def split_counts(nested: Mapping[str, Mapping[str, float]]) -> tuple[dict[str, Metrics], dict[str, int]]:
     metrics = {t: {k: float(v) for k, v in m.items() if k != COUNT} for t, m in nested.items()}
     counts = {t: int(m.get(COUNT, 0)) for t, m in nested.items()}

@@ -175,3 +175,12 @@ def merchant_files(run_dir: Path) -> dict:
 
     cfg = json.loads((Path(run_dir) / "metrics.json").read_text())["config"]
     return {p.merchant_id: pd.read_parquet(p.path) for p in read_manifest(partition_table(cfg["data"]))}
+
+
+def kept_test_metrics(doc: dict) -> dict:
+    """What metrics.json should report for its kept model: the kept round's test metrics, except that a
+    head the kept model replaced by its prior (prior_heads) scores as at round 0, where every head
+    predicts its prior."""
+    kept = doc["selected_round"]
+    return {task: doc["rounds"][0]["tasks"][task] if task in doc["prior_heads"] else metrics
+            for task, metrics in doc["rounds"][kept]["tasks"].items()}

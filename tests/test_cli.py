@@ -13,8 +13,8 @@ from core.errors import InputError
 from launch.cli import run as cli_run
 from server_app.orchestration import run_job
 from tasks.experiment import open_experiment
-from tasks.selection import validation_loss
-from tests.conftest import DENSE, ROOT, TINY, cli_env
+from tasks.selection import selection_loss
+from tests.conftest import DENSE, ROOT, TINY, cli_env, kept_test_metrics
 
 
 def merchant_fl(*args, cwd):
@@ -95,10 +95,10 @@ def test_baseline_modes_write_every_output(tmp_path, tiny_cfg, mode):
     doc = json.loads((tmp_path / "metrics.json").read_text())
     experiment = open_experiment(cfg)
     if mode == "centralized":  # the round with the lowest validation loss is kept and reported
-        losses = [validation_loss(r["validation"], experiment.tasks, doc["rounds"][0]["validation"]) for r in doc["rounds"]]
-        kept = losses.index(min(losses))
-        assert doc["selected_round"] == kept
-        assert {t: m for t, m in doc["tasks"].items() if t != "ranking"} == doc["rounds"][kept]["tasks"]
+        validations = [r["validation"] for r in doc["rounds"]]
+        losses = [selection_loss(validations[:k + 1], experiment.tasks) for k in range(len(validations))]
+        assert doc["selected_round"] == losses.index(min(losses))
+        assert {t: m for t, m in doc["tasks"].items() if t != "ranking"} == kept_test_metrics(doc)
     else:  # every merchant keeps its own round, by its own validation rows
         assert set(doc["selected_round"]) == set(experiment.index.merchant_ids)
         assert all(0 <= r <= 2 for r in doc["selected_round"].values())

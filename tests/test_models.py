@@ -249,6 +249,27 @@ def test_binary_heads_start_at_their_base_rate(name):
     torch.testing.assert_close(torch.sigmoid(out["purchase"]), torch.full((16,), 0.05), atol=1e-3, rtol=0)
 
 
+@pytest.mark.parametrize("first_order", [True, False])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_head_reset_to_its_prior_predicts_it_on_every_row_and_leaves_the_other_heads(name, first_order):
+    """What a head falls back to where validation says it does no better than its prior (tasks/selection.py)."""
+    model = small(name, ALL_TASKS, first_order=first_order)
+    with torch.no_grad():  # a trained-looking model: every parameter away from its start
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(parameter.numel())))
+    model.eval()
+    x, rates = batch(64), {"click": 0.2, "purchase": 0.05}
+    with torch.no_grad():
+        before = model(x)
+        model.reset_to_prior(["purchase", "rating"], rates)
+        after = model(x)
+    torch.testing.assert_close(after["click"], before["click"])
+    torch.testing.assert_close(after["rating"], torch.zeros(64))  # standard units: the train mean
+    # ESMM's purchase head is pCTR x pCVR: the CVR falls back to the prior purchase-given-click rate.
+    expected = torch.sigmoid(before["click"]) * 0.25 if name == "esmm" else torch.full((64,), 0.05)
+    torch.testing.assert_close(torch.sigmoid(after["purchase"]), expected, atol=1e-5, rtol=1e-4)
+
+
 def test_first_order_biases_belong_to_their_task_and_start_at_zero():
     model = build_model({**SMALL, "name": "shared_bottom"}, BUCKETS, ALL_TASKS)
     tables = model.id_tables()

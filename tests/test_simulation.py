@@ -6,14 +6,17 @@ import math
 import shutil
 import sys
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 
 from core.config import compose_config, to_plain
 from launch.cli import main as cli_main
 from launch.cli import run as cli_run
 from tasks.experiment import open_experiment
-from tasks.selection import validation_loss
-from tests.conftest import TINY, flower_log, isolated
+from tasks.selection import selection_loss
+from tests.conftest import TINY, flower_log, isolated, kept_test_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
@@ -54,11 +57,49 @@ def test_best_val_keeps_the_round_with_the_lowest_validation_loss(early_stopped)
     doc, log = early_stopped
     assert doc["config"]["select_round"] == "best_val"
     experiment = open_experiment(doc["config"])
-    losses = [validation_loss(r["validation"], experiment.tasks, doc["rounds"][0]["validation"]) for r in doc["rounds"]]
+    validations = [r["validation"] for r in doc["rounds"]]
+    losses = [selection_loss(validations[:k + 1], experiment.tasks) for k in range(len(validations))]
     assert all(math.isfinite(v) for v in losses) and set(doc["rounds"][0]["validation"]) == {"rating", "purchase", "click"}
     kept = losses.index(min(losses))
-    assert doc["selected_round"] == kept and doc["tasks"] == doc["rounds"][kept]["tasks"]
+    assert doc["selected_round"] == kept and doc["tasks"] == kept_test_metrics(doc)
     assert any(f"kept round {kept} (select_round=best_val)" in line for line in log)
+
+
+def reversing_click_table(path, n=6000):
+    """Two merchants' timed rows whose ratings follow the item throughout, while the click label follows
+    the item's parity in the first 60 % of time and its opposite after: a click head that learns from
+    train does worse than predicting the click rate on the later validation and test rows."""
+    rng = np.random.default_rng(0)
+    item = rng.integers(0, 60, n)
+    late = np.arange(n) >= 0.6 * n
+    pd.DataFrame({"merchant_id": np.where(np.arange(n) % 2 == 0, "a", "b"), "user_id": rng.integers(0, 300, n),
+                  "item_id": item, "timestamp": np.arange(n),
+                  "rating": np.clip(np.round(1 + item / 15 + rng.normal(0, 0.5, n)), 1, 5),
+                  "click": (((item % 2 == 0) ^ late) & (rng.random(n) < 0.9)).astype(int)}).to_parquet(path)
+
+
+@pytest.mark.parametrize("mode", ["federated", "centralized", "local"])
+def test_a_head_worse_than_its_prior_on_validation_predicts_its_prior(tmp_path, mode):
+    """The kept model's click head is replaced by its prior (the train click rate) in every mode; the
+    rating head stays as trained, so the run keeps a trained round rather than the untrained round 0."""
+    reversing_click_table(tmp_path / "t.parquet")
+    out = tmp_path / "run"
+    with flower_log() as log:
+        cli_run(compose_config(["data=table", f"data.path={tmp_path / 't.parquet'}", "data.val_fraction=0.2",
+                                "federation.rounds=3", "ranking.enabled=false", f"mode={mode}"]), out)
+    doc = json.loads((out / "metrics.json").read_text())
+    heads = doc["prior_heads"] if mode != "local" else doc["prior_heads"]["a"]
+    assert set(heads) == {"click"} and heads["click"] > 1.0
+    if mode == "local":  # each merchant by its own validation rows: both see the reversal
+        assert set(doc["prior_heads"]) == {"a", "b"} and all(r > 0 for r in doc["selected_round"].values())
+        assert doc["tasks"]["click"]["auc"] == 0.5
+        return
+    assert doc["selected_round"] > 0 and doc["tasks"] == kept_test_metrics(doc)
+    assert doc["tasks"]["click"]["auc"] == 0.5 and doc["tasks"]["rating"] == doc["rounds"][doc["selected_round"]]["tasks"]["rating"]
+    assert any("click (" in line and "that head predicts its prior" in line for line in log)
+    saved = torch.load(out / "model.pt", weights_only=False)
+    click_bias = [v for k, v in saved["state"].items() if k.startswith("first_order.tables.click")]
+    assert all(float(v.abs().sum()) == 0 for v in click_bias)  # every click id bias back to zero
 
 
 def test_a_round_where_every_client_fails_fails_the_run(tmp_path, monkeypatch, capsys):

@@ -230,15 +230,35 @@ class MultiTaskModel(nn.Module):
         return {t: math.log(p / (1 - p)) for t, p in base_rates.items() if t in self.task_names}
 
     @torch.no_grad()
-    def init_priors(self, base_rates: Mapping[str, float]) -> None:
-        """Start binary heads at their train base rate: calibrated from round 0, and a cold row
-        (nothing known about it) predicts the base rate instead of 0.5."""
+    def init_priors(self, base_rates: Mapping[str, float], only: Sequence[str] | None = None) -> None:
+        """Start binary heads (those in `only`, or all) at their train base rate: calibrated from round 0,
+        and a cold row (nothing known about it) predicts the base rate instead of 0.5."""
         clipped = {t: min(max(float(p), 1e-4), 1 - 1e-4) for t, p in base_rates.items()}
         for task, logit in self.raw_priors(clipped).items():
+            if only is not None and task not in only:
+                continue
             if self.first_order is not None:
                 self.first_order.bias[task].fill_(logit)
             else:
                 self.output_bias(task).fill_(logit)
+
+    @torch.no_grad()
+    def reset_to_prior(self, tasks: Sequence[str], base_rates: Mapping[str, float]) -> None:
+        """Make each of `tasks` predict its prior on every row again, as at round 0 (a rating's train
+        mean; a binary task's base rate, from `base_rates`, which holds every binary task's): its tower's
+        output layer, its pairwise weights and its first-order biases back to zero and its global bias
+        to the prior. Only the task's own parameters change, so every other head predicts as before.
+        ESMM's purchase head becomes pCTR x the prior purchase-given-click rate."""
+        for task in tasks:
+            self.towers[task][-1].weight.zero_()  # type: ignore[index]
+            self.towers[task][-1].bias.zero_()  # type: ignore[index]
+            if self.interactions is not None:
+                self.interactions.weights[task].zero_()
+            if self.first_order is not None:
+                for table in self.first_order.tables[task]:
+                    table.weight.zero_()
+                self.first_order.bias[task].zero_()
+        self.init_priors(base_rates, only=tasks)
 
     def output_bias(self, task: str) -> torch.Tensor:
         """The bias of the last layer of the task's tower (where a model without first order holds its prior)."""
