@@ -24,7 +24,7 @@ from tasks.experiment import Experiment, open_experiment
 from tasks.metrics import Metrics, combine_counted, combine_merchants, with_counts
 from tasks.models import MultiTaskModel
 from tasks.ranking import Scores, evaluate_merchant, wants_ranking
-from tasks.selection import RoundKeeper, behind_prior, resolve_rule, selection_loss
+from tasks.selection import RoundKeeper, resolve_rule, selection_loss
 from tasks.state import load_joint_state
 from tasks.training import make_optimizer, oracle_score, shuffle_seed
 from tasks.wide import apply_newton, first_deep_round, train_round
@@ -123,14 +123,16 @@ def run_centralized(experiment: Experiment, splits: Mapping[str, tuple[Shard, Sh
         if keeper.stop:
             break
     kept = keeper.state
-    prior_heads = behind_prior({r.round: r.validation for r in rounds}, keeper.round, cfg["select_round"],
-                               experiment.tasks)
-    if prior_heads:
-        kept = experiment.with_priors(kept, list(prior_heads))
+    def measure(candidate: dict[str, torch.Tensor]) -> dict[str, Metrics]:
+        load_joint_state(model, weighting, candidate)
+        return evaluate_merchants(same_model, splits, experiment)[1][0]
+
+    kept, prior_heads, calibration = experiment.finish(kept, {r.round: r.validation for r in rounds}, keeper.round,
+                                                       measure)
     load_joint_state(model, weighting, kept)
     (final, per_merchant), _ = evaluate_merchants(same_model, splits, experiment, final=True)
     return RunResult("centralized", experiment.task_names, rounds, final, per_merchant, keeper.round, kept,
-                     dict(cfg), prior_heads=prior_heads)
+                     dict(cfg), prior_heads=prior_heads, calibration=calibration)
 
 
 def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, Shard]], progress: RunProgress
@@ -174,13 +176,17 @@ def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, S
         if all(keepers[m].stop for m in merchants):
             break
     kept = {m: keepers[m].state for m in merchants}
-    prior_heads = {m: behind_prior(dict(enumerate(validations[m])), keepers[m].round, cfg["select_round"],
-                                   experiment.tasks) for m in merchants}
-    prior_heads = {m: heads for m, heads in prior_heads.items() if heads}
-    for m in merchants:
-        if m in prior_heads:
-            kept[m] = experiment.with_priors(kept[m], list(prior_heads[m]))
+    prior_heads, calibration = {}, {}
+    for m in merchants:  # each merchant's model finished on its own validation rows
+        def measure(candidate: dict[str, torch.Tensor], m: str = m) -> dict[str, Metrics]:
+            load_joint_state(models[m], weightings[m], candidate)
+            return evaluate_merchants({m: models[m]}, {m: splits[m]}, experiment)[1][1][m]
+
+        kept[m], heads, steps = experiment.finish(kept[m], dict(enumerate(validations[m])), keepers[m].round, measure)
+        prior_heads.update({m: heads} if heads else {})
+        calibration.update({m: steps} if steps else {})
         load_joint_state(models[m], weightings[m], kept[m])
     (final, per_merchant), _ = evaluate_merchants(models, splits, experiment, final=True)
     return RunResult("local", experiment.task_names, rounds, final, per_merchant,
-                     {m: keepers[m].round for m in merchants}, kept, dict(cfg), prior_heads=prior_heads)
+                     {m: keepers[m].round for m in merchants}, kept, dict(cfg), prior_heads=prior_heads,
+                     calibration=calibration)

@@ -49,7 +49,7 @@ from tasks.experiment import Experiment, experiment_for
 from tasks.metrics import Metrics, combine_merchants, unflatten
 from tasks.plan import RunPlan, plan_from_summaries
 from tasks.ranking import wants_ranking
-from tasks.selection import RoundKeeper, behind_prior, resolve_rule, selection_loss
+from tasks.selection import RoundKeeper, resolve_rule, selection_loss
 from tasks.state import joint_owners, joint_state
 from tasks.training import newton_fit
 from tasks.wide import averaged_by_rows, first_deep_round, newton_fitted, newton_settings
@@ -309,10 +309,11 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
     # The kept model, scored once more with ranking, as the evaluation after the last round played.
     kept_arrays = keeper.state
     state = {k: torch.from_numpy(v.copy()) for k, v in arrays_to_numpy(kept_arrays).items()}
-    prior_heads = behind_prior({r.round: r.validation for r in rounds}, keeper.round, cfg["select_round"],
-                               experiment.tasks)
-    if prior_heads:
-        state = experiment.with_priors(state, list(prior_heads))
+    last_played = rounds[-1].round
+    state, prior_heads, calibration = experiment.finish(  # each validation pass: one evaluate round of every node
+        state, {r.round: r.validation for r in rounds}, keeper.round,
+        lambda candidate: evaluate(last_played + 1, numpy_to_arrays({k: v.numpy() for k, v in candidate.items()})).validation)
+    if prior_heads or calibration:
         kept_arrays = numpy_to_arrays({k: v.numpy() for k, v in state.items()})
     kept = evaluate(rounds[-1].round + 1, kept_arrays, final=True)
     return RunResult(
@@ -320,5 +321,5 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
         per_merchant=kept.per_merchant, selected_round=keeper.round, model_state=state, config=dict(cfg),
         oracle=oracle_of(roster, experiment, kept.per_merchant), failures=failures, plan=asdict(experiment.plan),
         merchant_rows={m: s.rows["train"] for m, s in sorted(roster.summaries.items())},
-        bad_rows=pooled_bad_rows(roster.summaries.values()), prior_heads=prior_heads,
+        bad_rows=pooled_bad_rows(roster.summaries.values()), prior_heads=prior_heads, calibration=calibration,
     )

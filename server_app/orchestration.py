@@ -59,6 +59,12 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None,
             "better): %s", "; ".join(f"{m}: {', '.join(heads)}" for m, heads in result.prior_heads.items()))
     elif result.prior_heads:
         log(WARNING, prior_note(result.prior_heads, int(result.selected_round)))
+    if result.calibration and mode == "local":
+        log(INFO, "recalibrated on each merchant's validation rows (head output z -> a z + b): %d of %d merchants",
+            len(result.calibration), len(result.merchant_rows) or len(result.calibration))
+    elif result.calibration:
+        log(INFO, "recalibrated on the validation rows (head output z -> a z + b, calibrate=true): %s",
+            ", ".join(f"{t} a={a:.3f} b={b:+.3f}" for t, (a, b) in result.calibration.items()))
     if result.bad_rows:  # every node counted its own; the one line a user sees (and metrics.json bad_rows)
         log(WARNING, "data, all merchants: %s (data.on_bad_rows=skip)", format_bad_rows(result.bad_rows))
     write_outputs(result, output_dir, {t: TASKS[t].metric_names for t in result.tasks})

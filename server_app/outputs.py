@@ -45,6 +45,9 @@ class RunResult:
     # task -> its validation loss over its prior's at the kept round, for each head the kept model replaced
     # by its prior (tasks/selection.py behind_prior); local: merchant -> that
     prior_heads: dict[str, Any] = field(default_factory=dict)
+    # task -> (a, b): the kept model's head output z became a z + b, fitted on validation
+    # (tasks/calibration.py); local: merchant -> that
+    calibration: dict[str, Any] = field(default_factory=dict)
 
 
 def _clean(value: Any) -> Any:
@@ -66,6 +69,7 @@ def metrics_document(result: RunResult) -> dict[str, Any]:
         "per_merchant": result.per_merchant,
         "selected_round": result.selected_round,
         "prior_heads": result.prior_heads,
+        "calibration": result.calibration,
         "select_round": result.config.get("select_round"),
         "rounds": [{"round": r.round, "tasks": r.tasks, "validation": r.validation, "train_loss": r.train_loss,
                     **({"privacy": r.privacy} if r.privacy else {})} for r in result.rounds],
@@ -84,7 +88,8 @@ def read_metrics_document(path: Path) -> RunResult:
     doc = json.loads(Path(path).read_text())
     return RunResult(doc["mode"], list(doc["task_list"]), [], doc["tasks"], doc["per_merchant"], doc["selected_round"],
                      {}, doc["config"], doc.get("oracle"), doc.get("failures", []), doc.get("plan"),
-                     doc.get("merchant_train_rows", {}), doc.get("bad_rows", {}), doc.get("prior_heads", {}))
+                     doc.get("merchant_train_rows", {}), doc.get("bad_rows", {}), doc.get("prior_heads", {}),
+                     doc.get("calibration", {}))
 
 
 def round_table_header(metric_names: dict[str, tuple[str, ...]]) -> str:

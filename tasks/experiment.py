@@ -8,7 +8,7 @@ data, since they are the references that may pool what federation may not.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -18,10 +18,13 @@ from data.partition import read_manifest, partition_table
 from data.features import feature_columns
 from data.shards import PreparedMerchant, Shard, feature_spec, prepare_merchant
 from data.splits import split_fractions
+from tasks.calibration import fit_calibration
+from tasks.metrics import Metrics
 from tasks.models import MultiTaskModel, build_model, id_dropout_rates
 from tasks.personalization import personalization_of
 from tasks.plan import RunPlan, plan_from_summaries
 from tasks.registry import TASKS, Task, resolve_tasks
+from tasks.selection import behind_prior
 from tasks.state import joint_state, load_joint_state
 from tasks.training import newton_fit
 from tasks.weighting import LossWeighting, build_weighting
@@ -72,14 +75,36 @@ class Experiment:
         model.init_priors({t.name: t.base_rate for t in self.tasks if t.base_rate is not None})
         return model
 
-    def with_priors(self, state: Mapping[str, torch.Tensor], tasks: Sequence[str]) -> dict[str, torch.Tensor]:
-        """A joint state (model and loss weighting) whose heads `tasks` predict their priors, the rest as
-        in `state`: what a head falls back to where validation says it does no better (tasks/selection.py)."""
+    def finish(self, state: Mapping[str, torch.Tensor], validations: Mapping[int, Mapping[str, Metrics]],
+               kept_round: int, measure: Callable[[dict[str, torch.Tensor]], Mapping[str, Metrics]]
+               ) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, tuple[float, float]]]:
+        """The kept joint state (model and loss weighting) finished on validation, the same in every
+        mode: (state, the heads that now predict their prior with their validation loss over the
+        prior's (tasks/selection.py behind_prior), the others' recalibrations a z + b under
+        `calibrate` (tasks/calibration.py)). `validations`: round -> validation metrics, round 0
+        included; `measure(state)`: the validation metrics of a state, with moments. Under `last`
+        the state is kept as it is."""
+        rule = str(self.cfg["select_round"])
+        prior_heads = behind_prior(validations, kept_round, rule, self.tasks)
         with torch.random.fork_rng(devices=[]):  # new_model seeds torch; the caller's draws go on as they were
             model, weighting = self.new_model(), self.new_weighting()
-        load_joint_state(model, weighting, state)
-        model.reset_to_prior(tasks, {t.name: t.base_rate for t in self.tasks if t.base_rate is not None})
-        return joint_state(model, weighting)
+        base_rates = {t.name: t.base_rate for t in self.tasks if t.base_rate is not None}
+
+        def finished(calibration: Mapping[str, tuple[float, float]]) -> dict[str, torch.Tensor]:
+            load_joint_state(model, weighting, state)
+            model.reset_to_prior(list(prior_heads), base_rates)
+            for task, (a, b) in calibration.items():
+                model.recalibrate(task, a, b)
+            return joint_state(model, weighting)
+
+        calibration: dict[str, tuple[float, float]] = {}
+        if bool(self.cfg.get("calibrate", False)) and rule == "best_val" and kept_round in validations:
+            tasks = [t for t in self.tasks if t.name in model.calibratable_tasks()]
+            calibration = fit_calibration(validations[kept_round], tasks, lambda c: measure(finished(c)),
+                                          skip=list(prior_heads))
+        if not prior_heads and not calibration:
+            return dict(state), prior_heads, calibration
+        return finished(calibration), prior_heads, calibration
 
     @property
     def id_dropout(self) -> float | list[float]:

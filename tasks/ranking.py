@@ -32,12 +32,13 @@ import torch
 
 from core.errors import InputError
 from data.shards import Shard
+from tasks.calibration import calibration_moments
 from tasks.models import MultiTaskModel
 from tasks.registry import Task
 from tasks.metrics import RANKING
 from tasks.personalization import (kept_where_better, local_heads, local_offsets, personal_metrics,
                                    personalization_of, shifted)
-from tasks.training import predict, score
+from tasks.training import predict, score, task_labels
 
 if TYPE_CHECKING:
     from tasks.experiment import Experiment
@@ -264,4 +265,8 @@ def evaluate_merchant(model: MultiTaskModel, experiment: "Experiment", train: Sh
         if n:
             metrics[RANKING], counts[RANKING] = ranking, n
     validation = score(val_predictions, val, tasks) if val_predictions is not None else ({}, {})
+    for task, y in zip(tasks, task_labels(val, tasks).values()) if val_predictions is not None else ():
+        mask = np.isfinite(y)
+        if mask.any():  # what the server recalibrates the kept model's heads by (tasks/calibration.py)
+            validation[0][task.name].update(calibration_moments(task, y[mask], val_predictions[task.name][mask]))
     return (metrics, counts), validation

@@ -177,10 +177,18 @@ def merchant_files(run_dir: Path) -> dict:
     return {p.merchant_id: pd.read_parquet(p.path) for p in read_manifest(partition_table(cfg["data"]))}
 
 
-def kept_test_metrics(doc: dict) -> dict:
-    """What metrics.json should report for its kept model: the kept round's test metrics, except that a
-    head the kept model replaced by its prior (prior_heads) scores as at round 0, where every head
-    predicts its prior."""
-    kept = doc["selected_round"]
-    return {task: doc["rounds"][0]["tasks"][task] if task in doc["prior_heads"] else metrics
-            for task, metrics in doc["rounds"][kept]["tasks"].items()}
+def assert_kept_test_metrics(doc: dict) -> None:
+    """metrics.json reports its kept model: the kept round's test metrics, except that a head the kept
+    model replaced by its prior (prior_heads) scores as at round 0, where every head predicts its prior,
+    and a recalibrated head (calibration: a z + b with a > 0, the same order of rows) keeps its AUC."""
+    kept = doc["rounds"][doc["selected_round"]]["tasks"]
+    assert set(doc["tasks"]) - {"ranking"} == set(kept)
+    for task, metrics in kept.items():
+        if task in doc["prior_heads"]:
+            assert doc["tasks"][task] == doc["rounds"][0]["tasks"][task]
+        elif task in doc["calibration"]:
+            assert doc["calibration"][task][0] > 0
+            if "auc" in metrics:
+                assert doc["tasks"][task]["auc"] == pytest.approx(metrics["auc"], abs=2e-3)  # ties may move in float32
+        else:
+            assert doc["tasks"][task] == metrics

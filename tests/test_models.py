@@ -270,6 +270,33 @@ def test_a_head_reset_to_its_prior_predicts_it_on_every_row_and_leaves_the_other
     torch.testing.assert_close(torch.sigmoid(after["purchase"]), expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("first_order", [True, False])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_recalibrated_head_outputs_a_z_plus_b_and_leaves_the_other_heads(name, first_order):
+    """What tasks/calibration.py fits on validation; ESMM's click and purchase heads (purchase =
+    pCTR x pCVR) are not affine in their own parts and refuse."""
+    model = small(name, ALL_TASKS, first_order=first_order)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(parameter.numel())))
+    model.eval()
+    x = batch(64)
+    with torch.no_grad():
+        before = model(x)
+        model.recalibrate("rating", 0.7, -0.2)
+        after = model(x)
+    torch.testing.assert_close(after["rating"], 0.7 * before["rating"] - 0.2, atol=1e-5, rtol=1e-5)
+    for task in ("purchase", "click"):
+        torch.testing.assert_close(after[task], before[task])
+    if name == "esmm":
+        assert model.calibratable_tasks() == ["rating"]
+        with pytest.raises(ValueError, match="cannot be recalibrated"):
+            model.recalibrate("click", 0.5, 0.0)
+    else:
+        model.recalibrate("click", 1.5, 0.4)
+        torch.testing.assert_close(model(x)["click"], 1.5 * before["click"] + 0.4, atol=1e-5, rtol=1e-5)
+
+
 def test_first_order_biases_belong_to_their_task_and_start_at_zero():
     model = build_model({**SMALL, "name": "shared_bottom"}, BUCKETS, ALL_TASKS)
     tables = model.id_tables()

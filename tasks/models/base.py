@@ -260,6 +260,29 @@ class MultiTaskModel(nn.Module):
                 self.first_order.bias[task].zero_()
         self.init_priors(base_rates, only=tasks)
 
+    @torch.no_grad()
+    def recalibrate(self, task: str, a: float, b: float) -> None:
+        """The task's head output z becomes a z + b for every row (tasks/calibration.py): every part of
+        it that is the task's own (tower output layer, pairwise weights, biases) scaled by a, then b
+        added to its global bias; every other head predicts as before."""
+        if task not in self.calibratable_tasks():
+            raise ValueError(f"the {task} head of {type(self).__name__} cannot be recalibrated")
+        head = self.towers[task][-1]  # type: ignore[index]
+        head.weight.mul_(a)
+        head.bias.mul_(a)
+        if self.interactions is not None:
+            self.interactions.weights[task].mul_(a)
+        if self.first_order is not None:
+            for table in self.first_order.tables[task]:
+                table.weight.mul_(a)
+            self.first_order.bias[task].mul_(a).add_(b)
+        else:
+            head.bias.add_(b)
+
+    def calibratable_tasks(self) -> list[str]:
+        """Heads whose output is an affine function of their own parts (ESMM's click and purchase are not)."""
+        return list(self.task_names)
+
     def output_bias(self, task: str) -> torch.Tensor:
         """The bias of the last layer of the task's tower (where a model without first order holds its prior)."""
         return self.towers[task][-1].bias  # type: ignore[index]

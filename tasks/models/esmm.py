@@ -60,6 +60,9 @@ class ESMM(MultiTaskModel):
     def additive_tasks(self) -> list[str]:
         return [t for t in super().additive_tasks() if t != "purchase"]  # purchase = ctcvr(click, cvr)
 
+    def calibratable_tasks(self) -> list[str]:
+        return [t for t in self.task_names if t not in ("click", "purchase")]  # purchase = ctcvr(click, cvr)
+
     def raw_priors(self, base_rates: Mapping[str, float]) -> dict[str, float]:
         """The purchase tower is p(purchase | click): its prior is the purchase rate over the click rate."""
         rates = dict(base_rates)
