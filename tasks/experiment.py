@@ -75,6 +75,13 @@ class Experiment:
         model.init_priors({t.name: t.base_rate for t in self.tasks if t.base_rate is not None})
         return model
 
+    @property
+    def calibrates(self) -> bool:
+        """`calibrate`, except under differential privacy: (a, b) fitted on the validation rows' exact
+        sums would be part of the released model without the noise its (epsilon, delta) accounts for."""
+        return bool(self.cfg.get("calibrate", False)) and \
+            str(self.cfg.get("privacy", {}).get("mode", "none")) not in ("dp", "ldp")
+
     def finish(self, state: Mapping[str, torch.Tensor], validations: Mapping[int, Mapping[str, Metrics]],
                kept_round: int, measure: Callable[[dict[str, torch.Tensor]], Mapping[str, Metrics]]
                ) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, tuple[float, float]]]:
@@ -98,7 +105,7 @@ class Experiment:
             return joint_state(model, weighting)
 
         calibration: dict[str, tuple[float, float]] = {}
-        if bool(self.cfg.get("calibrate", False)) and rule == "best_val" and kept_round in validations:
+        if self.calibrates and rule == "best_val" and kept_round in validations:
             tasks = [t for t in self.tasks if t.name in model.calibratable_tasks()]
             calibration = fit_calibration(validations[kept_round], tasks, lambda c: measure(finished(c)),
                                           skip=list(prior_heads))

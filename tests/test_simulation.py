@@ -145,7 +145,9 @@ def test_a_round_where_every_client_fails_fails_the_run(tmp_path, monkeypatch, c
             shutil.rmtree(merchant.root)
     assert exited.value.code == 2
     stderr = capsys.readouterr().err
-    assert stderr.splitlines()[-1].startswith("merchant-fl: error: round 1: every one of 4 clients failed to train")
+    # Ray forwards the actor logs of this session's earlier simulations (shared Ray) whenever they come
+    own = [line for line in stderr.splitlines() if "ClientAppActor pid=" not in line]
+    assert own[-1].startswith("merchant-fl: error: round 1: every one of 4 clients failed to train")
     assert "Traceback" not in stderr
     assert not (out / "metrics.json").exists()
 

@@ -245,28 +245,24 @@ class MultiTaskModel(nn.Module):
     @torch.no_grad()
     def reset_to_prior(self, tasks: Sequence[str], base_rates: Mapping[str, float]) -> None:
         """Make each of `tasks` predict its prior on every row again, as at round 0 (a rating's train
-        mean; a binary task's base rate, from `base_rates`, which holds every binary task's): its tower's
-        output layer, its pairwise weights and its first-order biases back to zero and its global bias
-        to the prior. Only the task's own parameters change, so every other head predicts as before.
+        mean; a binary task's base rate, from `base_rates`, which holds every binary task's): its own
+        parts back to zero and its global bias to the prior; every other head predicts as before.
         ESMM's purchase head becomes pCTR x the prior purchase-given-click rate."""
         for task in tasks:
-            self.towers[task][-1].weight.zero_()  # type: ignore[index]
-            self.towers[task][-1].bias.zero_()  # type: ignore[index]
-            if self.interactions is not None:
-                self.interactions.weights[task].zero_()
-            if self.first_order is not None:
-                for table in self.first_order.tables[task]:
-                    table.weight.zero_()
-                self.first_order.bias[task].zero_()
+            self._affine_head(task, 0.0, 0.0)
         self.init_priors(base_rates, only=tasks)
 
     @torch.no_grad()
     def recalibrate(self, task: str, a: float, b: float) -> None:
-        """The task's head output z becomes a z + b for every row (tasks/calibration.py): every part of
-        it that is the task's own (tower output layer, pairwise weights, biases) scaled by a, then b
-        added to its global bias; every other head predicts as before."""
+        """The task's head output z becomes a z + b for every row (tasks/calibration.py); every other
+        head predicts as before."""
         if task not in self.calibratable_tasks():
             raise ValueError(f"the {task} head of {type(self).__name__} cannot be recalibrated")
+        self._affine_head(task, a, b)
+
+    def _affine_head(self, task: str, a: float, b: float) -> None:
+        """Every part of the task's raw output that is its own (tower output layer, pairwise weights,
+        biases) scaled by a, then b added to its global bias: raw output z -> a z + b."""
         head = self.towers[task][-1]  # type: ignore[index]
         head.weight.mul_(a)
         head.bias.mul_(a)
