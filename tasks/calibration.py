@@ -63,8 +63,6 @@ def calibration_step(moments: Mapping[str, float]) -> tuple[float, float] | None
     return 1.0 + d_a, d_b
 
 
-
-
 STEPS = 10         # validation passes at most: Newton's method on two parameters converges in a few (2-3 measured)
 TOLERANCE = 1e-3   # a step smaller than this in a and b ends it
 
