@@ -56,7 +56,7 @@ def measure(cfg: Mapping[str, Any], merchants: int) -> dict[str, Any]:
     reference_cfg = _with_format(cfg, *FORMATS["whole, float32"])
     sizes: dict[str, list[int]] = {name: [] for name in FORMATS}
     updates: dict[str, list] = {name: [] for name in FORMATS}
-    server_round = first_deep_round(cfg["train"])
+    server_round = first_deep_round(experiment.cfg["train"])
     download = 0
     for k in range(min(merchants, n_nodes)):
         request = RecordDict({protocol.ARRAYS: sent, protocol.CONFIG: ConfigRecord(
