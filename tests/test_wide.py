@@ -7,6 +7,7 @@ import torch
 from core.config import compose_config, to_plain
 from data.features import FeatureSpec
 from data.shards import Shard
+from tasks.experiment import resolved_training
 from tasks.models import build_model
 from tasks.registry import resolve_tasks
 from tasks.wide import apply_newton, newton_update, sum_statistics, wide_statistics
@@ -113,6 +114,7 @@ def test_a_bias_only_column_is_fitted_once_by_the_trainer_each_row_on_its_own_me
     ratings = np.clip(np.round(np.where(merchant == 1, 4.5, 2.0) + rng.normal(0, 1, 120)), 1, 5).astype(np.float32)
     tasks = resolve_tasks(["rating"], ["rating"], label_stats={"rating": {"mean": float(ratings.mean()), "std": 1.5}})
     cfg = to_plain(compose_config([]))
+    cfg["train"] = resolved_training(cfg["train"], tasks)  # train.*=auto decided by the tasks, as every side does
     torch.manual_seed(0)
     model = build_model({**cfg["model"], "dropout": 0.0, "embedding_init_std": 0.1},
                         FeatureSpec((8, 8), bias_buckets=(4,)), ["rating"])
