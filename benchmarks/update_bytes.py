@@ -52,7 +52,7 @@ def measure(cfg: Mapping[str, Any], merchants: int) -> dict[str, Any]:
     sent = ArrayRecord(joint_state(model, weighting))
     manifest = str(partition_table(cfg["data"]))
     n_nodes = len(read_manifest(manifest))
-    fitted, row_tables = newton_fitted(model, cfg["train"]), averaged_by_rows(model, cfg)
+    fitted, row_tables = newton_fitted(model, experiment.cfg["train"]), averaged_by_rows(model, cfg)
     reference_cfg = _with_format(cfg, *FORMATS["whole, float32"])
     sizes: dict[str, list[int]] = {name: [] for name in FORMATS}
     updates: dict[str, list] = {name: [] for name in FORMATS}

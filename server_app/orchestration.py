@@ -24,6 +24,7 @@ from server_app.federated import run_federated
 from server_app.outputs import RunResult, write_outputs
 from server_app.progress import RunProgress
 from server_app.setup import Directory
+from tasks.experiment import check_auto_settings
 from tasks.registry import TASKS
 from tasks.selection import check_rule, prior_note
 
@@ -44,6 +45,7 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None,
     if cfg["data"]["source"] == "synthetic":
         platform_spec(cfg["data"]["synthetic"])
     check_rule(str(cfg["select_round"]))  # whether there are validation rows is known once data is prepared
+    check_auto_settings(cfg["train"])  # resolved once the data's tasks are known; a typo fails here
     if int(cfg["patience"]) < 0:
         raise InputError(f"patience must be >= 0 (0 = never stop early), got {cfg['patience']}")
     if mode != "federated" and (cfg.get("resume") or cfg.get("init_from")):

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from core.errors import InputError
 from core.runtime import resolve_device
 from data.partition import read_manifest, partition_table
 from data.features import feature_columns
@@ -154,11 +155,24 @@ class Experiment:
 AUTO_BY_RATING_TASK = {"keep_optimizer_state": (True, False), "average_decay": (0.5, 0.0), "wide_rounds": (0, 1)}
 
 
+AUTO_SETTINGS = (*AUTO_BY_RATING_TASK, "embedding_newton")
+
+
+def check_auto_settings(train_cfg: Mapping[str, Any]) -> None:
+    """A `train` setting that may be `auto` holds either that or a value: any other text (a typo of
+    auto) would otherwise fail deep in training, or pass as a true flag."""
+    for key in AUTO_SETTINGS:
+        value = train_cfg.get(key)
+        if isinstance(value, str) and value != "auto":
+            raise InputError(f"train.{key}={value!r}: give auto or a value")
+
+
 def resolved_training(train_cfg: Mapping[str, Any], tasks: list[Task], drops_ids: bool = False,
                       keeps_best_round: bool = True) -> dict[str, Any]:
     """`train` with its `auto` settings decided by the run's tasks, whether it drops ids in training
     (model.id_dropout) and whether a validation split keeps its best round: the same on every side,
     since every side knows the plan and the config."""
+    check_auto_settings(train_cfg)
     with_rating = any(t.kind != "binary" for t in tasks)
     resolved = dict(train_cfg)
     for key, (without, with_) in AUTO_BY_RATING_TASK.items():

@@ -52,6 +52,8 @@ BAD_INPUT = [
     (None, [*TINY, "+data.synthetic.no_rating_fraction=1.0"],
      "data.synthetic.no_rating_fraction must be in [0, 1) and leave the largest of the 4 merchants out, got 1.0"),
     (None, [*TINY, "+data.synthetic.n_merchant=3"], "data.synthetic has no setting 'n_merchant'"),
+    (None, [*TINY, "train.wide_rounds=atuo"], "train.wide_rounds='atuo': give auto or a value"),
+    (None, [*TINY, "train.keep_optimizer_state=atuo"], "train.keep_optimizer_state='atuo': give auto or a value"),
 ]
 
 
