@@ -27,7 +27,7 @@ from tasks.plan import RunPlan, plan_from_summaries
 from tasks.registry import TASKS, Task, resolve_tasks
 from tasks.selection import behind_prior
 from tasks.state import joint_state, load_joint_state
-from tasks.training import newton_fit
+from tasks.training import bias_prior_value, newton_fit
 from tasks.weighting import LossWeighting, build_weighting
 
 
@@ -165,6 +165,9 @@ def check_auto_settings(train_cfg: Mapping[str, Any]) -> None:
         value = train_cfg.get(key)
         if isinstance(value, str) and value != "auto":
             raise InputError(f"train.{key}={value!r}: give auto or a value")
+    priors = train_cfg.get("bias_l2", 0.0)
+    for task, value in (priors.items() if isinstance(priors, Mapping) else [("default", priors)]):
+        bias_prior_value(value, "its default" if task == "default" else f"task {task!r}")
 
 
 def resolved_training(train_cfg: Mapping[str, Any], tasks: list[Task], drops_ids: bool = False,

@@ -103,21 +103,41 @@ def newton_fit(train_cfg: Mapping[str, Any]) -> bool:
     return fit == "newton"
 
 
-def bias_priors(train_cfg: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, float]:
-    """Each task's prior (in rows) on its per-id biases: `train.bias_l2` is one number for every task,
-    or a mapping {task: rows} (tasks it leaves out take its `default`), since the tasks want different
-    strengths (the bias model tunes one per task on validation)."""
+# The prior, in rows, that `bias_l2: auto` stands for where no per-row sums exist to estimate it from
+# (first_order_fit=sgd, as under privacy=dp|ldp; a merchant's bias-only rows, solved on its own node):
+# the fixed default before the estimate (tasks/shrinkage.py) replaced it.
+BIAS_L2_WITHOUT_SUMS = 10.0
+
+
+def bias_priors(train_cfg: Mapping[str, Any], tasks: Sequence[str], auto_as: float | None = None
+                ) -> dict[str, float | None]:
+    """Each task's prior (in rows) on its per-id biases: `train.bias_l2` is one value for every task,
+    or a mapping {task: value} (tasks it leaves out take its `default`), since the tasks want different
+    strengths. A value is a number or `auto`: estimated from the data at every Newton step
+    (tasks/shrinkage.py), returned as None, or as `auto_as` by callers that have no sums to estimate from."""
     given = train_cfg.get("bias_l2", 0.0)
     given = dict(given) if isinstance(given, Mapping) else {"default": given}
-    out = {}
+    out: dict[str, float | None] = {}
     for task in tasks:
         value = given.get(task, given.get("default"))
         if value is None:
             raise InputError(f"train.bias_l2 names no prior for task {task!r} and has no default")
-        if not float(value) >= 0:
-            raise InputError(f"train.bias_l2 must be >= 0, got {value} for task {task!r}")
-        out[task] = float(value)
+        prior = bias_prior_value(value, f"task {task!r}")
+        out[task] = auto_as if prior is None else prior
     return out
+
+
+def bias_prior_value(value: Any, where: str) -> float | None:
+    """One value of `train.bias_l2` (`where`: what it is for, in the error): a number >= 0, or None for auto."""
+    if str(value) == "auto":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not number >= 0:
+        raise InputError(f"train.bias_l2 must be auto or a number >= 0, got {value!r} for {where}")
+    return number
 
 
 def sgd_bias_tasks(model: MultiTaskModel, train_cfg: Mapping[str, Any]) -> list[str]:
@@ -265,7 +285,7 @@ def train_epochs(model: MultiTaskModel, weighting: LossWeighting, optimizer: tor
     row_weights = inverse_row_counts(shard, tasks, [t.num_embeddings for t in model.embedding.tables], device,
                                      row_totals)
     bias_tasks = sgd_bias_tasks(model, train_cfg)  # Newton-fitted biases take their prior in tasks/wide.py
-    priors = set(bias_priors(train_cfg, bias_tasks).values())
+    priors = set(bias_priors(train_cfg, bias_tasks, auto_as=BIAS_L2_WITHOUT_SUMS).values())
     if len(priors) > 1:
         raise InputError("a per-task train.bias_l2 needs train.first_order_fit=newton (under sgd one prior "
                          f"serves the biases of {', '.join(bias_tasks)})")

@@ -5,7 +5,8 @@ they converge slowly under SGD while the deep part overfits within a few passes.
 never trains the biases: every round, after its epochs of the deep part, each trainer sums per bias
 row the loss gradient and curvature of its labelled rows at its model (g = y - p, h = p (1 - p) for
 a logit; g = the standardised residual, h = 1 for a rating), and the biases take one damped Newton
-step on the summed statistics with an L2 prior of `bias_l2` rows: b += damping (G - lam b) / (lam + H).
+step on the summed statistics with an L2 prior of lam rows: b += damping (G - lam b) / (lam + H), lam
+per column estimated from the same sums by default (`bias_l2: auto`, tasks/shrinkage.py) or fixed.
 Sums are all a merchant sends for this part, so the server adds them like any other count. While
 only the biases train (the first `wide_rounds` rounds) a step is exactly the same pooled or spread
 over merchants, so federated, centralized and local fit the wide part identically and the deep part
@@ -31,8 +32,9 @@ from core.errors import InputError
 from data.shards import Shard
 from tasks.models import MultiTaskModel
 from tasks.registry import Task
-from tasks.training import (TrainReport, bias_priors, label_counts, labelled_rows, newton_fit, sgd_bias_tasks,
-                            task_labels, train_epochs)
+from tasks.shrinkage import EstimatedPrior
+from tasks.training import (BIAS_L2_WITHOUT_SUMS, TrainReport, bias_priors, label_counts, labelled_rows, newton_fit,
+                            sgd_bias_tasks, task_labels, train_epochs)
 from tasks.weighting import LossWeighting
 
 # parameter name -> (row ids [k], gradient sums [k], curvature sums [k]); a task's global bias has one row, id 0.
@@ -115,7 +117,7 @@ def fit_bias_only(model: MultiTaskModel, shard: Shard, tasks: Sequence[Task], tr
     first_order = model.first_order
     if only_unfitted and not has_unfitted_rows(model, shard, tasks):
         return  # every row this shard labels is held: no pass over its rows
-    priors = bias_priors(train_cfg, model.task_names)
+    priors = bias_priors(train_cfg, model.task_names, auto_as=BIAS_L2_WITHOUT_SUMS)
     by_name = {t.name: t for t in tasks}
     for name, (mask, y, z) in additive_outputs(model, shard, tasks, device).items():
         task, lam = by_name[name], priors[name]
@@ -152,11 +154,15 @@ def sum_statistics(parts: Sequence[WideStats]) -> WideStats:
     return total
 
 
-def newton_update(params: Mapping[str, np.ndarray], stats: WideStats, lam: float | Mapping[str, float],
+Prior = float | EstimatedPrior
+
+
+def newton_update(params: Mapping[str, np.ndarray], stats: WideStats, lam: Prior | Mapping[str, Prior],
                   damping: float, max_step: Mapping[str, float] | None = None) -> dict[str, np.ndarray]:
     """One damped Newton step of every bias row the statistics cover; other rows keep their value.
 
-    `lam`: the prior in rows, one for all or per task (training.bias_priors). Global biases carry no
+    `lam`: the prior in rows, one for all or per task (newton_settings); an EstimatedPrior is
+    estimated per column from these very sums (tasks/shrinkage.py). Global biases carry no
     prior (lam applies to per-id rows only), like the bias model's mean. `max_step`: per task, the
     largest move of a prior-free bias in one step (newton_settings); tasks it leaves out are unbounded.
     """
@@ -167,6 +173,8 @@ def newton_update(params: Mapping[str, np.ndarray], stats: WideStats, lam: float
         task = name.split(".")[2]  # first_order.tables.<task>.<column>.weight
         prior = 0.0 if name.startswith("first_order.bias.") else lam[task] if isinstance(lam, Mapping) else lam
         current = flat[ids]
+        if isinstance(prior, EstimatedPrior):
+            prior = prior.estimate(current + g / np.maximum(h, 1e-12), h)
         step = damping * (g - prior * current) / np.maximum(prior + h, 1e-12)
         if prior == 0.0:  # nothing else holds a prior-free bias back where the curvature vanishes
             bound = (max_step or {}).get(task, np.inf)
@@ -177,7 +185,7 @@ def newton_update(params: Mapping[str, np.ndarray], stats: WideStats, lam: float
 
 
 def newton_settings(train_cfg: Mapping[str, Any], tasks: Sequence[Task]
-                    ) -> tuple[dict[str, float], float, dict[str, float]]:
+                    ) -> tuple[dict[str, Prior], float, dict[str, float]]:
     """newton_update's (priors, damping, max_step) from the train config, the same for the server and
     the trainers. A binary task's prior-free biases (its global one; per-id ones too under
     bias_l2=0) move by at most `newton_max_logit_step` per step (XGBoost's max_delta_step for
@@ -189,7 +197,10 @@ def newton_settings(train_cfg: Mapping[str, Any], tasks: Sequence[Task]
     if bound is not None and not float(bound) > 0:
         raise InputError(f"train.newton_max_logit_step must be > 0 or null, got {bound}")
     max_step = {t.name: float(bound) for t in tasks if t.kind == "binary"} if bound is not None else {}
-    return bias_priors(train_cfg, [t.name for t in tasks]), float(train_cfg["newton_damping"]), max_step
+    given = bias_priors(train_cfg, [t.name for t in tasks])
+    priors: dict[str, Prior] = {t.name: EstimatedPrior(known_dispersion=t.kind == "binary") if given[t.name] is None
+                                else given[t.name] for t in tasks}
+    return priors, float(train_cfg["newton_damping"]), max_step
 
 
 @torch.no_grad()

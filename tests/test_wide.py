@@ -105,7 +105,7 @@ def test_each_task_takes_its_own_prior():
 
 def test_a_bias_only_column_is_fitted_once_by_the_trainer_each_row_on_its_own_merchants_rows():
     """The merchant as a bias-only column: two merchants share items but not rating levels."""
-    from tasks.training import make_optimizer
+    from tasks.training import BIAS_L2_WITHOUT_SUMS, bias_priors, make_optimizer
     from tasks.weighting import build_weighting
     from tasks.wide import averaged_by_rows, has_unfitted_rows, newton_fitted, train_round
     rng = np.random.default_rng(0)
@@ -137,7 +137,7 @@ def test_a_bias_only_column_is_fitted_once_by_the_trainer_each_row_on_its_own_me
     with torch.no_grad():
         rest = model(torch.as_tensor(features[first]))["rating"].double() - bias[1]
     residual = (torch.as_tensor(ratings[first]).double() - tasks[0].center) / tasks[0].scale - rest
-    lam = float(cfg["train"]["bias_l2"])
+    lam = bias_priors(cfg["train"], ["rating"], auto_as=BIAS_L2_WITHOUT_SUMS)["rating"]  # auto: no sums across merchants
     assert float(bias[1]) == pytest.approx(float(residual.sum()) / (lam + int(first.sum())), rel=1e-4)
     # Fitted once, then held: a later round's epochs and refit leave it as it is.
     train_round(model, weighting, optimizer, shard, tasks, cfg["train"], 1, CPU, server_round=3)
