@@ -164,7 +164,8 @@ def newton_update(params: Mapping[str, np.ndarray], stats: WideStats, lam: Prior
     `lam`: the prior in rows, one for all or per task (newton_settings); an EstimatedPrior is
     estimated per column from these very sums (tasks/shrinkage.py). Global biases carry no
     prior (lam applies to per-id rows only), like the bias model's mean. `max_step`: per task, the
-    largest move of a prior-free bias in one step (newton_settings); tasks it leaves out are unbounded.
+    largest move in one step of a bias whose prior is 0 or estimated (newton_settings); tasks it
+    leaves out are unbounded.
     """
     updated = {}
     for name, (ids, g, h) in stats.items():
@@ -173,10 +174,11 @@ def newton_update(params: Mapping[str, np.ndarray], stats: WideStats, lam: Prior
         task = name.split(".")[2]  # first_order.tables.<task>.<column>.weight
         prior = 0.0 if name.startswith("first_order.bias.") else lam[task] if isinstance(lam, Mapping) else lam
         current = flat[ids]
-        if isinstance(prior, EstimatedPrior):
+        estimated = isinstance(prior, EstimatedPrior)
+        if estimated:
             prior = prior.estimate(current + g / np.maximum(h, 1e-12), h)
         step = damping * (g - prior * current) / np.maximum(prior + h, 1e-12)
-        if prior == 0.0:  # nothing else holds a prior-free bias back where the curvature vanishes
+        if prior == 0.0 or estimated:  # nothing else holds the bias back where the curvature vanishes
             bound = (max_step or {}).get(task, np.inf)
             step = np.clip(step, -bound, bound)
         flat[ids] = current + step  # a view: writes through to value
@@ -191,8 +193,10 @@ def newton_settings(train_cfg: Mapping[str, Any], tasks: Sequence[Task]
     bias_l2=0) move by at most `newton_max_logit_step` per step (XGBoost's max_delta_step for
     logistic loss): where a small merchant's deep part has saturated its predictions, h = p (1 - p)
     nearly vanishes and one step on its few rows moves the global bias by several logits (3.7 on the
-    tiny local-mode test). Per-id biases are held back by their prior; a rating's step is exact on
-    its quadratic loss. Both stay unbounded."""
+    tiny local-mode test). So do per-id biases whose prior is estimated: the estimate can be weak (a
+    merchant alone in local mode, its deep part saturated, overflowed a logit on synthetic_events),
+    while a fixed prior of lam rows holds a step to the id's rows / lam. A rating's step is exact on
+    its quadratic loss and stays unbounded."""
     bound = train_cfg.get("newton_max_logit_step")
     if bound is not None and not float(bound) > 0:
         raise InputError(f"train.newton_max_logit_step must be > 0 or null, got {bound}")

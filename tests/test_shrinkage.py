@@ -63,3 +63,16 @@ def test_auto_is_estimated_by_the_newton_step_and_fixed_where_there_are_no_sums(
 def test_a_prior_other_than_auto_or_a_number_is_one_clear_error(value):
     with pytest.raises(InputError, match=f"train.bias_l2 must be auto or a number >= 0, got {value!r} for task 'click'"):
         bias_priors({"bias_l2": value}, ["click"])
+
+
+def test_a_logit_bias_with_an_estimated_prior_moves_at_most_the_logit_step_where_curvature_vanishes():
+    """An id whose rows are all positive at a saturated p = 1e-6: Newton would move it by ~1/p."""
+    tasks = resolve_tasks(["purchase"], ["purchase"])
+    priors, damping, bounds = newton_settings({"bias_l2": "auto", "newton_damping": 1.0,
+                                               "newton_max_logit_step": 1.0}, tasks)
+    name = "first_order.tables.purchase.0.weight"
+    h = np.array([1e-6, 1e-6 * 50, 4.0, 5.0])  # two saturated ids, two ordinary ones
+    g = np.array([1.0, 50.0, -0.5, 0.7])
+    stepped = newton_update({name: np.zeros((4, 1), np.float32)}, {name: (np.arange(4), g, h)}, priors, damping,
+                            bounds)[name][:, 0]
+    assert np.all(np.abs(stepped) <= 1.0 + 1e-6) and stepped[0] == stepped[1] == pytest.approx(1.0)
