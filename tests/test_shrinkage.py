@@ -30,6 +30,17 @@ def test_no_spread_beyond_noise_shrinks_every_bias_to_nothing_and_nothing_to_est
     assert empirical_bayes_prior(np.array([3.0, 1.0]), np.array([0.0, 0.0]), False) > 1000
 
 
+def test_a_rating_column_of_ids_seen_once_cannot_split_spread_from_noise_and_shrinks_fully():
+    """Every id at curvature 1: tau^2 + phi is all the data tells, so no bias is believed."""
+    rng = np.random.default_rng(2)
+    for spread in (0.0, 0.3):
+        estimates = rng.normal(0, np.sqrt(spread + 0.7), 5000)
+        assert empirical_bayes_prior(estimates, np.ones(5000), known_dispersion=False) >= 1000
+    # Ids seen 1-60 times make the trade no longer flat, and the estimate returns.
+    estimates, h = normal_estimates(0.1, 0.6)
+    assert empirical_bayes_prior(estimates, h, known_dispersion=False) < 100
+
+
 def test_a_logit_bias_model_gets_about_the_prior_its_biases_were_drawn_with():
     """Laplace's approximation on real Bernoulli rows at 5 % positives: ids' log-odds spread 0.5."""
     rng = np.random.default_rng(1)
