@@ -26,10 +26,11 @@ import numpy as np
 LAM_GRID = np.exp(np.linspace(np.log(1e-2), np.log(1e4), 121))
 SCALE_GRID = np.exp(np.linspace(np.log(1e-3), np.log(1e2), 101))
 # Ids whose curvature sums agree within 2 % are pooled into one term of the likelihood (a rating's
-# counts are integers; a logit's p (1 - p) sums nearly so), which keeps the search independent of
-# how many ids a table has.
+# counts pool exactly, a logit's sums of p (1 - p) approximately), which keeps the search independent
+# of how many ids a table has.
 LOG_CURVATURE_BIN = 0.02
-# Settings whose likelihood ties the best's up to float rounding: an exactly flat trade (above).
+# Settings whose likelihood ties the best's up to float rounding: an exactly flat trade
+# (empirical_bayes_prior).
 # A wider band (half a unit of log likelihood) shrank the columns of few ids (15 merchants, 20 item
 # categories) to nothing and cost synthetic_coldstart's bias model 0.006 rating RMSE.
 TIE = 1e-9
