@@ -30,9 +30,8 @@ SCALE_GRID = np.exp(np.linspace(np.log(1e-3), np.log(1e2), 101))
 # of how many ids a table has.
 LOG_CURVATURE_BIN = 0.02
 # Settings whose likelihood ties the best's up to float rounding: an exactly flat trade
-# (empirical_bayes_prior).
-# A wider band (half a unit of log likelihood) shrank the columns of few ids (15 merchants, 20 item
-# categories) to nothing and cost synthetic_coldstart's bias model 0.006 rating RMSE.
+# (empirical_bayes_prior). A wider band (half a unit of log likelihood) shrank the columns of few ids
+# (15 merchants, 20 item categories) to nothing and cost synthetic_coldstart's bias model 0.006 RMSE.
 TIE = 1e-9
 
 

@@ -72,7 +72,8 @@ def test_auto_is_estimated_by_the_newton_step_and_fixed_where_there_are_no_sums(
 
 @pytest.mark.parametrize("value", ["Auto", "ten", -1])
 def test_a_prior_other_than_auto_or_a_number_is_one_clear_error(value):
-    with pytest.raises(InputError, match=f"train.bias_l2 must be auto or a number >= 0, got {value!r} for task 'click'"):
+    expected = f"train.bias_l2 must be auto or a number >= 0, got {value!r} for task 'click'"
+    with pytest.raises(InputError, match=expected):
         bias_priors({"bias_l2": value}, ["click"])
 
 

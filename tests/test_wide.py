@@ -137,7 +137,8 @@ def test_a_bias_only_column_is_fitted_once_by_the_trainer_each_row_on_its_own_me
     with torch.no_grad():
         rest = model(torch.as_tensor(features[first]))["rating"].double() - bias[1]
     residual = (torch.as_tensor(ratings[first]).double() - tasks[0].center) / tasks[0].scale - rest
-    lam = bias_priors(cfg["train"], ["rating"], auto_as=BIAS_L2_WITHOUT_SUMS)["rating"]  # auto: no sums across merchants
+    # auto has no sums across merchants to estimate a bias-only row's prior from: the fixed fallback
+    lam = bias_priors(cfg["train"], ["rating"], auto_as=BIAS_L2_WITHOUT_SUMS)["rating"]
     assert float(bias[1]) == pytest.approx(float(residual.sum()) / (lam + int(first.sum())), rel=1e-4)
     # Fitted once, then held: a later round's epochs and refit leave it as it is.
     train_round(model, weighting, optimizer, shard, tasks, cfg["train"], 1, CPU, server_round=3)
