@@ -40,6 +40,7 @@ from tasks.weighting import LossWeighting
 # parameter name -> (row ids [k], gradient sums [k], curvature sums [k]); a task's global bias has one row, id 0.
 # An embedding table's (tasks/embedding_newton.py): gradient sums [k, d], curvature sums [k, d, d].
 WideStats = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+GLOBAL_BIAS = "first_order.bias."  # + task: a task's global bias
 
 
 @torch.no_grad()
@@ -79,7 +80,7 @@ def wide_statistics(model: MultiTaskModel, shard: Shard, tasks: Sequence[Task], 
     by_name = {t.name: t for t in tasks}
     for name, (mask, y, z) in additive_outputs(model, shard, tasks, device, batch_size).items():
         g, h = gradient_curvature(by_name[name], y, z)
-        stats[f"first_order.bias.{name}"] = (np.zeros(1, np.int64), np.array([g.sum()]), np.array([h.sum()]))
+        stats[GLOBAL_BIAS + name] = (np.zeros(1, np.int64), np.array([g.sum()]), np.array([h.sum()]))
         for j in range(model.first_order.n_embedded):  # bias-only columns: fit_bias_only
             ids, inverse = np.unique(shard.features[mask, j], return_inverse=True)
             stats[f"first_order.tables.{name}.{j}.weight"] = (
@@ -166,13 +167,23 @@ def newton_update(params: Mapping[str, np.ndarray], stats: WideStats, lam: Prior
     prior (lam applies to per-id rows only), like the bias model's mean. `max_step`: per task, the
     largest move in one step of a bias whose prior is 0 or estimated (newton_settings); tasks it
     leaves out are unbounded.
+    A task's global bias steps first, and its per-id columns then step on their gradient less that
+    shift (G - H * step, exact for a rating, to first order for a logit): the global bias is on every
+    row, so each column's sums also hold the shared residual, and with weak (estimated) priors every
+    column took it at once and their steps overshot together. Fitted so alone, the bias model's
+    purchase AUC on synthetic_events fell from 0.612 (step 2) to 0.566 (step 20); with the shift taken
+    out it reaches the block-coordinate fit's 0.630 by step 8.
     """
-    updated = {}
-    for name, (ids, g, h) in stats.items():
+    updated, shifts = {}, {}
+    for name in sorted(stats, key=lambda n: not n.startswith(GLOBAL_BIAS)):  # global biases first
+        ids, g, h = stats[name]
         value = np.array(params[name], dtype=np.float64, copy=True)
         flat = value.reshape(-1) if value.ndim < 2 else value[:, 0]
         task = name.split(".")[2]  # first_order.tables.<task>.<column>.weight
-        prior = 0.0 if name.startswith("first_order.bias.") else lam[task] if isinstance(lam, Mapping) else lam
+        is_global = name.startswith(GLOBAL_BIAS)
+        prior = 0.0 if is_global else lam[task] if isinstance(lam, Mapping) else lam
+        if not is_global:
+            g = g - h * shifts.get(task, 0.0)
         current = flat[ids]
         estimated = isinstance(prior, EstimatedPrior)
         if estimated:
@@ -181,6 +192,8 @@ def newton_update(params: Mapping[str, np.ndarray], stats: WideStats, lam: Prior
         if prior == 0.0 or estimated:  # nothing else holds the bias back where the curvature vanishes
             bound = (max_step or {}).get(task, np.inf)
             step = np.clip(step, -bound, bound)
+        if is_global:
+            shifts[task] = float(step[0])
         flat[ids] = current + step  # a view: writes through to value
         updated[name] = value.reshape(np.shape(params[name])).astype(np.asarray(params[name]).dtype)
     return updated
