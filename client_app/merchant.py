@@ -30,7 +30,7 @@ from tasks.ranking import evaluate_merchant
 from tasks.registry import resolve_tasks
 from tasks.state import joint_parameters, joint_state, load_joint_state
 from tasks.training import make_optimizer, oracle_score, proximal_mu, shuffle_seed, trained_rows
-from tasks.wide import averaged_by_rows, newton_fitted, pack_wide_statistics, train_round
+from tasks.wide import averaged_by_rows, newton_fitted, train_round
 from tasks.weighting import LossWeighting
 
 
@@ -120,7 +120,7 @@ def train_content(request: RecordDict, node_config: Mapping[str, Any], manifest:
                           protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: data.merchant_id})})
     if wide:  # only sums per bias row: the server adds them and takes the Newton step
         content[protocol.WIDE_STATS] = ArrayRecord(
-            {name: Array(value) for name, value in pack_wide_statistics(wide).items()})
+            {name: Array(np.stack([ids.astype(np.float64), g, h])) for name, (ids, g, h) in wide.items()})
     rows = {}
     tables = averaged_by_rows(model, cfg)
     if tables:

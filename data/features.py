@@ -12,7 +12,7 @@ Four kinds of feature column, named in `data.features`:
 * `bias_only` (default none): hashed like the categoricals but read by the first-order part only:
   one bias per value and task, no embedding. `[merchant_id]` gives each merchant its own level, as
   the bias model's and the one-hot references' merchant term does (as an embedding the same column
-  overfits); off by default (README, Multi-task learning).
+  overfits); off by default, since federated loses rating RMSE with it (README, Multi-task learning).
 
 The model takes one int64 matrix per batch: the hashed columns (ids, then categoricals), the
 numerical columns, each carried as the bit pattern of its raw float32 value (NaN = missing), then

@@ -20,7 +20,7 @@ from server_app.server_opt import ServerOptimizer
 from server_app.setup import addressees, failure, node_of
 from tasks.embedding_newton import embedding_newton_update, unpack_statistics
 from tasks.metrics import Metrics, combine_counted, combine_merchants, flatten, split_counts, unflatten
-from tasks.wide import WideStats, newton_update, sum_statistics, unpack_wide_statistics
+from tasks.wide import WideStats, newton_update, sum_statistics
 
 
 class RoundFailed(RuntimeError):
@@ -53,7 +53,8 @@ def _row_counts(content: RecordDict) -> dict[str, RowCounts]:
 
 
 def _wide_stats(content: RecordDict) -> WideStats:
-    return unpack_wide_statistics(_records(content, protocol.WIDE_STATS))
+    return {name: (stacked[0].astype(np.int64), stacked[1], stacked[2])
+            for name, stacked in _records(content, protocol.WIDE_STATS).items()}
 
 
 def train_update(reply: RecordDict, current: Mapping[str, np.ndarray] | None, compression: str = "none",

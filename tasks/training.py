@@ -104,8 +104,8 @@ def newton_fit(train_cfg: Mapping[str, Any]) -> bool:
 
 
 # The prior, in rows, that `bias_l2: auto` stands for where no per-row sums exist to estimate it from
-# (first_order_fit=sgd, as under privacy=dp|ldp): the fixed default before the estimate
-# (tasks/shrinkage.py) replaced it.
+# (first_order_fit=sgd, as under privacy=dp|ldp; a merchant's bias-only rows, solved on its own node):
+# the fixed default before the estimate (tasks/shrinkage.py) replaced it.
 BIAS_L2_WITHOUT_SUMS = 10.0
 
 

@@ -309,11 +309,20 @@ class MultiTaskModel(nn.Module):
         return list(self.task_names) if self.first_order is not None else []
 
     def first_order_parameters(self, task: str) -> list[nn.Parameter]:
-        """The task's global bias and every bias table of its columns (bias-only ones too): what
-        first_order_fit=sgd trains and newton steps (tasks/wide.py)."""
+        """The task's global bias and every bias table of its columns: what first_order_fit=sgd trains.
+        Under newton the bias-only tables among them are the trainer's to fit (tasks/wide.py)."""
         if self.first_order is None:
             return []
         return [*self.first_order.tables[task].parameters(), self.first_order.bias[task]]
+
+    def bias_only_tables(self) -> dict[str, nn.Parameter]:
+        """state_dict name -> table of every task's bias-only columns (a merchant's bias): the trainer
+        fits them on its own rows (tasks/wide.py fit_bias_only) and sends them like any row table."""
+        if self.first_order is None:
+            return {}
+        n = self.first_order.n_embedded
+        return {f"first_order.tables.{t}.{j}.weight": tables[j].weight
+                for t, tables in self.first_order.tables.items() for j in range(n, len(tables))}
 
     def id_tables(self) -> dict[str, tuple[int, str | None]]:
         """state_dict name of every id-indexed table -> (the feature column that indexes it, the
