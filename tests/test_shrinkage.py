@@ -56,7 +56,7 @@ def test_a_logit_bias_model_gets_about_the_prior_its_biases_were_drawn_with():
 def test_auto_is_estimated_by_the_newton_step_and_fixed_where_there_are_no_sums():
     tasks = resolve_tasks(["rating", "purchase"], ["rating", "purchase"],
                           label_stats={"rating": {"mean": 3.0, "std": 1.0}})
-    train_cfg = {"bias_l2": {"rating": 7.0, "default": "auto"}, "newton_damping": 1.0, "newton_max_logit_step": 1.0}
+    train_cfg = {"bias_l2": {"rating": 7.0, "default": "auto"}, "newton_damping": 1.0, "newton_max_step": 1.0}
     priors = newton_settings(train_cfg, tasks)[0]
     assert priors == {"rating": 7.0, "purchase": EstimatedPrior(known_dispersion=True)}
     assert bias_priors(train_cfg, ["purchase"], auto_as=BIAS_L2_WITHOUT_SUMS) == {"purchase": BIAS_L2_WITHOUT_SUMS}
@@ -81,7 +81,7 @@ def test_a_logit_bias_with_an_estimated_prior_moves_at_most_the_logit_step_where
     """An id whose rows are all positive at a saturated p = 1e-6: Newton would move it by ~1/p."""
     tasks = resolve_tasks(["purchase"], ["purchase"])
     priors, damping, bounds = newton_settings({"bias_l2": "auto", "newton_damping": 1.0,
-                                               "newton_max_logit_step": 1.0}, tasks)
+                                               "newton_max_step": 1.0}, tasks)
     name = "first_order.tables.purchase.0.weight"
     h = np.array([1e-6, 1e-6 * 50, 4.0, 5.0])  # two saturated ids, two ordinary ones
     g = np.array([1.0, 50.0, -0.5, 0.7])

@@ -110,29 +110,30 @@ def test_repeated_logit_steps_converge_to_the_penalised_optimum():
     np.testing.assert_allclose(ours, reference.decision_function(one_hot), atol=0.02)
 
 
-def test_a_global_logit_step_is_bounded_and_a_rating_or_per_id_step_is_not():
-    """Saturated predictions leave a vanishing curvature: the prior-free logit bias stops at the bound."""
+def test_a_prior_free_step_is_bounded_and_a_fixed_prior_step_is_not():
+    """Saturated predictions leave a vanishing curvature: a prior-free bias, a logit's or a rating's,
+    stops at the bound; a per-id bias under a fixed prior is held by that prior instead."""
     from core.errors import InputError
     from tasks.wide import newton_settings
     tasks = resolve_tasks(["rating", "click"], ["rating", "click"],
                           label_stats={"rating": {"mean": 3.0, "std": 1.0}, "click": {"mean": 0.3}})
-    train_cfg = {"bias_l2": 1.0, "newton_damping": 1.0, "newton_max_logit_step": 1.0}
+    train_cfg = {"bias_l2": 1.0, "newton_damping": 1.0, "newton_max_step": 1.0}
     priors, damping, bounds = newton_settings(train_cfg, tasks)
-    assert bounds == {"click": 1.0} and damping == 1.0 and priors == {"rating": 1.0, "click": 1.0}
+    assert bounds == {"rating": 1.0, "click": 1.0} and damping == 1.0 and priors == {"rating": 1.0, "click": 1.0}
     params = {**{f"first_order.bias.{t}": np.float32(0.0) for t in ("rating", "click")},
               "first_order.tables.click.0.weight": np.zeros((2, 1), np.float32)}
     stats = {name: (np.array([0]), np.array([57.0]), np.array([10.0])) for name in params}  # 5.7 without a prior
     out = newton_update(params, stats, priors, damping, bounds)
     assert float(out["first_order.bias.click"]) == pytest.approx(1.0)
-    assert float(out["first_order.bias.rating"]) == pytest.approx(5.7)
+    assert float(out["first_order.bias.rating"]) == pytest.approx(1.0)
     # past the bound too (its prior holds it), on what the global bias's step of 1 left of its sums
     assert float(out["first_order.tables.click.0.weight"][0, 0]) == pytest.approx((57.0 - 10.0 * 1.0) / 11.0)
     stats["first_order.bias.click"] = (np.array([0]), np.array([-0.5]), np.array([10.0]))  # within the bound
     out = newton_update(params, stats, priors, damping, bounds)
     assert float(out["first_order.bias.click"]) == pytest.approx(-0.05)
-    assert newton_settings({**train_cfg, "newton_max_logit_step": None}, tasks)[2] == {}
-    with pytest.raises(InputError, match="train.newton_max_logit_step must be > 0 or null, got 0"):
-        newton_settings({**train_cfg, "newton_max_logit_step": 0}, tasks)
+    assert newton_settings({**train_cfg, "newton_max_step": None}, tasks)[2] == {}
+    with pytest.raises(InputError, match="train.newton_max_step must be > 0 or null, got 0"):
+        newton_settings({**train_cfg, "newton_max_step": 0}, tasks)
 
 
 def test_each_task_takes_its_own_prior():
