@@ -27,7 +27,7 @@ from tasks.ranking import Scores, evaluate_merchant, wants_ranking
 from tasks.selection import RoundKeeper, resolve_rule, selection_loss
 from tasks.state import load_joint_state
 from tasks.training import make_optimizer, oracle_score, shuffle_seed
-from tasks.wide import apply_newton, first_deep_round, train_round
+from tasks.wide import apply_newton, first_deep_round, named_priors, train_round
 
 Scored = tuple[dict[str, Metrics], dict[str, dict[str, Metrics]]]  # (merchants combined, per merchant)
 
@@ -107,16 +107,17 @@ def run_centralized(experiment: Experiment, splits: Mapping[str, tuple[Shard, Sh
     average: RoundAverage[dict[str, torch.Tensor]] = RoundAverage.from_config(train_cfg)
     rounds = []
     losses: dict[str, float] = {}
+    priors: dict[str, dict[str, float]] = {}
     for server_round in range(int(cfg["federation"]["rounds"]) + 1):
         if server_round:
             report, wide = train_round(model, weighting, optimizer, pooled, experiment.tasks, train_cfg,
                                        shuffle_seed(int(cfg["seed"]), server_round, 0), experiment.device, server_round)
-            apply_newton(model, wide, train_cfg, experiment.tasks)
+            priors = named_priors(apply_newton(model, wide, train_cfg, experiment.tasks), experiment.first_order_columns)
             refit_after_round(model, pooled, experiment, server_round)
             losses = report.losses
         with scoring_average(model, weighting, average, server_round):  # the model holds what is scored
             (overall, per_merchant), (validation, _) = evaluate_merchants(same_model, splits, experiment)
-            rounds.append(RoundRecord(server_round, overall, losses, validation))
+            rounds.append(RoundRecord(server_round, overall, losses, validation, bias_priors=priors))
             keeper.offer(server_round, selection_loss([r.validation for r in rounds], experiment.tasks),
                          lambda: scored_state(model, weighting, average))
         progress.report(rounds[-1], experiment.metric_names, per_merchant)
@@ -151,6 +152,7 @@ def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, S
     for server_round in range(int(cfg["federation"]["rounds"]) + 1):
         losses: dict[str, dict[str, Metrics]] = {}
         counts: dict[str, dict[str, int]] = {}
+        priors: dict[str, dict[str, dict[str, float]]] = {}
         if server_round:
             for k, m in enumerate(merchants):
                 if keepers[m].stop:  # this merchant's own validation loss stopped improving
@@ -158,7 +160,9 @@ def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, S
                 report, wide = train_round(models[m], weightings[m], optimizers[m], trains[m], experiment.tasks,
                                            train_cfg, shuffle_seed(int(cfg["seed"]), server_round, k),
                                            experiment.device, server_round)
-                apply_newton(models[m], wide, train_cfg, experiment.tasks)
+                taken = apply_newton(models[m], wide, train_cfg, experiment.tasks)
+                if taken:
+                    priors[m] = named_priors(taken, experiment.first_order_columns)
                 refit_after_round(models[m], trains[m], experiment, server_round)
                 losses[m] = {t: {"loss": v} for t, v in report.losses.items()}
                 counts[m] = report.label_counts
@@ -171,7 +175,7 @@ def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, S
                 keepers[m].offer(server_round, selection_loss(validations[m], experiment.tasks),
                                  lambda m=m: scored_state(models[m], weightings[m], averages[m]))
         train_loss = {t: v["loss"] for t, v in combine_merchants(losses, counts).items()}
-        rounds.append(RoundRecord(server_round, overall, train_loss, validation))
+        rounds.append(RoundRecord(server_round, overall, train_loss, validation, bias_priors=priors))
         progress.report(rounds[-1], experiment.metric_names, per_merchant)
         if all(keepers[m].stop for m in merchants):
             break

@@ -52,7 +52,7 @@ from tasks.ranking import wants_ranking
 from tasks.selection import RoundKeeper, resolve_rule, selection_loss
 from tasks.state import joint_owners, joint_state
 from tasks.training import newton_fit
-from tasks.wide import averaged_by_rows, first_deep_round, newton_fitted, newton_settings
+from tasks.wide import averaged_by_rows, first_deep_round, named_priors, newton_fitted, newton_settings
 
 
 def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float) -> list[int]:
@@ -298,7 +298,8 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
         scored = numpy_to_arrays(average.offer(server_round, arrays_to_numpy(arrays))) \
             if average.averages(server_round) else arrays
         evaluation = evaluate(server_round, scored)
-        rounds.append(RoundRecord(server_round, evaluation.overall, losses, evaluation.validation, privacy.record()))
+        rounds.append(RoundRecord(server_round, evaluation.overall, losses, evaluation.validation, privacy.record(),
+                                  named_priors(strategy.priors_taken, experiment.first_order_columns) if server_round else {}))
         progress.report(rounds[-1], experiment.metric_names, evaluation.per_merchant)
         keeper.offer(server_round, selection_loss([r.validation for r in rounds], experiment.tasks), lambda: scored)
         if output_dir is not None:

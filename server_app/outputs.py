@@ -25,6 +25,9 @@ class RoundRecord:
     train_loss: dict[str, float] = field(default_factory=dict)
     validation: dict[str, Metrics] = field(default_factory=dict)
     privacy: dict[str, float] = field(default_factory=dict)  # (epsilon, delta) spent so far; empty without DP
+    # task -> column -> the prior, in rows, its per-id biases took at this round's Newton step
+    # (train.bias_l2; estimated under auto); local: merchant -> that. Empty without a step.
+    bias_priors: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,7 +75,8 @@ def metrics_document(result: RunResult) -> dict[str, Any]:
         "calibration": result.calibration,
         "select_round": result.config.get("select_round"),
         "rounds": [{"round": r.round, "tasks": r.tasks, "validation": r.validation, "train_loss": r.train_loss,
-                    **({"privacy": r.privacy} if r.privacy else {})} for r in result.rounds],
+                    **({"privacy": r.privacy} if r.privacy else {}),
+                    **({"bias_priors": r.bias_priors} if r.bias_priors else {})} for r in result.rounds],
         "oracle": result.oracle,
         "failures": result.failures,
         "merchant_train_rows": result.merchant_rows,

@@ -127,6 +127,7 @@ class MultiTaskFedAvg(FedAvg):
         self.compression = compression
         self.unsent = set(unsent)
         self.row_totals = row_totals
+        self.priors_taken: dict[str, float] = {}  # the last train round's Newton step's (newton_update)
         self.participants: dict[int, int] = {}
         self.contributors: dict[int, int] = {}  # the latest train round's nodes whose update was aggregated
         self.sent: list[Message] = []  # the latest phase's messages, to tell which node a reply answers for
@@ -189,6 +190,7 @@ class MultiTaskFedAvg(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        self.priors_taken = {}
         ok = self._successful(server_round, replies, "train")
         if not ok:
             return None, None
@@ -217,7 +219,7 @@ class MultiTaskFedAvg(FedAvg):
         arrays = self.combine(current, updates, self.parameter_tasks, self.row_tables, self.rules.aggregation,
                               self.rules.trim_fraction, self.rules.row_progress_power)
         if self.newton is not None and any(wide):
-            arrays.update(newton_update(current, sum_statistics(wide), *self.newton))
+            arrays.update(newton_update(current, sum_statistics(wide), *self.newton, priors_taken=self.priors_taken))
         if self.server_opt is not None:
             arrays = self.server_opt.step(current, arrays)
         return numpy_to_arrays(arrays), combined_train_metrics(flats)

@@ -65,6 +65,12 @@ class Experiment:
         return feature_columns(self.cfg["data"]).all
 
     @property
+    def first_order_columns(self) -> list[str]:
+        """Names of the first-order tables' columns, in the model's order: hashed, then bias-only."""
+        columns = feature_columns(self.cfg["data"])
+        return list(columns.hashed) + list(columns.bias_only)
+
+    @property
     def device(self) -> torch.device:
         return resolve_device(str(self.cfg["device"]))
 

@@ -159,7 +159,8 @@ Prior = float | EstimatedPrior
 
 
 def newton_update(params: Mapping[str, np.ndarray], stats: WideStats, lam: Prior | Mapping[str, Prior],
-                  damping: float, max_step: Mapping[str, float] | None = None) -> dict[str, np.ndarray]:
+                  damping: float, max_step: Mapping[str, float] | None = None,
+                  priors_taken: dict[str, float] | None = None) -> dict[str, np.ndarray]:
     """One damped Newton step of every bias row the statistics cover; other rows keep their value.
 
     `lam`: the prior in rows, one for all or per task (newton_settings); an EstimatedPrior is
@@ -172,7 +173,8 @@ def newton_update(params: Mapping[str, np.ndarray], stats: WideStats, lam: Prior
     row, so each column's sums also hold the shared residual, and with weak (estimated) priors every
     column took it at once and their steps overshot together. Fitted so alone, the bias model's
     purchase AUC on synthetic_events fell from 0.612 (step 2) to 0.566 (step 20); with the shift taken
-    out it reaches the block-coordinate fit's 0.630 by step 8.
+    out it reaches the block-coordinate fit's 0.630 by step 8. `priors_taken`, where given, receives
+    each per-id table's prior (estimated or fixed) by its parameter name.
     """
     updated, shifts = {}, {}
     for name in sorted(stats, key=lambda n: not n.startswith(GLOBAL_BIAS)):  # global biases first
@@ -188,6 +190,8 @@ def newton_update(params: Mapping[str, np.ndarray], stats: WideStats, lam: Prior
         estimated = isinstance(prior, EstimatedPrior)
         if estimated:
             prior = prior.estimate(current + g / np.maximum(h, 1e-12), h)
+        if priors_taken is not None and not is_global:
+            priors_taken[name] = float(prior)
         step = damping * (g - prior * current) / np.maximum(prior + h, 1e-12)
         if prior == 0.0 or estimated:  # nothing else holds the bias back where the curvature vanishes
             bound = (max_step or {}).get(task, np.inf)
@@ -235,10 +239,23 @@ def step_in_place(model: MultiTaskModel, stats: WideStats,
         state[name].copy_(torch.as_tensor(value))
 
 
-def apply_newton(model: MultiTaskModel, stats: WideStats, train_cfg: Mapping[str, Any], tasks: Sequence[Task]) -> None:
-    """The trainer's own bias step: the model's biases moved in place."""
-    settings = newton_settings(train_cfg, tasks)
-    step_in_place(model, stats, lambda params, summed: newton_update(params, summed, *settings))
+def apply_newton(model: MultiTaskModel, stats: WideStats, train_cfg: Mapping[str, Any], tasks: Sequence[Task]
+                 ) -> dict[str, float]:
+    """The trainer's own bias step: the model's biases moved in place; returns the priors it took
+    (newton_update's `priors_taken`)."""
+    settings, taken = newton_settings(train_cfg, tasks), {}
+    step_in_place(model, stats, lambda params, summed: newton_update(params, summed, *settings, priors_taken=taken))
+    return taken
+
+
+def named_priors(priors_taken: Mapping[str, float], columns: Sequence[str]) -> dict[str, dict[str, float]]:
+    """newton_update's priors by task and column name, as a run's round records show them: `columns`
+    names the first-order tables' columns in order (data/features.py: hashed, then bias-only)."""
+    named: dict[str, dict[str, float]] = {}
+    for name, lam in sorted(priors_taken.items()):
+        _, _, task, table, _ = name.split(".")  # first_order.tables.<task>.<table>.weight
+        named.setdefault(task, {})[columns[int(table)]] = lam
+    return named
 
 
 def first_deep_round(train_cfg: Mapping[str, Any]) -> int:

@@ -40,6 +40,12 @@ def test_federated_training_improves_every_task(door_run):
     assert (out / "metrics.png").exists() and (out / "model.pt").exists()
     # The per-round table reaches the log.
     assert "purchase.auc" in run.stdout + run.stderr
+    # Each round records the prior every task's per-id biases took (estimated: bias_l2=auto).
+    assert "bias_priors" not in doc["rounds"][0]
+    for r in doc["rounds"][1:]:
+        assert set(r["bias_priors"]) == {"rating", "purchase", "click"}
+        assert all(set(by_column) == {"user_id", "item_id"} and all(0 < v < math.inf for v in by_column.values())
+                   for by_column in r["bias_priors"].values())
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +128,8 @@ def test_the_kept_model_is_recalibrated_to_the_level_validation_shows(tmp_path, 
     calibration = doc["calibration"] if mode != "local" else doc["calibration"]["a"]
     a, b = calibration["click"]
     assert kept > 0 and not doc["prior_heads"] and a > 0 and b > 0.3  # towards the doubled rate
+    priors = doc["rounds"][1]["bias_priors"] if mode != "local" else doc["rounds"][1]["bias_priors"]["a"]
+    assert priors["click"]["user_id"] > 0  # the prior its Newton step took, in every mode
     if mode != "local":
         assert_kept_test_metrics(doc)
         assert doc["tasks"]["click"]["logloss"] < doc["rounds"][kept]["tasks"]["click"]["logloss"] - 0.01
