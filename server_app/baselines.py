@@ -112,7 +112,8 @@ def run_centralized(experiment: Experiment, splits: Mapping[str, tuple[Shard, Sh
         if server_round:
             report, wide = train_round(model, weighting, optimizer, pooled, experiment.tasks, train_cfg,
                                        shuffle_seed(int(cfg["seed"]), server_round, 0), experiment.device, server_round)
-            priors = named_priors(apply_newton(model, wide, train_cfg, experiment.tasks), experiment.first_order_columns)
+            taken = apply_newton(model, wide, train_cfg, experiment.tasks)
+            priors = named_priors(taken, experiment.first_order_columns)
             refit_after_round(model, pooled, experiment, server_round)
             losses = report.losses
         with scoring_average(model, weighting, average, server_round):  # the model holds what is scored

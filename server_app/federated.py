@@ -298,8 +298,9 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
         scored = numpy_to_arrays(average.offer(server_round, arrays_to_numpy(arrays))) \
             if average.averages(server_round) else arrays
         evaluation = evaluate(server_round, scored)
+        priors = named_priors(strategy.priors_taken, experiment.first_order_columns) if server_round else {}
         rounds.append(RoundRecord(server_round, evaluation.overall, losses, evaluation.validation, privacy.record(),
-                                  named_priors(strategy.priors_taken, experiment.first_order_columns) if server_round else {}))
+                                  priors))
         progress.report(rounds[-1], experiment.metric_names, evaluation.per_merchant)
         keeper.offer(server_round, selection_loss([r.validation for r in rounds], experiment.tasks), lambda: scored)
         if output_dir is not None:
