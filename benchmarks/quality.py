@@ -38,10 +38,12 @@ from server_app.orchestration import run_job
 from server_app.merchant_view import plot_merchants
 from server_app.outputs import RunResult, read_metrics_document
 from tasks.experiment import open_experiment
-from tasks.metrics import auc_standard_error, combined_standard_error, rmse_standard_error
+from serving.model import load
+from tasks.metrics import (auc_difference_error, auc_standard_error, combined_standard_error, rmse_difference_error,
+                           rmse_standard_error)
 from tasks.personalization import SUFFIX
 from tasks.registry import TASKS, Task
-from tasks.training import task_labels
+from tasks.training import predict, task_labels
 
 FLOORS = {"auc": 0.98, "rmse": 1.02}  # federated/centralized: AUC at least, RMSE at most (issue 8)
 # The best-round protocol, unless the overrides say otherwise: every mode trains up to 20 rounds and
@@ -53,6 +55,7 @@ FLOORS = {"auc": 0.98, "rmse": 1.02}  # federated/centralized: AUC at least, RMS
 PROTOCOL = {"federation.rounds": "20", "data.val_fraction": "0.1"}
 SMALLEST = 5
 OUT = "outputs/bench/quality"
+Predictions = dict[str, dict[str, np.ndarray]]  # merchant -> task -> its test split's predictions, every row
 
 
 def fmt(value: float | None) -> str:
@@ -132,12 +135,36 @@ def sampling_error(task: str, metric: str, per_merchant: Mapping[str, Mapping[st
     return combined_standard_error(errors)
 
 
+def run_predictions(run_dir: Path, splits: Mapping[str, MerchantSplits]) -> Predictions:
+    """A finished run's kept model (a mode=local run: each merchant's own) scoring every merchant's test split."""
+    trained = load(run_dir)
+    return {m: predict(trained.model_for(m), split.test.features, trained.tasks, trained.device)
+            for m, split in splits.items()}
+
+
+def paired_error(task: str, metric: str, a: Predictions, b: Predictions, splits: Mapping[str, MerchantSplits]) -> float:
+    """The sampling error of the difference between two models' headline metric on the same test rows
+    (tasks/metrics.py: DeLong for an AUC, the delta method for an RMSE), merchants combined like the metric."""
+    errors = {}
+    for merchant, split in splits.items():
+        if task not in a.get(merchant, {}) or task not in b.get(merchant, {}):
+            continue
+        y = task_labels(split.test, [TASKS[task]])[task]
+        rows = np.isfinite(y)
+        difference_error = auc_difference_error if metric == "auc" else rmse_difference_error
+        errors[merchant] = (difference_error(y[rows], a[merchant][task][rows], b[merchant][task][rows]), int(rows.sum()))
+    return combined_standard_error(errors)
+
+
 def reference_sections(results: dict[str, RunResult], references: Mapping[str, ReferenceResult],
                        seed_finals: Sequence[Mapping[str, Mapping[str, float]]] = (),
-                       counts: Mapping[str, Mapping[str, tuple[int, int]]] | None = None) -> str:
+                       counts: Mapping[str, Mapping[str, tuple[int, int]]] | None = None,
+                       seed_predictions: Sequence[Predictions] = (),
+                       splits: Mapping[str, MerchantSplits] | None = None) -> str:
     """Per task the best method overall and the best reference, then federated against every reference:
     with `seed_finals` (federated's final metrics per seed) and `counts` (held_out_labels), how far ahead it
-    is, seed by seed and against the test split's own sampling error."""
+    is, seed by seed and against the test split's own sampling error; with `seed_predictions` (federated's
+    test predictions per seed, run_predictions) and `splits`, against the margin's own (paired) error."""
     tasks = results["federated"].tasks
     fed = results["federated"].final
     lines, rows = [], []
@@ -160,18 +187,23 @@ def reference_sections(results: dict[str, RunResult], references: Mapping[str, R
         margin = (f - best_ref[1]) * (1 if m in TASKS[t].higher_is_better else -1)
         per_seed = ", ".join(fmt(value(final, t, m)) for final in seed_finals) or "-"
         error = sampling_error(t, m, results["federated"].per_merchant, counts) if counts else math.nan
+        reference_predictions = references[best_ref[0]].predictions
+        paired = [paired_error(t, m, seed, reference_predictions, splits) for seed in seed_predictions] if splits else []
+        paired_mean = float(np.mean(paired)) if paired and all(math.isfinite(e) for e in paired) else None
         rows.append([f"{t} {m}", fmt(f), per_seed, f"{best_ref[0]} ({best_ref[1]:.4f})", f"{margin:+.4f}",
-                     fmt(error if math.isfinite(error) else None), fmt(fed_ll), fmt(base_ll), "yes" if beats else "NO"])
-    verdict = markdown(["task", "federated", "per seed", "best reference", "margin", "test-split error",
+                     fmt(paired_mean), fmt(error if math.isfinite(error) else None), fmt(fed_ll), fmt(base_ll),
+                     "yes" if beats else "NO"])
+    verdict = markdown(["task", "federated", "per seed", "best reference", "margin", "paired error", "test-split error",
                         "federated logloss", "base-rate logloss", "federated beats every reference"], rows)
     return ("Best per task (mean over seeds for the modes):\n\n" + "\n".join(lines) + "\n\n"
             f"Federated against every reference (higher AUC, lower RMSE, and for binary tasks a log-loss "
             f"below the base rate's):\n\n{verdict}\n\n"
-            "Margin: how far federated is ahead of the best reference (negative: behind). Test-split error: "
-            "the sampling error of one model's metric on these test rows (Hanley-McNeil for an AUC, "
-            "RMSE / sqrt(2n) for an RMSE; merchants combined like the metric). Both are scored on the same "
-            "rows, so their difference varies less than that, but a margin far inside it is a tie that "
-            "another test window could reverse.")
+            "Margin: how far federated is ahead of the best reference (negative: behind). Paired error: the "
+            "sampling error of the margin itself, both scored on the same test rows (DeLong for an AUC, the "
+            "delta method for an RMSE; merchants combined like the metric; mean over seeds): a margin within "
+            "about two of it is a tie that another test window could reverse. Test-split error: the sampling "
+            "error of one model's metric on these rows (Hanley-McNeil for an AUC, RMSE / sqrt(2n) for an "
+            "RMSE), larger, since the same rows move both models.")
 
 
 def per_merchant_section(results: Mapping[str, RunResult]) -> str:
@@ -200,7 +232,8 @@ def per_merchant_section(results: Mapping[str, RunResult]) -> str:
 def report(results: dict[str, RunResult], smallest: list[str], seconds: dict[str, float], command: str,
            references: Mapping[str, ReferenceResult] | None = None, references_note: str = "",
            seed_finals: Sequence[Mapping[str, Mapping[str, float]]] = (),
-           counts: Mapping[str, Mapping[str, tuple[int, int]]] | None = None) -> str:
+           counts: Mapping[str, Mapping[str, tuple[int, int]]] | None = None,
+           seed_predictions: Sequence[Predictions] = (), splits: Mapping[str, MerchantSplits] | None = None) -> str:
     tasks = results["federated"].tasks
     cols = metric_columns(tasks)
     rows = []
@@ -246,7 +279,7 @@ def report(results: dict[str, RunResult], smallest: list[str], seconds: dict[str
                 f"{references_note or 'settings chosen on validation'}. The linear reference is "
                 f"logistic regression for binary tasks and ridge for the rating; MF is the bias model plus "
                 f"p_u . q_i (benchmarks/references.py).\n\n"
-                f"{chosen_table(references, tasks)}\n\n{reference_sections(results, references, seed_finals, counts)}\n\n")
+                f"{chosen_table(references, tasks)}\n\n{reference_sections(results, references, seed_finals, counts, seed_predictions, splits)}\n\n")
     merchants = f"\n{per_merchant_section(results)}" if fed.merchant_rows else ""
     return (f"Command: `{command}`\n\n{table}\n\n{refs}{ratios}\n\n"
             f"Merchants with the least training data ({', '.join(smallest)}):\n\n{small}\n{merchants}")
@@ -297,12 +330,13 @@ def main(argv: list[str] | None = None) -> int:
                                                         else f"{seconds[mode]:.0f} s each"), flush=True)
         index = open_experiment(cfg, prepare=True).index
         smallest = [m.merchant_id for m in sorted(index.merchants, key=lambda m: m.n_train)[:SMALLEST]]
-        references, note, counts = None, "", None
+        references, note, counts, splits, seed_predictions = None, "", None, None, []
         if not args.no_references:
             start = time.perf_counter()
             splits, run_tasks, features = gather_splits(cfg)
             references, note = run_references(splits, run_tasks, features, seed=0), tuning_note(splits)
             counts = held_out_labels(splits, run_tasks)
+            seed_predictions = [run_predictions(out / "federated" / f"seed-{seed}", splits) for seed in range(args.seeds)]
             print(f"references: {time.perf_counter() - start:.0f} s", flush=True)
     except InputError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
@@ -312,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(["python -m benchmarks.quality", f"--seeds {args.seeds}", f"--out {args.out}",
                             *(["--no-references"] if args.no_references else []),
                             *(["--from-runs"] if args.from_runs else []), *args.overrides])
-    publish(report(results, smallest, seconds, command, references, note, seed_finals["federated"], counts), out)
+    publish(report(results, smallest, seconds, command, references, note, seed_finals["federated"], counts,
+                   seed_predictions, splits), out)
     plot_merchants(results, out / "merchants.png", {t: TASKS[t].metric_names for t in results["federated"].tasks})
     return 0
 

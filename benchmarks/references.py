@@ -452,6 +452,8 @@ class ReferenceResult:
     chosen: dict[str, str]                         # task -> the settings validation chose
     seconds: float = 0.0                           # fitting and tuning, all tasks
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    # merchant -> task -> its test split's predictions, every row (a model's paired comparison: make bench)
+    predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
 
 def id_columns(features: Sequence[str]) -> tuple[int, ...]:
@@ -502,15 +504,16 @@ def run_references(splits: Mapping[str, MerchantSplits], tasks: Sequence[Task], 
             chosen[name][task.name] = by_name[name].describe(link, settings_of[name]) or "-"
     results = {}
     for name in names:
-        per_merchant, counts = {}, {}
+        per_merchant, counts, predicted = {}, {}, {}
         fitted = predictors[name]
         scored = [t for t in tasks if t.name in fitted]
         for k, merchant in enumerate(merchants):
             test = splits[merchant].test
             predictions = {t.name: fitted[t.name](shard_rows(test, t, k, columns).ids) for t in scored}
             per_merchant[merchant], counts[merchant] = score(predictions, test, scored)
+            predicted[merchant] = predictions
         results[name] = ReferenceResult(name, combine_merchants(per_merchant, counts), per_merchant, chosen[name],
-                                        seconds[name], counts)
+                                        seconds[name], counts, predicted)
     return results
 
 

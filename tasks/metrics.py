@@ -65,6 +65,42 @@ def rmse_standard_error(rmse: float, n: int) -> float:
     return rmse / math.sqrt(2.0 * n) if n > 0 and math.isfinite(rmse) else math.nan
 
 
+def auc_difference_error(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """The sampling error of AUC(a) - AUC(b), two models' scores of the same rows with binary labels y
+    (DeLong et al., 1988: each positive's and negative's share of the pairs it wins, per model; ties
+    count half). Scored on the same rows, two models' AUCs move together with the test window, so
+    their difference varies far less than either (auc_standard_error); NaN where an AUC is undefined."""
+    from scipy.stats import rankdata
+    y = np.asarray(y) > 0.5
+    m, n = int(y.sum()), int((~y).sum())
+    if m < 2 or n < 2:
+        return math.nan
+
+    def components(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.asarray(scores, np.float64)
+        ranks = rankdata(scores)
+        wins_of_positives = (ranks[y] - rankdata(scores[y])) / n   # negatives each positive beats
+        losses_of_negatives = (ranks[~y] - rankdata(scores[~y])) / m  # positives each negative beats
+        return wins_of_positives, 1.0 - losses_of_negatives
+
+    positives_a, negatives_a = components(a)
+    positives_b, negatives_b = components(b)
+    variance = np.var(positives_a - positives_b, ddof=1) / m + np.var(negatives_a - negatives_b, ddof=1) / n
+    return math.sqrt(max(float(variance), 0.0))
+
+
+def rmse_difference_error(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """The sampling error of RMSE(a) - RMSE(b) on the same rows (delta method on the rows' squared
+    errors: RMSE's derivative in the mean squared error is 1 / (2 RMSE)); NaN under two rows."""
+    if len(y) < 2:
+        return math.nan
+    squared_a, squared_b = (np.asarray(y, np.float64) - a) ** 2, (np.asarray(y, np.float64) - b) ** 2
+    rmse_a, rmse_b = math.sqrt(squared_a.mean()), math.sqrt(squared_b.mean())
+    if rmse_a == 0 or rmse_b == 0:
+        return math.nan
+    return float(np.std(squared_a / (2 * rmse_a) - squared_b / (2 * rmse_b), ddof=1) / math.sqrt(len(y)))
+
+
 def combined_standard_error(per_merchant: Mapping[str, tuple[float, int]]) -> float:
     """The standard error of combine_merchants' mean from each merchant's (standard error, test labels),
     merchants independent; undefined ones are left out, as combine_merchants leaves out their metric."""

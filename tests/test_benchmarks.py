@@ -60,7 +60,7 @@ def test_quality_report_shows_the_references_and_the_verdict(tiny_cfg):
     for t in names:
         metric = "rmse" if t == "rating" else "auc"
         assert f"- {t} {metric}: best is federated (" in text and "; best reference: " in text
-    verdict = text.split("| task | federated | per seed | best reference | margin | test-split error |")[1].split("\n\n")[0]
+    verdict = text.split("| task | federated | per seed | best reference | margin | paired error | test-split error |")[1].split("\n\n")[0]
     assert verdict.count("| yes |") == len(names) and "NO" not in verdict
     for t in names:
         row = next(line for line in verdict.splitlines() if line.startswith(f"| {t} "))
@@ -75,15 +75,49 @@ def test_quality_report_shows_the_references_and_the_verdict(tiny_cfg):
         n = {m: c[t][0] for m, c in counts.items()}
         if metric == "rmse":
             expected = math.sqrt(sum((k * 0.1 / math.sqrt(2 * k)) ** 2 for k in n.values() if k)) / sum(n.values())
-            assert float(cells[5]) == pytest.approx(expected, abs=1e-4)
+            assert float(cells[6]) == pytest.approx(expected, abs=1e-4)
         else:
-            assert 0 < float(cells[5]) < 0.1
+            assert 0 < float(cells[6]) < 0.1
+        assert cells[5] == "-"  # no predictions given: no paired error
 
     worse = {**results, "federated": fake("federated", 0.3, 9.0)}
     verdict = report(worse, merchants[:2], {m: 1.0 for m in results}, "make bench", references
-                     ).split("| task | federated | per seed | best reference | margin | test-split error |")[1].split("\n\n")[0]
-    assert verdict.count("| NO |") == len(names) and verdict.count("| - |") >= 2 * len(names)  # no seeds, no counts
-    assert all(float(line.split("|")[5]) < 0 for line in verdict.splitlines()[2:])  # behind: negative margins
+                     ).split("| task | federated | per seed | best reference | margin | paired error | test-split error |")[1].split("\n\n")[0]
+    assert verdict.count("| NO |") == len(names)
+    for line in verdict.splitlines()[2:]:
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        assert float(cells[4]) < 0  # behind: a negative margin
+        assert cells[2] == cells[5] == cells[6] == "-"  # no seeds, no predictions, no counts
+
+
+def test_the_paired_error_compares_a_real_runs_kept_model_with_a_reference_on_the_same_rows(tiny_cfg, tiny_runs):
+    """run_predictions scores the test splits with the run's saved model: the same metrics the run
+    reported; the margin's paired error is 0 against itself and, against a reference, below one
+    model's own test-split error."""
+    import numpy as np
+
+    from benchmarks.quality import held_out_labels, paired_error, run_predictions, sampling_error
+    from benchmarks.references import gather_splits, run_references
+    from server_app.outputs import read_metrics_document
+    from tasks.metrics import combine_merchants
+    from tasks.training import score
+
+    splits, tasks, features = gather_splits(tiny_cfg("data.val_fraction=0.2", "ranking.enabled=false"))
+    for mode in ("centralized", "local"):
+        stored = read_metrics_document(tiny_runs[mode] / "metrics.json")
+        predictions = run_predictions(tiny_runs[mode], splits)
+        rescored = {m: score(predictions[m], splits[m].test, tasks) for m in splits}
+        final = combine_merchants({m: r[0] for m, r in rescored.items()}, {m: r[1] for m, r in rescored.items()})
+        for t in tasks:
+            for metric, value in final[t.name].items():
+                assert value == pytest.approx(stored.final[t.name][metric], abs=1e-4), (mode, t.name, metric)
+    bias = run_references(splits, tasks, features, names=["bias model"])["bias model"]
+    counts = held_out_labels(splits, tasks)
+    for t in tasks:
+        metric = t.metric_names[0]
+        assert paired_error(t.name, metric, predictions, predictions, splits) == 0.0
+        error = paired_error(t.name, metric, predictions, bias.predictions, splits)
+        assert np.isfinite(error) and 0 < error < sampling_error(t.name, metric, stored.per_merchant, counts)
 
 
 def test_scoring_bench_scores_every_row_in_each_format(tiny_runs, tmp_path):
