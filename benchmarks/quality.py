@@ -156,6 +156,15 @@ def paired_error(task: str, metric: str, a: Predictions, b: Predictions, splits:
     return combined_standard_error(errors)
 
 
+TIE_PAIRED_ERRORS = 2.0  # a margin within this many paired errors could flip on another test window
+
+
+def is_tie(margin: float, paired: float | None) -> bool:
+    """Whether a margin is within TIE_PAIRED_ERRORS of its paired error: the verdict's sign is then not
+    something the test split can tell (false where there is no paired error)."""
+    return paired is not None and abs(margin) < TIE_PAIRED_ERRORS * paired
+
+
 def reference_sections(results: dict[str, RunResult], references: Mapping[str, ReferenceResult],
                        seed_finals: Sequence[Mapping[str, Mapping[str, float]]] = (),
                        counts: Mapping[str, Mapping[str, tuple[int, int]]] | None = None,
@@ -192,7 +201,7 @@ def reference_sections(results: dict[str, RunResult], references: Mapping[str, R
         paired_mean = float(np.mean(paired)) if paired and all(math.isfinite(e) for e in paired) else None
         rows.append([f"{t} {m}", fmt(f), per_seed, f"{best_ref[0]} ({best_ref[1]:.4f})", f"{margin:+.4f}",
                      fmt(paired_mean), fmt(error if math.isfinite(error) else None), fmt(fed_ll), fmt(base_ll),
-                     "yes" if beats else "NO"])
+                     ("yes" if beats else "NO") + (" (a tie)" if is_tie(margin, paired_mean) else "")])
     verdict = markdown(["task", "federated", "per seed", "best reference", "margin", "paired error", "test-split error",
                         "federated logloss", "base-rate logloss", "federated beats every reference"], rows)
     return ("Best per task (mean over seeds for the modes):\n\n" + "\n".join(lines) + "\n\n"
@@ -201,7 +210,7 @@ def reference_sections(results: dict[str, RunResult], references: Mapping[str, R
             "Margin: how far federated is ahead of the best reference (negative: behind). Paired error: the "
             "sampling error of the margin itself, both scored on the same test rows (DeLong for an AUC, the "
             "delta method for an RMSE; merchants combined like the metric; mean over seeds): a margin within "
-            "about two of it is a tie that another test window could reverse. Test-split error: the sampling "
+            "two of it is marked a tie, which another test window could reverse. Test-split error: the sampling "
             "error of one model's metric on these rows (Hanley-McNeil for an AUC, RMSE / sqrt(2n) for an "
             "RMSE), larger, since the same rows move both models.")
 

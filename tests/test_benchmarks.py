@@ -96,7 +96,7 @@ def test_the_paired_error_compares_a_real_runs_kept_model_with_a_reference_on_th
     model's own test-split error."""
     import numpy as np
 
-    from benchmarks.quality import held_out_labels, paired_error, run_predictions, sampling_error
+    from benchmarks.quality import held_out_labels, is_tie, paired_error, run_predictions, sampling_error
     from benchmarks.references import gather_splits, run_references
     from server_app.outputs import read_metrics_document
     from tasks.metrics import combine_merchants
@@ -118,6 +118,7 @@ def test_the_paired_error_compares_a_real_runs_kept_model_with_a_reference_on_th
         assert paired_error(t.name, metric, predictions, predictions, splits) == 0.0
         error = paired_error(t.name, metric, predictions, bias.predictions, splits)
         assert np.isfinite(error) and 0 < error < sampling_error(t.name, metric, stored.per_merchant, counts)
+        assert is_tie(-1.5 * error, error) and not is_tie(2.5 * error, error) and not is_tie(0.0, None)
 
 
 def test_scoring_bench_scores_every_row_in_each_format(tiny_runs, tmp_path):
