@@ -145,13 +145,13 @@ def run_predictions(run_dir: Path, splits: Mapping[str, MerchantSplits]) -> Pred
 def paired_error(task: str, metric: str, a: Predictions, b: Predictions, splits: Mapping[str, MerchantSplits]) -> float:
     """The sampling error of the difference between two models' headline metric on the same test rows
     (tasks/metrics.py: DeLong for an AUC, the delta method for an RMSE), merchants combined like the metric."""
+    difference_error = auc_difference_error if metric == "auc" else rmse_difference_error
     errors = {}
     for merchant, split in splits.items():
         if task not in a.get(merchant, {}) or task not in b.get(merchant, {}):
             continue
         y = task_labels(split.test, [TASKS[task]])[task]
         rows = np.isfinite(y)
-        difference_error = auc_difference_error if metric == "auc" else rmse_difference_error
         errors[merchant] = (difference_error(y[rows], a[merchant][task][rows], b[merchant][task][rows]), int(rows.sum()))
     return combined_standard_error(errors)
 
@@ -345,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
             splits, run_tasks, features = gather_splits(cfg)
             references, note = run_references(splits, run_tasks, features, seed=0), tuning_note(splits)
             counts = held_out_labels(splits, run_tasks)
-            seed_predictions = [run_predictions(out / "federated" / f"seed-{seed}", splits) for seed in range(args.seeds)]
             print(f"references: {time.perf_counter() - start:.0f} s", flush=True)
+            seed_predictions = [run_predictions(out / "federated" / f"seed-{seed}", splits) for seed in range(args.seeds)]
     except InputError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
