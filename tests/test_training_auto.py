@@ -17,9 +17,9 @@ def test_the_defaults_are_auto():
     (["purchase", "click"], True, 0.5, 0),
     (["click"], True, 0.5, 0),
     (["rating", "purchase", "click"], False, 0.0, 1),
-    (["rating"], False, 0.0, 1),
+    (["rating"], True, 0.0, 1),  # ratings alone: the kept state, not the rest
 ])
-def test_auto_keeps_the_optimizer_state_averages_rounds_and_trains_deep_from_round_1_only_without_a_rating_task(
+def test_auto_keeps_the_optimizer_state_unless_ratings_mix_with_binary_tasks_and_averages_rounds_and_trains_deep_from_round_1_only_without_a_rating_task(
         tasks, keep, decay, wide):
     train = resolved_training({"keep_optimizer_state": "auto", "average_decay": "auto", "wide_rounds": "auto",
                                "lr": 0.05}, [TASKS[t] for t in tasks])
@@ -33,7 +33,8 @@ def test_explicit_settings_are_kept_whatever_the_tasks():
         == {"keep_optimizer_state": True, "average_decay": 0.0, "wide_rounds": 0}
 
 
-@pytest.mark.parametrize("overrides, keep, decay, wide", [([], False, 0.0, 1), (["tasks=[purchase,click]"], True, 0.5, 0)])
+@pytest.mark.parametrize("overrides, keep, decay, wide", [([], False, 0.0, 1), (["tasks=[purchase,click]"], True, 0.5, 0),
+                                                         (["tasks=[rating]"], True, 0.0, 1)])
 def test_the_experiment_every_side_builds_carries_the_resolved_settings(tiny_cfg, overrides, keep, decay, wide):
     experiment = open_experiment(tiny_cfg(*overrides))
     assert experiment.cfg["train"]["keep_optimizer_state"] is keep
