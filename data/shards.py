@@ -21,8 +21,8 @@ from core.errors import InputError
 from data.cache import written_atomically
 from data.features import MISSING, FeatureColumns, FeatureSpec, feature_columns, numerical_scale, pack_numerical
 from data.loading import apply_column_mapping, column_mapping, read_table, source_columns
-from data.schema import (ID_COLUMNS, LABEL_COLUMNS, MERCHANT, ORACLE_COLUMNS, TIMESTAMP, blank_cells,
-                         clean_interactions)
+from data.schema import (BINARY_LABELS, ID_COLUMNS, LABEL_COLUMNS, MERCHANT, ORACLE_COLUMNS, TIMESTAMP,
+                         blank_cells, clean_interactions)
 from data.splits import split_fractions, split_positions
 from data.summary import SPLITS, DataSummary, LabelMoments
 
@@ -188,6 +188,22 @@ def cold_counts(train: np.ndarray, val: np.ndarray, hashed: list[str]) -> dict[s
     return {name: int(np.isin(val[:, j], train[:, j], invert=True).sum()) for j, name in enumerate(hashed)}
 
 
+ONE_CLASS_LABELS = ("keep", "drop")
+
+
+def one_class_setting(data_cfg: Mapping[str, Any]) -> str:
+    setting = str(data_cfg.get("one_class_labels", "keep"))
+    if setting not in ONE_CLASS_LABELS:
+        raise InputError(f"data.one_class_labels must be one of {', '.join(ONE_CLASS_LABELS)}, got {setting!r}")
+    return setting
+
+
+def one_class_columns(train: pd.DataFrame) -> list[str]:
+    """The binary label columns whose train labels are all one class (a merchant that never records a
+    purchase): they carry the merchant's level only (data.one_class_labels)."""
+    return [c for c in BINARY_LABELS if c in train.columns and train[c].notna().any() and train[c].nunique() == 1]
+
+
 def merchant_cache_dir(path: Path, data_cfg: Mapping[str, Any], merchant_id: str | None) -> Path:
     """Keyed by the file's fingerprint and every data setting that changes the splits or the hashing."""
     stat = path.stat()
@@ -197,7 +213,7 @@ def merchant_cache_dir(path: Path, data_cfg: Mapping[str, Any], merchant_id: str
         "columns": column_mapping(data_cfg), "on_bad_rows": data_cfg.get("on_bad_rows", "fail"),
         "test_fraction": data_cfg["test_fraction"], "val_fraction": data_cfg["val_fraction"],
         "split_seed": data_cfg["split_seed"], "min_rows_per_merchant": data_cfg["min_rows_per_merchant"],
-        "format": CACHE_FORMAT,
+        "one_class_labels": one_class_setting(data_cfg), "format": CACHE_FORMAT,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(data_cfg["cache_dir"]).expanduser().resolve() / "merchants" / digest
@@ -279,6 +295,11 @@ def prepare_merchant(path: str | Path, data_cfg: Mapping[str, Any], merchant_id:
     stamps = df[TIMESTAMP].to_numpy() if TIMESTAMP in df.columns else None
     parts = dict(zip(SPLITS, split_positions(len(df), *split_fractions(data_cfg),
                                              int(data_cfg["split_seed"]) + merchant_seed(merchant), stamps)))
+    if one_class_setting(data_cfg) == "drop":
+        trained = np.zeros(len(df), bool)
+        trained[np.concatenate([parts["train"], parts["val"]])] = True
+        for column in one_class_columns(df.iloc[parts["train"]]):
+            df[column] = df[column].mask(trained)  # NaN: no label
     encoded = hash_columns(df, data_cfg)
     bias_only = hash_columns(df, data_cfg, columns.bias_only)
     labels = [c for c in LABEL_COLUMNS if c in df.columns]

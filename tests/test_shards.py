@@ -88,6 +88,37 @@ def test_the_summary_counts_validation_rows_with_a_value_train_never_saw(tmp_pat
     assert DataSummary.from_flat(prepared.summary.to_flat()) == prepared.summary
 
 
+@pytest.mark.parametrize("setting", ["keep", "drop"])
+def test_a_binary_label_of_one_class_in_train_counts_as_absent_in_train_and_validation_under_drop(
+        tmp_path, tiny_cfg, setting):
+    """A shop that never records a purchase in its train rows: under drop its purchase labels train
+    nothing and choose nothing, while its clicks (both classes) and its test purchases stay."""
+    n = 40
+    frame = pd.DataFrame({"merchant_id": ["a"] * n, "timestamp": range(n), "user_id": range(n), "item_id": ["x"] * n,
+                          "purchase": [0] * 32 + [1, 0] * 4, "click": [1, 0] * (n // 2)})
+    frame.to_csv(tmp_path / "a.csv", index=False)
+    prepared = prepare_merchant(tmp_path / "a.csv", data_cfg(tiny_cfg, "data.val_fraction=0.25",
+                                                             f"data.one_class_labels={setting}"))
+    summary = prepared.summary
+    assert summary.rows == {"train": 24, "val": 8, "test": 8}
+    train, val, test = (prepared.shard(split) for split in ("train", "val", "test"))
+    dropped = setting == "drop"
+    assert summary.labels["train"]["purchase"] == (0 if dropped else 24)
+    assert summary.labels["val"]["purchase"] == (0 if dropped else 8)
+    assert np.isnan(train.labels["purchase"]).all() == dropped and np.isnan(val.labels["purchase"]).all() == dropped
+    assert ("purchase" in summary.train_moments) != dropped  # the base rate ignores this merchant's zeros
+    np.testing.assert_array_equal(test.labels["purchase"], [1, 0] * 4)  # test is scored as it is
+    assert summary.labels["train"]["click"] == 24 and "purchase" in summary.label_columns
+
+
+def test_one_class_labels_takes_keep_or_drop_only(tmp_path, tiny_cfg):
+    path = write_table(tmp_path / "a.csv", merchants=("a",) * 6)
+    assert merchant_cache_dir(path, data_cfg(tiny_cfg, "data.one_class_labels=drop"), None) != \
+        merchant_cache_dir(path, data_cfg(tiny_cfg), None)
+    with pytest.raises(InputError, match="data.one_class_labels must be one of keep, drop, got 'dorp'"):
+        prepare_merchant(path, data_cfg(tiny_cfg, "data.one_class_labels=dorp"))
+
+
 def test_cache_follows_the_file_and_the_data_settings(tmp_path, tiny_cfg):
     path = write_table(tmp_path / "a.csv", merchants=("a",) * 6)
     first = merchant_cache_dir(path, data_cfg(tiny_cfg), None)
