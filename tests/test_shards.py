@@ -114,7 +114,8 @@ def test_a_binary_label_of_one_class_in_train_counts_as_absent_in_train_and_vali
 def test_one_class_labels_takes_keep_or_drop_only(tmp_path, tiny_cfg):
     path = write_table(tmp_path / "a.csv", merchants=("a",) * 6)
     assert merchant_cache_dir(path, data_cfg(tiny_cfg, "data.one_class_labels=drop"), None) != \
-        merchant_cache_dir(path, data_cfg(tiny_cfg), None)
+        merchant_cache_dir(path, data_cfg(tiny_cfg, "data.one_class_labels=keep"), None)
+    assert data_cfg(tiny_cfg)["one_class_labels"] == "drop"  # the default
     with pytest.raises(InputError, match="data.one_class_labels must be one of keep, drop, got 'dorp'"):
         prepare_merchant(path, data_cfg(tiny_cfg, "data.one_class_labels=dorp"))
 
