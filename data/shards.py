@@ -201,7 +201,7 @@ def one_class_setting(data_cfg: Mapping[str, Any]) -> str:
 def one_class_columns(train: pd.DataFrame) -> list[str]:
     """The binary label columns whose train labels are all one class (a merchant that never records a
     purchase): they carry the merchant's level only (data.one_class_labels)."""
-    return [c for c in BINARY_LABELS if c in train.columns and train[c].notna().any() and train[c].nunique() == 1]
+    return [c for c in BINARY_LABELS if c in train.columns and train[c].nunique() == 1]  # nunique skips NaN
 
 
 def merchant_cache_dir(path: Path, data_cfg: Mapping[str, Any], merchant_id: str | None) -> Path:

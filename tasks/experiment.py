@@ -151,7 +151,8 @@ class Experiment:
 # for training the deep part from round 1 (wide_rounds 0): without ratings it lifted federated purchase
 # AUC on synthetic_events (0.6012 -> 0.6230), synthetic_60k's rows (0.7150 -> 0.7220) and
 # synthetic_sparse's (3 seeds each), with ratings it lost on every preset (seed 0).
-# train.keep_optimizer_state=auto is true also where every task is a rating: what the kept state cost
+# train.keep_optimizer_state=auto is false only where a rating task trains beside binary ones, so true
+# also where every task is a rating: what the kept state cost
 # with ratings was the binary heads' AUC beside them (synthetic_sparse), while alone the federated
 # rating deep part stalls at the bias model without it (a movie-like log of 21 merchants: RMSE 1.0006
 # against MF's 0.9964; kept: 0.9963; synthetic_60k's ratings alone 1.0424 -> 1.0335, MF 1.0357; seed 0,
@@ -163,10 +164,10 @@ class Experiment:
 # best round 2-3x sooner and then overfits, so 10 rounds played to the last (the synthetic default,
 # no validation split) end past the peak (purchase AUC 0.772 against 0.799). Elsewhere it won on
 # every preset and table measured (README; tasks/embedding_newton.py).
-AUTO_BY_RATING_TASK = {"keep_optimizer_state": (True, False), "average_decay": (0.5, 0.0), "wide_rounds": (0, 1)}
+AUTO_BY_RATING_TASK = {"average_decay": (0.5, 0.0), "wide_rounds": (0, 1)}
 
 
-AUTO_SETTINGS = (*AUTO_BY_RATING_TASK, "embedding_newton")
+AUTO_SETTINGS = (*AUTO_BY_RATING_TASK, "keep_optimizer_state", "embedding_newton")
 
 
 def check_auto_settings(train_cfg: Mapping[str, Any]) -> None:
@@ -188,13 +189,12 @@ def resolved_training(train_cfg: Mapping[str, Any], tasks: list[Task], drops_ids
     since every side knows the plan and the config."""
     check_auto_settings(train_cfg)
     with_rating = any(t.kind != "binary" for t in tasks)
-    ratings_only = all(t.kind != "binary" for t in tasks)
     resolved = dict(train_cfg)
     for key, (without, with_) in AUTO_BY_RATING_TASK.items():
         if str(resolved.get(key)) == "auto":
             resolved[key] = with_ if with_rating else without
-    if str(train_cfg.get("keep_optimizer_state")) == "auto" and ratings_only:
-        resolved["keep_optimizer_state"] = True
+    if str(resolved.get("keep_optimizer_state")) == "auto":
+        resolved["keep_optimizer_state"] = not (with_rating and any(t.kind == "binary" for t in tasks))
     if str(resolved.get("embedding_newton", False)) == "auto":
         resolved["embedding_newton"] = not drops_ids and keeps_best_round and newton_fit(resolved)
     return resolved
