@@ -28,8 +28,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from benchmarks.references import (MerchantSplits, ReferenceResult, chosen_table, gather_splits, run_references,
-                                   tuning_note)
+from benchmarks.references import (MerchantSplits, ReferenceResult, chosen_table, gather_splits, refits,
+                                   run_references, tuning_note)
 from benchmarks.report import make_command, markdown, publish
 from core.config import compose_config, to_plain
 from core.errors import InputError
@@ -343,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_references:
             start = time.perf_counter()
             splits, run_tasks, features = gather_splits(cfg)
-            references, note = run_references(splits, run_tasks, features, seed=0), tuning_note(splits)
+            refit = refits(cfg, splits)
+            references = run_references(splits, run_tasks, features, seed=0, refit=refit)
+            note = tuning_note(splits, refit)
             counts = held_out_labels(splits, run_tasks)
             print(f"references: {time.perf_counter() - start:.0f} s", flush=True)
             seed_predictions = [run_predictions(out / "federated" / f"seed-{seed}", splits) for seed in range(args.seeds)]

@@ -417,25 +417,29 @@ def tune(reference: Reference, train: Rows, val: Rows, link: str, seed: int = 0,
 
 
 def fit_reference(reference: Reference, train: Rows, val: Rows, link: str, seed: int = 0,
-                  base: Mapping[str, Any] = {}) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
+                  base: Mapping[str, Any] = {}, refit: bool = False) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
     """A predictor (raw ids -> label-space predictions) and the chosen settings.
 
     With no validation rows, tune on a seeded HOLDOUT share of train, then refit on all of train; a
-    reference with nothing to tune (a single setting) just fits on train."""
+    reference with nothing to tune (a single setting) just fits. `refit`: the validation rows join
+    the fit once the settings are chosen on them (the run's models refit their biases so:
+    refit_biases), else they only tune."""
     grid = reference.grid(link)
+    every = Rows.concat([train, val]) if refit else train
     if len(grid) == 1 and not reference.builds_on:
-        vocab = Vocabulary.fit(train.ids)
-        model, settings = reference.fit(vocab.encode(train.ids), vocab.sizes, train.y, link, {**base, **grid[0]},
+        vocab = Vocabulary.fit(every.ids)
+        model, settings = reference.fit(vocab.encode(every.ids), vocab.sizes, every.y, link, {**base, **grid[0]},
                                         seed=seed)
-    elif len(val) == 0:
-        order = np.random.default_rng(seed).permutation(len(train))
-        n_out = max(1, int(round(HOLDOUT * len(train))))
-        if len(train) < 2:
-            raise InputError("the references need at least 2 labelled train rows per task")
-        _, _, settings, _ = tune(reference, train.take(np.sort(order[n_out:])), train.take(np.sort(order[:n_out])),
-                                 link, seed, base)
-        vocab = Vocabulary.fit(train.ids)
-        model, settings = reference.fit(vocab.encode(train.ids), vocab.sizes, train.y, link, settings, seed=seed)
+    elif len(val) == 0 or refit:
+        if len(val) == 0:
+            if len(train) < 2:
+                raise InputError("the references need at least 2 labelled train rows per task")
+            order = np.random.default_rng(seed).permutation(len(train))
+            n_out = max(1, int(round(HOLDOUT * len(train))))
+            train, val = train.take(np.sort(order[n_out:])), train.take(np.sort(order[:n_out]))
+        _, _, settings, _ = tune(reference, train, val, link, seed, base)
+        vocab = Vocabulary.fit(every.ids)
+        model, settings = reference.fit(vocab.encode(every.ids), vocab.sizes, every.y, link, settings, seed=seed)
     else:
         model, vocab, settings, _ = tune(reference, train, val, link, seed, base)
     return (lambda ids: reference.predict(model, vocab.encode(ids))), settings
@@ -467,9 +471,10 @@ def id_columns(features: Sequence[str]) -> tuple[int, ...]:
 
 
 def run_references(splits: Mapping[str, MerchantSplits], tasks: Sequence[Task], features: Sequence[str],
-                   seed: int = 0, names: Sequence[str] = NAMES) -> dict[str, ReferenceResult]:
+                   seed: int = 0, names: Sequence[str] = NAMES, refit: bool = False) -> dict[str, ReferenceResult]:
     """Every reference (or those in `names`) fitted pooled per task, scored per merchant on its own test
-    split and combined like the models' metrics."""
+    split and combined like the models' metrics; `refit`: fitted on train and validation once tuned
+    (fit_reference)."""
     columns = id_columns(features)
     merchants = list(splits)
     by_name = {r.name: r for r in REFERENCES}
@@ -494,7 +499,8 @@ def run_references(splits: Mapping[str, MerchantSplits], tasks: Sequence[Task], 
                 if reference.builds_on not in settings_of:
                     fit(reference.builds_on)
                 base = settings_of[reference.builds_on]
-            predictor, settings_of[name] = fit_reference(reference, pooled["train"], pooled["val"], link, seed, base)
+            predictor, settings_of[name] = fit_reference(reference, pooled["train"], pooled["val"], link, seed, base,
+                                                          refit)
             return predictor
 
         for name in sorted(names, key=NAMES.index):
@@ -527,9 +533,20 @@ def gather_splits(cfg: Mapping[str, Any]) -> tuple[dict[str, MerchantSplits], li
     return splits, experiment.tasks, feature_columns(experiment.cfg["data"]).hashed
 
 
-def tuning_note(splits: Mapping[str, MerchantSplits]) -> str:
+def refits(cfg: Mapping[str, Any], splits: Mapping[str, MerchantSplits]) -> bool:
+    """Whether the run's models refit their biases on the validation rows once the round is chosen
+    (refit_biases): the references then fit on them too once tuned, so both use the same rows."""
+    from tasks.experiment import bias_refit_steps
+    from tasks.selection import resolve_rule
+    rule = resolve_rule(str(cfg["select_round"]), sum(len(s.val) for s in splits.values()))
+    return bias_refit_steps({**cfg, "select_round": rule}) > 0
+
+
+def tuning_note(splits: Mapping[str, MerchantSplits], refit: bool = False) -> str:
     if any(len(s.val) for s in splits.values()):
-        return "settings chosen on the validation split, fitted on the train split"
+        return ("settings chosen on the validation split, then fitted on the train and validation splits "
+                "together, as the models' biases are refitted (refit_biases)" if refit else
+                "settings chosen on the validation split, fitted on the train split")
     return (f"no validation split (data.val_fraction=0): settings chosen on a seeded {HOLDOUT:.0%} holdout of "
             "the pooled train rows, then refitted on all of them")
 
@@ -565,12 +582,13 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         splits, tasks, features = gather_splits(cfg)
         loaded = time.perf_counter() - start
-        results = run_references(splits, tasks, features, seed=int(cfg["seed"]))
+        refit = refits(cfg, splits)
+        results = run_references(splits, tasks, features, seed=int(cfg["seed"]), refit=refit)
     except InputError as exc:
         print(f"references: error: {exc}", file=sys.stderr)
         return 2
     print(table(results, tasks))
-    print(f"{len(splits)} merchants; {tuning_note(splits)}")
+    print(f"{len(splits)} merchants; {tuning_note(splits, refit)}")
     print(f"shards read in {loaded:.1f} s, references fitted and scored in {time.perf_counter() - start - loaded:.1f} s")
     return 0
 

@@ -11,7 +11,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from client_app.identity import identify_reply
-from client_app.merchant import curvature_reply, evaluate_reply, setup_reply, train_reply
+from client_app.merchant import curvature_reply, evaluate_reply, refit_reply, setup_reply, train_reply
 from client_app.secure_aggregation import is_secure_round, secure_aggregation_mod, secure_train_reply
 from core import protocol
 from core.config import config_from_run_config
@@ -44,6 +44,10 @@ def make_client_app(config_of: Callable[[Context], dict],
     @app.query(protocol.CURVATURE)  # its train rows' sums at the averaged model (train.embedding_newton)
     def curvature(msg: Message, context: Context) -> Message:
         return answer(curvature_reply, msg, context)
+
+    @app.query(protocol.REFIT)  # its train and validation rows' bias sums at the finished model (refit_biases)
+    def refit(msg: Message, context: Context) -> Message:
+        return answer(refit_reply, msg, context)
 
     @app.query()  # its data's aggregates, when a round first addresses it
     def setup(msg: Message, context: Context) -> Message:

@@ -30,7 +30,7 @@ from tasks.ranking import evaluate_merchant
 from tasks.registry import resolve_tasks
 from tasks.state import joint_parameters, joint_state, load_joint_state
 from tasks.training import make_optimizer, oracle_score, proximal_mu, shuffle_seed, trained_rows
-from tasks.wide import averaged_by_rows, newton_fitted, train_round
+from tasks.wide import WideStats, averaged_by_rows, newton_fitted, refit_statistics, train_round
 from tasks.weighting import LossWeighting
 
 
@@ -119,8 +119,7 @@ def train_content(request: RecordDict, node_config: Mapping[str, Any], manifest:
     content = RecordDict({protocol.METRICS: MetricRecord(metrics),
                           protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: data.merchant_id})})
     if wide:  # only sums per bias row: the server adds them and takes the Newton step
-        content[protocol.WIDE_STATS] = ArrayRecord(
-            {name: Array(np.stack([ids.astype(np.float64), g, h])) for name, (ids, g, h) in wide.items()})
+        content[protocol.WIDE_STATS] = wide_stats_record(wide)
     rows = {}
     tables = averaged_by_rows(model, cfg)
     if tables:
@@ -175,6 +174,25 @@ def curvature_reply(msg: Message, node_config: Mapping[str, Any], manifest: str 
         protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: data.merchant_id}),
         protocol.EMBEDDING_STATS: ArrayRecord({name: Array(value) for name, value in pack_statistics(stats).items()}),
     }), reply_to=msg)
+
+
+def refit_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | None,
+                cfg: Mapping[str, Any]) -> Message:
+    """The sums per bias row of this merchant's train and validation rows at the finished model sent:
+    the server adds every merchant's and refits the per-id biases (refit_biases, tasks/experiment.py)."""
+    experiment = _experiment(msg.content, cfg)
+    data = node_data(node_config, manifest, experiment.cfg)
+    model, _ = _trainable_from(msg.content, experiment)
+    stats = refit_statistics(model, [data.shard("train"), data.shard("val")], experiment.tasks, experiment.device)
+    return Message(RecordDict({
+        protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: data.merchant_id}),
+        protocol.WIDE_STATS: wide_stats_record(stats),
+    }), reply_to=msg)
+
+
+def wide_stats_record(stats: WideStats) -> ArrayRecord:
+    """Bias statistics as they travel: per table its row ids, gradient and curvature sums stacked."""
+    return ArrayRecord({name: Array(np.stack([ids.astype(np.float64), g, h])) for name, (ids, g, h) in stats.items()})
 
 
 def evaluate_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 from dataclasses import asdict
 from logging import INFO
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from flwr.common.logger import log
@@ -27,7 +27,8 @@ from tasks.ranking import Scores, evaluate_merchant, wants_ranking
 from tasks.selection import RoundKeeper, resolve_rule, selection_loss
 from tasks.state import load_joint_state
 from tasks.training import make_optimizer, oracle_score, shuffle_seed
-from tasks.wide import apply_newton, first_deep_round, named_priors, train_round
+from tasks.weighting import LossWeighting
+from tasks.wide import WideStats, apply_newton, first_deep_round, named_priors, refit_statistics, train_round
 
 Scored = tuple[dict[str, Metrics], dict[str, dict[str, Metrics]]]  # (merchants combined, per merchant)
 
@@ -94,6 +95,15 @@ def refit_after_round(model: MultiTaskModel, shard: Shard, experiment: Experimen
         refit_embeddings(model, shard, experiment.tasks, train_cfg, experiment.device)
 
 
+def statistics_at(model: MultiTaskModel, weighting: LossWeighting, shards: Sequence[Shard], experiment: Experiment
+                  ) -> Callable[[dict[str, torch.Tensor]], WideStats]:
+    """Experiment.refit_biases' statistics: these shards' refit statistics at a state, loaded into `model`."""
+    def statistics(state: dict[str, torch.Tensor]) -> WideStats:
+        load_joint_state(model, weighting, state)
+        return refit_statistics(model, shards, experiment.tasks, experiment.device)
+    return statistics
+
+
 def run_centralized(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, Shard]], progress: RunProgress
                     ) -> RunResult:
     cfg, train_cfg = experiment.cfg, experiment.cfg["train"]
@@ -131,10 +141,12 @@ def run_centralized(experiment: Experiment, splits: Mapping[str, tuple[Shard, Sh
 
     kept, prior_heads, calibration = experiment.finish(kept, {r.round: r.validation for r in rounds}, keeper.round,
                                                        measure)
+    kept, refit_steps = experiment.refit_biases(kept, prior_heads, statistics_at(
+        model, weighting, [pooled, Shard.concat([splits[m][2] for m in merchants])], experiment))
     load_joint_state(model, weighting, kept)
     (final, per_merchant), _ = evaluate_merchants(same_model, splits, experiment, final=True)
     return RunResult("centralized", experiment.task_names, rounds, final, per_merchant, keeper.round, kept,
-                     dict(cfg), prior_heads=prior_heads, calibration=calibration)
+                     dict(cfg), prior_heads=prior_heads, calibration=calibration, refit_steps=refit_steps)
 
 
 def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, Shard]], progress: RunProgress
@@ -181,17 +193,19 @@ def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, S
         if all(keepers[m].stop for m in merchants):
             break
     kept = {m: keepers[m].state for m in merchants}
-    prior_heads, calibration = {}, {}
+    prior_heads, calibration, refit_steps = {}, {}, {}
     for m in merchants:  # each merchant's model finished on its own validation rows
         def measure(candidate: dict[str, torch.Tensor], m: str = m) -> dict[str, Metrics]:
             load_joint_state(models[m], weightings[m], candidate)
             return evaluate_merchants({m: models[m]}, {m: splits[m]}, experiment)[1][1][m]
 
         kept[m], heads, steps = experiment.finish(kept[m], dict(enumerate(validations[m])), keepers[m].round, measure)
+        kept[m], refit_steps[m] = experiment.refit_biases(kept[m], heads, statistics_at(
+            models[m], weightings[m], [trains[m], splits[m][2]], experiment))
         prior_heads.update({m: heads} if heads else {})
         calibration.update({m: steps} if steps else {})
         load_joint_state(models[m], weightings[m], kept[m])
     (final, per_merchant), _ = evaluate_merchants(models, splits, experiment, final=True)
     return RunResult("local", experiment.task_names, rounds, final, per_merchant,
                      {m: keepers[m].round for m in merchants}, kept, dict(cfg), prior_heads=prior_heads,
-                     calibration=calibration)
+                     calibration=calibration, refit_steps=max(refit_steps.values(), default=0))

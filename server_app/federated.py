@@ -315,7 +315,16 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
     state, prior_heads, calibration = experiment.finish(  # each validation pass: one evaluate round of every node
         state, {r.round: r.validation for r in rounds}, keeper.round,
         lambda candidate: evaluate(last_played + 1, numpy_to_arrays({k: v.numpy() for k, v in candidate.items()})).validation)
-    if prior_heads or calibration:
+    def refit_statistics(candidate: dict[str, torch.Tensor]) -> dict:
+        """Every evaluated node's train and validation rows' bias sums at `candidate`, summed."""
+        strategy.participants = evaluated(grid, roster, cohorts, failures, last_played + 1, timeout)
+        arrays_sent = numpy_to_arrays({k: v.numpy() for k, v in candidate.items()})
+        replies = _exchange(grid, strategy.configure_refit(last_played + 1, arrays_sent, plan), timeout,
+                            last_played + 1, "refit", roster, failures)
+        return strategy.aggregate_refit(last_played + 1, replies, arrays_sent)
+
+    state, refit_steps = experiment.refit_biases(state, prior_heads, refit_statistics)  # a query of every node a step
+    if prior_heads or calibration or refit_steps:
         kept_arrays = numpy_to_arrays({k: v.numpy() for k, v in state.items()})
     kept = evaluate(rounds[-1].round + 1, kept_arrays, final=True)
     return RunResult(
@@ -324,4 +333,5 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
         oracle=oracle_of(roster, experiment, kept.per_merchant), failures=failures, plan=asdict(experiment.plan),
         merchant_rows={m: s.rows["train"] for m, s in sorted(roster.summaries.items())},
         bad_rows=pooled_bad_rows(roster.summaries.values()), prior_heads=prior_heads, calibration=calibration,
+        refit_steps=refit_steps,
     )

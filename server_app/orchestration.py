@@ -25,6 +25,7 @@ from server_app.outputs import RunResult, write_outputs
 from server_app.progress import RunProgress
 from server_app.setup import Directory
 from tasks.experiment import check_auto_settings
+from tasks.wide import refit_steps
 from tasks.registry import TASKS
 from tasks.selection import check_rule, prior_note
 
@@ -46,6 +47,7 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None,
         platform_spec(cfg["data"]["synthetic"])
     check_rule(str(cfg["select_round"]))  # whether there are validation rows is known once data is prepared
     check_auto_settings(cfg["train"])  # resolved once the data's tasks are known; a typo fails here
+    refit_steps(cfg.get("refit_biases", False))
     if int(cfg["patience"]) < 0:
         raise InputError(f"patience must be >= 0 (0 = never stop early), got {cfg['patience']}")
     if mode != "federated" and (cfg.get("resume") or cfg.get("init_from")):
@@ -67,6 +69,9 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None,
     elif result.calibration:
         log(INFO, "recalibrated on the validation rows (head output z -> a z + b, calibrate=true): %s",
             ", ".join(f"{t} a={a:.3f} b={b:+.3f}" for t, (a, b) in result.calibration.items()))
+    if result.refit_steps:
+        log(INFO, "refit_biases: the kept model's per-id biases took %d Newton step(s) on the train and validation "
+            "rows together", result.refit_steps)
     if result.bad_rows:  # every node counted its own; the one line a user sees (and metrics.json bad_rows)
         log(WARNING, "data, all merchants: %s (data.on_bad_rows=skip)", format_bad_rows(result.bad_rows))
     write_outputs(result, output_dir, {t: TASKS[t].metric_names for t in result.tasks})

@@ -51,6 +51,9 @@ class RunResult:
     # task -> (a, b): the kept model's head output z became a z + b, fitted on validation
     # (tasks/calibration.py); local: merchant -> that
     calibration: dict[str, Any] = field(default_factory=dict)
+    # Newton steps the kept model's per-id biases took on the train and validation rows together
+    # (refit_biases, tasks/experiment.py); local: the most any merchant's took
+    refit_steps: int = 0
 
 
 def _clean(value: Any) -> Any:
@@ -73,6 +76,7 @@ def metrics_document(result: RunResult) -> dict[str, Any]:
         "selected_round": result.selected_round,
         "prior_heads": result.prior_heads,
         "calibration": result.calibration,
+        "refit_steps": result.refit_steps,
         "select_round": result.config.get("select_round"),
         "rounds": [{"round": r.round, "tasks": r.tasks, "validation": r.validation, "train_loss": r.train_loss,
                     **({"privacy": r.privacy} if r.privacy else {}),
@@ -93,7 +97,7 @@ def read_metrics_document(path: Path) -> RunResult:
     return RunResult(doc["mode"], list(doc["task_list"]), [], doc["tasks"], doc["per_merchant"], doc["selected_round"],
                      {}, doc["config"], doc.get("oracle"), doc.get("failures", []), doc.get("plan"),
                      doc.get("merchant_train_rows", {}), doc.get("bad_rows", {}), doc.get("prior_heads", {}),
-                     doc.get("calibration", {}))
+                     doc.get("calibration", {}), doc.get("refit_steps", 0))
 
 
 def round_table_header(metric_names: dict[str, tuple[str, ...]]) -> str:

@@ -237,21 +237,43 @@ class MultiTaskFedAvg(FedAvg):
         rejected and the step taken on the others' sums."""
         current = arrays_to_numpy(arrays)
         tables = {name for name in current if name.startswith("embedding.tables.")}
-        parts = []
-        for msg in self._successful(server_round, replies, "curvature"):
-            try:
-                stats = unpack_statistics(_records(msg.content, protocol.EMBEDDING_STATS))
-                problem = statistics_problem(current, stats, "embedding") if set(stats) <= tables else \
-                    f"embedding statistics for {sorted(set(stats) - tables)[:3]}, which are not embedding tables"
-            except (KeyError, IndexError, TypeError, ValueError) as exc:
-                problem = f"malformed reply ({type(exc).__name__}: {exc})"
-            if problem is not None:
-                self._reject(server_round, msg, "curvature", f"statistics rejected: {problem}")
-                continue
-            parts.append(stats)
+
+        def parse(content: RecordDict) -> WideStats | str:
+            stats = unpack_statistics(_records(content, protocol.EMBEDDING_STATS))
+            return stats if set(stats) <= tables else \
+                f"embedding statistics for {sorted(set(stats) - tables)[:3]}, which are not embedding tables"
+        parts = self._statistics(server_round, replies, "curvature", "embedding", current, parse)
         if parts:
             current.update(embedding_newton_update(current, sum_statistics(parts), *settings))
         return numpy_to_arrays(current)
+
+    def configure_refit(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> list[Message]:
+        """The finished model to the nodes in `participants`: each sums its train and validation rows'
+        bias statistics there (refit_biases, tasks/experiment.py)."""
+        return self._messages(server_round, arrays, config, f"{MessageType.QUERY}.{protocol.REFIT}")
+
+    def aggregate_refit(self, server_round: int, replies: Iterable[Message], arrays: ArrayRecord) -> WideStats:
+        """The usable replies' bias statistics summed, as if every merchant's rows were one shard's."""
+        parts = self._statistics(server_round, replies, "refit", "bias", arrays_to_numpy(arrays), _wide_stats)
+        return sum_statistics(parts)
+
+    def _statistics(self, server_round: int, replies: Iterable[Message], phase: str, kind: str,
+                    current: Mapping[str, np.ndarray], parse: Callable[[RecordDict], WideStats | str]
+                    ) -> list[WideStats]:
+        """Each successful reply's `kind` statistics (`parse`: its content -> them, or why not); one that
+        does not fit the global model is rejected, the others kept."""
+        parts = []
+        for msg in self._successful(server_round, replies, phase):
+            try:
+                stats = parse(msg.content)
+                problem = stats if isinstance(stats, str) else statistics_problem(current, stats, kind)
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                problem = f"malformed reply ({type(exc).__name__}: {exc})"
+            if problem is not None:
+                self._reject(server_round, msg, phase, f"statistics rejected: {problem}")
+                continue
+            parts.append(stats)
+        return parts
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         ok = self._successful(server_round, replies, "evaluate")

@@ -8,7 +8,7 @@ data, since they are the references that may pool what federation may not.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from tasks.selection import behind_prior
 from tasks.state import joint_state, load_joint_state
 from tasks.training import bias_prior_value, newton_fit
 from tasks.weighting import LossWeighting, build_weighting
+from tasks.wide import GLOBAL_BIAS, WideStats, newton_settings, newton_update, refit_steps
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,35 @@ class Experiment:
         return finished(calibration), prior_heads, calibration
 
     @property
+    def bias_refit_steps(self) -> int:
+        return bias_refit_steps(self.cfg)
+
+    def refit_biases(self, state: Mapping[str, torch.Tensor], held: Collection[str],
+                     statistics: Callable[[dict[str, torch.Tensor]], WideStats]
+                     ) -> tuple[dict[str, torch.Tensor], int]:
+        """The finished state with its per-id biases refitted on every labelled row, the validation
+        split's included (an item first seen there gets its bias), by `bias_refit_steps` Newton steps;
+        the deep part, the global biases (calibration's level) and the `held` tasks (heads that
+        predict their prior) keep their values, the same in every mode. The validation rows are each
+        merchant's latest: on synthetic_events a quarter of the test rows' users and items first
+        appear there. `statistics(state)`: the summed refit statistics at `state` of the rows
+        the model is for (tasks/wide.py refit_statistics; federated, every node's summed). Returns the
+        state and the steps taken."""
+        refitted = {t.name for t in self.tasks if t.name not in held}
+        state, taken = dict(state), 0
+        settings = newton_settings(self.cfg["train"], self.tasks)
+        for _ in range(self.bias_refit_steps if refitted else 0):
+            stats = {name: value for name, value in statistics(state).items()
+                     if not name.startswith(GLOBAL_BIAS) and name.split(".")[2] in refitted}
+            if not stats:
+                break
+            params = {name: state[name].cpu().numpy() for name in stats}
+            for name, value in newton_update(params, stats, *settings).items():
+                state[name] = torch.as_tensor(value, dtype=state[name].dtype)
+            taken += 1
+        return state, taken
+
+    @property
     def id_dropout(self) -> float | list[float]:
         """model.id_dropout resolved against the plan's cold shares: the same on every node and in every mode."""
         hashed = feature_columns(self.cfg["data"]).hashed
@@ -200,9 +230,19 @@ def resolved_training(train_cfg: Mapping[str, Any], tasks: list[Task], drops_ids
     return resolved
 
 
+def bias_refit_steps(cfg: Mapping[str, Any]) -> int:
+    """`refit_biases` resolved: Newton steps of the kept model's per-id biases on the train and
+    validation rows together, where a validation split chose the round (`select_round` resolved to
+    best_val) and the biases are Newton-fitted (not under the privacy options, which send no per-row
+    sums); else 0. The benchmark's references refit on the same rows where this is not 0."""
+    steps = refit_steps(cfg.get("refit_biases", False))
+    return steps if str(cfg["select_round"]) == "best_val" and newton_fit(cfg["train"]) else 0
+
+
 def experiment_for(cfg: Mapping[str, Any], plan: RunPlan, index: MerchantIndex | None = None) -> Experiment:
     """The experiment of a fixed plan: the same tasks, scales, model and training settings on every side."""
     personalization_of(cfg)  # checked once, before any training
+    refit_steps(cfg.get("refit_biases", False))
     labels = [TASKS[name].label for name in plan.tasks if name in TASKS]
     tasks = resolve_tasks(plan.tasks, labels, label_stats=plan.label_stats)
     experiment = Experiment(cfg=cfg, plan=plan, tasks=tasks, index=index)

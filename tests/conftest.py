@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -180,12 +181,16 @@ def merchant_files(run_dir: Path) -> dict:
 def assert_kept_test_metrics(doc: dict) -> None:
     """metrics.json reports its kept model: the kept round's test metrics, except that a head the kept
     model replaced by its prior (prior_heads) scores as at round 0, where every head predicts its prior,
-    and a recalibrated head (calibration: a z + b with a > 0, the same order of rows) keeps its AUC."""
+    and a recalibrated head (calibration: a z + b with a > 0, the same order of rows) keeps its AUC;
+    biases refitted on the validation rows too (refit_steps > 0: tests/test_refit.py) move every other
+    head's metrics."""
     kept = doc["rounds"][doc["selected_round"]]["tasks"]
     assert set(doc["tasks"]) - {"ranking"} == set(kept)
     for task, metrics in kept.items():
         if task in doc["prior_heads"]:
             assert doc["tasks"][task] == doc["rounds"][0]["tasks"][task]
+        elif doc["refit_steps"]:
+            assert set(doc["tasks"][task]) == set(metrics) and all(math.isfinite(v) for v in doc["tasks"][task].values())
         elif task in doc["calibration"]:
             assert doc["calibration"][task][0] > 0
             if "auc" in metrics:

@@ -54,6 +54,7 @@ BAD_INPUT = [
     (None, [*TINY, "+data.synthetic.n_merchant=3"], "data.synthetic has no setting 'n_merchant'"),
     (None, [*TINY, "train.wide_rounds=atuo"], "train.wide_rounds='atuo': give auto or a value"),
     (None, [*TINY, "train.keep_optimizer_state=atuo"], "train.keep_optimizer_state='atuo': give auto or a value"),
+    (None, [*TINY, "refit_biases=often"], "refit_biases='often': give auto, true, false or a number of Newton steps >= 0"),
     (None, [*TINY, "train.bias_l2={{default:auto,click:ten}}"],
      "train.bias_l2 must be auto or a number >= 0, got 'ten' for task 'click'"),
 ]

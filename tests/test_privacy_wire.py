@@ -38,7 +38,8 @@ def merchants_data(cfg):
 
 
 def check_row_ids(ids: np.ndarray, name: str, train_features: np.ndarray, tables: dict[str, tuple[int, int]]) -> None:
-    """Row ids of an aggregate record: sorted, unique, hashed buckets of rows this merchant trained on.
+    """Row ids of an aggregate record: sorted, unique, hashed buckets of rows this merchant trained on
+    (`train_features`: the rows it sums).
     `tables`: table name -> (the input column indexing it, its rows)."""
     assert np.all(ids == np.round(ids)) and np.all(np.diff(ids) > 0), name
     if len(ids) == 0:  # a task this merchant holds no label of
@@ -119,10 +120,15 @@ def test_only_model_arrays_scalars_and_known_aggregates_reach_the_server(recorde
                     assert rows.shape == (counted[key].numpy().shape[1],) + model_state[key][1:], key
             for key, array in arrays.items():
                 assert not holds_a_label_vector(array, labels), (name, key)
-            if name == protocol.WIDE_STATS:  # per touched bias row: (id, gradient sum, curvature sum)
+            if name == protocol.WIDE_STATS:  # per touched bias row: (id, gradient sum, curvature sum); a
+                # refit reply's (refit_biases) over the train and validation rows, no global bias
+                refit = reply.metadata.message_type == f"query.{protocol.REFIT}"
+                rows = np.concatenate([splits["train"].features, splits["val"].features]) if refit \
+                    else splits["train"].features
                 for key, stacked in arrays.items():
                     assert stacked.shape[0] == 3 and stacked.dtype == np.float64
-                    check_row_ids(stacked[0], key, splits["train"].features, tables)
+                    assert not (refit and key.startswith("first_order.bias.")), key
+                    check_row_ids(stacked[0], key, rows, tables)
                     assert np.all(stacked[2] >= 0)  # curvature sums: of p (1 - p), or 1 per rating row
             if name == protocol.EMBEDDING_STATS:  # per looked-up embedding row: (id, G [d], H [d, d]) flat
                 for key, packed in arrays.items():

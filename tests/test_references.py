@@ -195,3 +195,19 @@ def test_other_hashed_features_are_read_so_cold_items_get_their_category():
     user_and_item = {"a": MerchantSplits(*(Shard(s.features[:, :2], s.labels, {}) for s in (train, val, test)))}
     without = run_references(user_and_item, [RATING], ["user_id", "item_id"], names=["bias model"])
     assert without["bias model"].final["rating"]["rmse"] == pytest.approx(2.0, abs=1e-6)
+
+
+def test_refit_tunes_on_validation_then_fits_on_train_and_validation_together():
+    """Under refit (the run's models refit their biases: refit_biases) the validation rows join the
+    fit once they chose the settings: the mean is theirs too, and an item first seen there has a bias."""
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 30, 300), rng.integers(0, 10, 300)
+    y = 3.0 + 0.3 * items + rng.normal(0, 0.1, 300)
+    splits = splits_of({"a": {"train": (users, items, y), "val": ([1, 2, 3, 4], [99, 99, 99, 99], [5.0] * 4),
+                              "test": ([5, 6], [99, 99], [5.0, 5.0])}}, "rating")
+    plain, refit = (run_references(splits, [RATING], FEATURES, names=["mean", "bias model"], refit=r) for r in (False, True))
+    assert plain["mean"].per_merchant["a"]["rating"]["mae"] == pytest.approx(5.0 - y.mean())
+    assert refit["mean"].per_merchant["a"]["rating"]["mae"] == pytest.approx(5.0 - np.concatenate([y, [5.0] * 4]).mean())
+    # item 99 is cold to the plain fit (the train mean + nothing) and has a bias towards 5 once refitted
+    assert refit["bias model"].per_merchant["a"]["rating"]["mae"] < plain["bias model"].per_merchant["a"]["rating"]["mae"] - 0.2
+    assert refit["bias model"].chosen == plain["bias model"].chosen  # the settings the validation rows chose

@@ -1,0 +1,109 @@
+"""Refitting the kept model's per-id biases on the train and validation rows together (refit_biases:
+tasks/experiment.py, tasks/wide.py refit_statistics), and the references fitted on the same rows."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core import protocol
+from core.errors import InputError
+from server_app.baselines import statistics_at
+from tasks.experiment import open_experiment
+from tasks.state import joint_state
+from tasks.training import task_labels
+from tasks.wide import GLOBAL_BIAS, REFIT_STEPS, apply_newton, refit_steps, wide_statistics
+
+TABLES = "first_order.tables."
+
+
+def trained_merchant(tiny_cfg, *overrides):
+    """A tiny run's experiment, one merchant's train and validation shards, and a model whose biases took
+    a Newton step on the train rows (the state refit_biases starts from)."""
+    experiment = open_experiment(tiny_cfg("data.val_fraction=0.2", "select_round=best_val", *overrides))
+    merchant = experiment.index.merchant_ids[0]
+    train, val = experiment.shard(merchant, "train"), experiment.shard(merchant, "val")
+    model, weighting = experiment.new_model(), experiment.new_weighting()
+    apply_newton(model, wide_statistics(model, train, experiment.tasks, experiment.device), experiment.cfg["train"],
+                 experiment.tasks)
+    return experiment, train, val, model, weighting
+
+
+def labelled_ids(shard, task, column):
+    return set(shard.features[np.isfinite(task_labels(shard, [task])[task.name]), column].tolist())
+
+
+def test_an_id_first_seen_in_validation_gets_a_bias_and_nothing_else_moves(tiny_cfg):
+    experiment, train, val, model, weighting = trained_merchant(tiny_cfg)
+    before = {k: v.clone() for k, v in joint_state(model, weighting).items()}
+    after, steps = experiment.refit_biases(before, {}, statistics_at(model, weighting, [train, val], experiment))
+    assert steps == REFIT_STEPS == experiment.bias_refit_steps
+    newcomers = 0
+    for name, value in after.items():
+        if not name.startswith(TABLES):  # the deep part, the loss weighting and every task's global bias
+            assert torch.equal(value, before[name]), name
+            continue
+        _, _, task_name, column, _ = name.split(".")
+        task = next(t for t in experiment.tasks if t.name == task_name)
+        seen_in_train, seen_in_val = labelled_ids(train, task, int(column)), labelled_ids(val, task, int(column))
+        only_in_val = sorted(seen_in_val - seen_in_train)
+        untouched = sorted(set(range(len(value))) - seen_in_train - seen_in_val)
+        assert torch.all(before[name][only_in_val] == 0) and torch.all(value[only_in_val] != 0), name
+        assert torch.equal(value[untouched], before[name][untouched]), name  # cold everywhere: still nothing
+        newcomers += len(only_in_val)
+    assert newcomers > 0  # the tiny data's latest rows do bring new users and items
+
+
+def test_held_heads_and_runs_without_a_validation_choice_are_not_refitted(tiny_cfg):
+    experiment, train, val, model, weighting = trained_merchant(tiny_cfg)
+    before = joint_state(model, weighting)
+    statistics = statistics_at(model, weighting, [train, val], experiment)
+    after, _ = experiment.refit_biases(before, {"purchase": 1.2}, statistics)
+    moved = {name.split(".")[2] for name in after if name.startswith(TABLES) and not torch.equal(after[name], before[name])}
+    assert "purchase" not in moved and moved  # a head that predicts its prior keeps it
+    for overrides in (["select_round=last"], ["refit_biases=false"], ["train.first_order_fit=sgd"]):
+        experiment, train, val, model, weighting = trained_merchant(tiny_cfg, *overrides)
+        before = joint_state(model, weighting)
+        after, steps = experiment.refit_biases(before, {}, statistics_at(model, weighting, [train, val], experiment))
+        assert steps == 0 and all(torch.equal(after[k], before[k]) for k in before), overrides
+
+
+def test_the_refit_statistics_leave_the_global_biases_to_calibration(tiny_cfg):
+    from tasks.wide import refit_statistics
+    experiment, train, val, model, _ = trained_merchant(tiny_cfg)
+    stats = refit_statistics(model, [train, val], experiment.tasks, experiment.device)
+    assert stats and not any(name.startswith(GLOBAL_BIAS) for name in stats)
+    both = wide_statistics(model, type(train).concat([train, val]), experiment.tasks, experiment.device)
+    for name, (ids, g, h) in stats.items():
+        np.testing.assert_array_equal(ids, both[name][0])
+        np.testing.assert_allclose(g, both[name][1])
+
+
+@pytest.mark.parametrize("value, steps", [("auto", REFIT_STEPS), (True, REFIT_STEPS), (False, 0), (0, 0), (5, 5)])
+def test_refit_biases_takes_auto_a_flag_or_a_count(value, steps):
+    assert refit_steps(value) == steps
+
+
+@pytest.mark.parametrize("value", ["often", -1, 1.5])
+def test_a_bad_refit_biases_value_is_one_clear_error(value):
+    with pytest.raises(InputError, match="refit_biases="):
+        refit_steps(value)
+
+
+def test_every_mode_refits_its_kept_model(tiny_runs, recorded_federated_run):
+    for mode, run_dir in tiny_runs.items():
+        assert json.loads((run_dir / "metrics.json").read_text())["refit_steps"] == REFIT_STEPS, mode
+    run = recorded_federated_run("none")
+    assert json.loads((run.dir / "metrics.json").read_text())["refit_steps"] == REFIT_STEPS
+    refit_type = f"query.{protocol.REFIT}"
+    queries = [m for m in run.sent if m.metadata.message_type == refit_type]
+    last_train = max(i for i, m in enumerate(run.sent) if m.metadata.message_type == "train")
+    assert queries and all(run.sent.index(q) > last_train for q in queries)  # after the round is chosen
+    nodes = {q.metadata.dst_node_id for q in queries}
+    assert len(queries) == REFIT_STEPS * len(nodes)  # every evaluated node, once a step
+    replies = [r for r in run.received if r.metadata.message_type == refit_type]
+    assert len(replies) == len(queries)
+    for reply in replies:  # per bias row sums only, no task's global level
+        names = set(reply.content.array_records[protocol.WIDE_STATS].keys())
+        assert names and all(n.startswith(TABLES) for n in names)
