@@ -33,10 +33,12 @@ the linear model. So the references read what the models read (numerical feature
 ids the models see. Each task's vocabularies come from the train rows that carry its label; an id
 never seen there (cold) gets the baseline's zero: no bias, a zero vector.
 
-Tuning looks at the validation split only. Without one (data.val_fraction=0, the default) the
-references hold out a seeded HOLDOUT share of the pooled train rows to tune on, then refit on every
-train row with the chosen settings (MF: the chosen number of epochs), so they train on exactly the
-rows the models train on. Test metrics are computed per merchant with tasks.training.score and
+Tuning looks at the validation split only; where the run's models then refit their biases with the
+validation rows (refit_biases, the default), each reference is then fitted on the train and
+validation rows together with the chosen settings (MF: the chosen number of epochs), else on the
+train rows. Without a validation split (data.val_fraction=0, the synthetic default) the references
+hold out a seeded HOLDOUT share of the pooled train rows to tune on, then refit on every train row.
+Either way they fit exactly the rows the models learn from. Test metrics are computed per merchant with tasks.training.score and
 combined with tasks.metrics.combine_merchants (weights = test labels), exactly like the models'.
 """
 

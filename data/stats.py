@@ -66,9 +66,10 @@ def table_stats(df: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _unseen_share(df: pd.DataFrame, parts: np.ndarray, column: str, within_merchant: bool, split: str = TEST) -> float:
+def _unseen_share(df: pd.DataFrame, parts: np.ndarray, column: str, within_merchant: bool, split: str = TEST,
+                  seen_in: tuple[str, ...] = (TRAIN,)) -> float:
     keys = [MERCHANT, column] if within_merchant else [column]
-    rows, train = df.loc[parts == split, keys], df.loc[parts == TRAIN, keys]
+    rows, train = df.loc[parts == split, keys], df.loc[np.isin(parts, seen_in), keys]
     if not len(rows):
         return float("nan")
     seen = pd.MultiIndex.from_frame(train) if within_merchant else pd.Index(train[column])
@@ -88,6 +89,11 @@ def split_stats(df: pd.DataFrame, parts: np.ndarray) -> dict[str, Any]:
         "test_unseen_item_in_merchant": _unseen_share(df, parts, "item_id", within_merchant=True),
         "val_unseen_user_in_merchant": _unseen_share(df, parts, "user_id", within_merchant=True, split=VAL),
         "val_unseen_item_in_merchant": _unseen_share(df, parts, "item_id", within_merchant=True, split=VAL),
+        # what refit_biases has to work with: test rows whose id the validation rows bring
+        "test_user_first_in_val": _unseen_share(df, parts, "user_id", within_merchant=False)
+        - _unseen_share(df, parts, "user_id", within_merchant=False, seen_in=(TRAIN, VAL)),
+        "test_item_first_in_val": _unseen_share(df, parts, "item_id", within_merchant=False)
+        - _unseen_share(df, parts, "item_id", within_merchant=False, seen_in=(TRAIN, VAL)),
     }
 
 
@@ -155,6 +161,9 @@ def format_stats(stats: Mapping[str, Any]) -> str:
         lines.append(f"validation rows whose user / item is unseen in that merchant's train: "
                      f"{_pct(s['val_unseen_user_in_merchant'])} / {_pct(s['val_unseen_item_in_merchant'])} "
                      f"(model.id_dropout=auto drops a column that often in training where it is >= 20 %)")
+        lines.append(f"test rows whose user / item is unseen in train but seen in validation: "
+                     f"{_pct(s['test_user_first_in_val'])} / {_pct(s['test_item_first_in_val'])} "
+                     f"(refit_biases gives them a bias)")
     for label, row in labels.items():
         line = (f"{label}: labelled {_pct(row['labelled_share'])} of rows; mean {row['mean']:.3g} "
                 f"(train {row['train_mean']:.3g}, test {row['test_mean']:.3g})")

@@ -51,6 +51,15 @@ def test_split_stats_known_answers():
     assert s["test_unseen_user_in_merchant"] == 1.0 and s["test_unseen_item_in_merchant"] == 1.0
 
 
+def test_the_test_rows_whose_id_first_appears_in_validation_are_counted():
+    """What refit_biases has to work with: A's validation row now has A's test user (u3), first seen there."""
+    df = tiny_table()
+    df.loc[3, "user_id"] = "u3"  # A's second-latest row: its validation row under val_fraction 0.25
+    s = split_stats(df, split_parts(df, 0.2, 0.25))
+    assert (s["train_rows"], s["val_rows"], s["test_rows"]) == (6, 2, 2)
+    assert s["test_user_first_in_val"] == 0.5 and s["test_item_first_in_val"] == 0.0  # A's u3; i3 seen nowhere
+
+
 def test_label_stats_known_answers():
     df = tiny_table()
     labels = label_stats(df, split_parts(df, 0.2))
