@@ -315,13 +315,19 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
     state, prior_heads, calibration = experiment.finish(  # each validation pass: one evaluate round of every node
         state, {r.round: r.validation for r in rounds}, keeper.round,
         lambda candidate: evaluate(last_played + 1, numpy_to_arrays({k: v.numpy() for k, v in candidate.items()})).validation)
+
     def refit_statistics(candidate: dict[str, torch.Tensor]) -> dict:
-        """Every evaluated node's train and validation rows' bias sums at `candidate`, summed."""
+        """Every evaluated node's train and validation rows' bias sums at `candidate`, summed; none where
+        no node answered usefully: the trained run then keeps its model as finished, it does not fail."""
         strategy.participants = evaluated(grid, roster, cohorts, failures, last_played + 1, timeout)
         arrays_sent = numpy_to_arrays({k: v.numpy() for k, v in candidate.items()})
-        replies = _exchange(grid, strategy.configure_refit(last_played + 1, arrays_sent, plan), timeout,
-                            last_played + 1, "refit", roster, failures)
-        return strategy.aggregate_refit(last_played + 1, replies, arrays_sent)
+        try:
+            replies = _exchange(grid, strategy.configure_refit(last_played + 1, arrays_sent, plan), timeout,
+                                last_played + 1, "refit", roster, failures)
+            return strategy.aggregate_refit(last_played + 1, replies, arrays_sent)
+        except RoundFailed as exc:
+            log(WARNING, "refit_biases: %s; the kept model keeps its biases as trained", exc)
+            return {}
 
     state, refit_steps = experiment.refit_biases(state, prior_heads, refit_statistics)  # a query of every node a step
     if prior_heads or calibration or refit_steps:

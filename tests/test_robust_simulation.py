@@ -53,6 +53,19 @@ def test_a_raising_and_a_nan_client_are_rejected_and_the_run_finishes(tmp_path):
     assert doc["rounds"][2]["tasks"]["click"]["auc"] > doc["rounds"][0]["tasks"]["click"]["auc"]
 
 
+def test_a_refit_no_node_answers_leaves_the_trained_model_and_the_run_finishes(tmp_path):
+    """Every node crashes on the refit query after training (refit_biases): the run still writes its
+    kept, calibrated model, with refit_steps 0, each crash a failure of its merchant, and one warning."""
+    out = tmp_path / "run"
+    log = faulty(out, "0=refit,1=refit,2=refit,3=refit", "data.val_fraction=0.2")
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["refit_steps"] == 0 and doc["select_round"] == "best_val"
+    refit_failures = [f for f in doc["failures"] if "summing its bias rows" in f["reason"]]
+    assert len(refit_failures) == 4 and all(f["merchant"] for f in refit_failures)
+    assert any("refit_biases: " in line and "keeps its biases as trained" in line for line in log)
+    assert (out / "model.pt").exists()
+
+
 def test_too_few_usable_replies_fail_the_round_with_a_clear_line_and_keep_the_last_checkpoint(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(RoundFailed) as caught:  # what the door prints as `merchant-fl: error: ...`, exit 2
