@@ -242,7 +242,6 @@ def bias_refit_steps(cfg: Mapping[str, Any]) -> int:
 def experiment_for(cfg: Mapping[str, Any], plan: RunPlan, index: MerchantIndex | None = None) -> Experiment:
     """The experiment of a fixed plan: the same tasks, scales, model and training settings on every side."""
     personalization_of(cfg)  # checked once, before any training
-    refit_steps(cfg.get("refit_biases", False))
     labels = [TASKS[name].label for name in plan.tasks if name in TASKS]
     tasks = resolve_tasks(plan.tasks, labels, label_stats=plan.label_stats)
     experiment = Experiment(cfg=cfg, plan=plan, tasks=tasks, index=index)
