@@ -45,7 +45,7 @@ def make_client_app(config_of: Callable[[Context], dict],
     def curvature(msg: Message, context: Context) -> Message:
         return answer(curvature_reply, msg, context)
 
-    @app.query(protocol.REFIT)  # its train and validation rows' bias sums at the finished model (refit_biases)
+    @app.query(protocol.REFIT)  # its train and validation rows' bias or embedding sums at the finished model
     def refit(msg: Message, context: Context) -> Message:
         return answer(refit_reply, msg, context)
 

@@ -20,7 +20,7 @@ from core.update_codec import check_compression, encode_update
 from core.errors import InputError
 from data.partition import partition_for_node, partition_table
 from data.shards import PreparedMerchant, prepare_merchant
-from tasks.embedding_newton import embedding_statistics, pack_statistics
+from tasks.embedding_newton import embedding_statistics, pack_statistics, refit_embedding_statistics
 from tasks.experiment import Experiment, experiment_for
 from tasks.metrics import flatten, with_counts
 from tasks.models import MultiTaskModel
@@ -170,24 +170,36 @@ def curvature_reply(msg: Message, node_config: Mapping[str, Any], manifest: str 
     data = node_data(node_config, manifest, experiment.cfg)
     model, _ = _trainable_from(msg.content, experiment)
     stats = embedding_statistics(model, data.shard("train"), experiment.tasks, experiment.device)
-    return Message(RecordDict({
-        protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: data.merchant_id}),
-        protocol.EMBEDDING_STATS: ArrayRecord({name: Array(value) for name, value in pack_statistics(stats).items()}),
-    }), reply_to=msg)
+    return _statistics_reply(msg, data.merchant_id, protocol.EMBEDDING_STATS, embedding_stats_record(stats))
 
 
 def refit_reply(msg: Message, node_config: Mapping[str, Any], manifest: str | None,
                 cfg: Mapping[str, Any]) -> Message:
-    """The sums per bias row of this merchant's train and validation rows at the finished model sent:
-    the server adds every merchant's and refits the per-id biases (refit_biases, tasks/experiment.py)."""
+    """The sums of this merchant's train and validation rows at the finished model sent, per bias row or
+    per embedding row as the query asks (protocol.REFIT_PART): the server adds every merchant's and
+    refits those parameters (tasks/experiment.py refit)."""
     experiment = _experiment(msg.content, cfg)
     data = node_data(node_config, manifest, experiment.cfg)
     model, _ = _trainable_from(msg.content, experiment)
-    stats = refit_statistics(model, [data.shard("train"), data.shard("val")], experiment.tasks, experiment.device)
-    return Message(RecordDict({
-        protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: data.merchant_id}),
-        protocol.WIDE_STATS: wide_stats_record(stats),
-    }), reply_to=msg)
+    shards = [data.shard("train"), data.shard("val")]
+    part = str(msg.content.config_records[protocol.CONFIG].get(protocol.REFIT_PART, protocol.REFIT_BIAS))
+    if part == protocol.REFIT_EMBEDDING:
+        stats = refit_embedding_statistics(model, shards, experiment.tasks, experiment.device)
+        return _statistics_reply(msg, data.merchant_id, protocol.EMBEDDING_STATS, embedding_stats_record(stats))
+    if part != protocol.REFIT_BIAS:
+        raise InputError(f"refit query for {part!r}: this node sums {protocol.REFIT_BIAS} or {protocol.REFIT_EMBEDDING}")
+    stats = refit_statistics(model, shards, experiment.tasks, experiment.device)
+    return _statistics_reply(msg, data.merchant_id, protocol.WIDE_STATS, wide_stats_record(stats))
+
+
+def _statistics_reply(msg: Message, merchant_id: str, key: str, record: ArrayRecord) -> Message:
+    return Message(RecordDict({protocol.MERCHANT: ConfigRecord({protocol.MERCHANT_ID: merchant_id}), key: record}),
+                   reply_to=msg)
+
+
+def embedding_stats_record(stats: WideStats) -> ArrayRecord:
+    """Embedding statistics as they travel (tasks/embedding_newton.py pack_statistics)."""
+    return ArrayRecord({name: Array(value) for name, value in pack_statistics(stats).items()})
 
 
 def wide_stats_record(stats: WideStats) -> ArrayRecord:

@@ -23,8 +23,11 @@ NUM_EXAMPLES = "num-examples"  # FedAvg weight of shared parameters
 WEIGHT_BOUND = "weight-bound"  # key in a SecAgg+ round's FitIns config: the public bound weights are divided by
 
 IDENTIFY = "identify"          # query action ("query.identify"): the node answers MERCHANT with its MERCHANT_ID only
-REFIT = "refit"                # query action ("query.refit"): the node sums WIDE_STATS of its train and validation rows
-                               # at the model sent, global biases left out (refit_biases: tasks/wide.py refit_statistics)
+REFIT = "refit"                # query action ("query.refit"): the node sums the REFIT_PART's statistics of its train and
+                               # validation rows at the model sent (global biases left out: tasks/wide.py refit_statistics)
+REFIT_PART = "refit-part"     # key in a refit query's CONFIG: which statistics it asks for, one of:
+REFIT_BIAS = "bias"            # WIDE_STATS of the per-id biases (refit_biases)
+REFIT_EMBEDDING = "embedding"  # EMBEDDING_STATS of the embedding rows (refit_embeddings: tasks/embedding_newton.py)
 CURVATURE = "curvature"        # query action ("query.curvature"): the node sums EMBEDDING_STATS at the model sent
 SETUP = "setup"                # ConfigRecord of a setup (query) reply: the node's data summary, flat
 SETUP_ERROR = "error"          # key in SETUP when the node cannot take part: one line saying why

@@ -13,13 +13,14 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from flwr.common.logger import log
 
+from core import protocol
 from core.runtime import torch_threads
 from data.shards import Shard
 from data.summary import pooled_bad_rows
 from server_app.outputs import RoundRecord, RunResult
 from server_app.progress import RunProgress
 from tasks.averaging import RoundAverage, scored_state, scoring_average
-from tasks.embedding_newton import embedding_newton, refit_embeddings
+from tasks.embedding_newton import embedding_newton, refit_embedding_statistics, refit_embeddings
 from tasks.experiment import Experiment, open_experiment
 from tasks.metrics import Metrics, combine_counted, combine_merchants, with_counts
 from tasks.models import MultiTaskModel
@@ -96,11 +97,13 @@ def refit_after_round(model: MultiTaskModel, shard: Shard, experiment: Experimen
 
 
 def statistics_at(model: MultiTaskModel, weighting: LossWeighting, shards: Sequence[Shard], experiment: Experiment
-                  ) -> Callable[[dict[str, torch.Tensor]], WideStats]:
-    """Experiment.refit_biases' statistics: these shards' refit statistics at a state, loaded into `model`."""
-    def statistics(state: dict[str, torch.Tensor]) -> WideStats:
+                  ) -> Callable[[dict[str, torch.Tensor], str], WideStats]:
+    """Experiment.refit's statistics: these shards' statistics of a refit part at a state, loaded into `model`."""
+    sums = {protocol.REFIT_BIAS: refit_statistics, protocol.REFIT_EMBEDDING: refit_embedding_statistics}
+
+    def statistics(state: dict[str, torch.Tensor], part: str) -> WideStats:
         load_joint_state(model, weighting, state)
-        return refit_statistics(model, shards, experiment.tasks, experiment.device)
+        return sums[part](model, shards, experiment.tasks, experiment.device)
     return statistics
 
 
@@ -141,12 +144,13 @@ def run_centralized(experiment: Experiment, splits: Mapping[str, tuple[Shard, Sh
 
     kept, prior_heads, calibration = experiment.finish(kept, {r.round: r.validation for r in rounds}, keeper.round,
                                                        measure)
-    kept, refit_steps = experiment.refit_biases(kept, prior_heads, statistics_at(
+    kept, refit_steps, embedding_steps = experiment.refit(kept, prior_heads, statistics_at(
         model, weighting, [pooled, Shard.concat([splits[m][2] for m in merchants])], experiment))
     load_joint_state(model, weighting, kept)
     (final, per_merchant), _ = evaluate_merchants(same_model, splits, experiment, final=True)
     return RunResult("centralized", experiment.task_names, rounds, final, per_merchant, keeper.round, kept,
-                     dict(cfg), prior_heads=prior_heads, calibration=calibration, refit_steps=refit_steps)
+                     dict(cfg), prior_heads=prior_heads, calibration=calibration, refit_steps=refit_steps,
+                     embedding_refit_steps=embedding_steps)
 
 
 def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, Shard]], progress: RunProgress
@@ -193,14 +197,14 @@ def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, S
         if all(keepers[m].stop for m in merchants):
             break
     kept = {m: keepers[m].state for m in merchants}
-    prior_heads, calibration, refit_steps = {}, {}, {}
+    prior_heads, calibration, refit_steps, embedding_steps = {}, {}, {}, {}
     for m in merchants:  # each merchant's model finished on its own validation rows
         def measure(candidate: dict[str, torch.Tensor], m: str = m) -> dict[str, Metrics]:
             load_joint_state(models[m], weightings[m], candidate)
             return evaluate_merchants({m: models[m]}, {m: splits[m]}, experiment)[1][1][m]
 
         kept[m], heads, steps = experiment.finish(kept[m], dict(enumerate(validations[m])), keepers[m].round, measure)
-        kept[m], refit_steps[m] = experiment.refit_biases(kept[m], heads, statistics_at(
+        kept[m], refit_steps[m], embedding_steps[m] = experiment.refit(kept[m], heads, statistics_at(
             models[m], weightings[m], [trains[m], splits[m][2]], experiment))
         prior_heads.update({m: heads} if heads else {})
         calibration.update({m: steps} if steps else {})
@@ -208,4 +212,5 @@ def run_local(experiment: Experiment, splits: Mapping[str, tuple[Shard, Shard, S
     (final, per_merchant), _ = evaluate_merchants(models, splits, experiment, final=True)
     return RunResult("local", experiment.task_names, rounds, final, per_merchant,
                      {m: keepers[m].round for m in merchants}, kept, dict(cfg), prior_heads=prior_heads,
-                     calibration=calibration, refit_steps=max(refit_steps.values(), default=0))
+                     calibration=calibration, refit_steps=max(refit_steps.values(), default=0),
+                     embedding_refit_steps=max(embedding_steps.values(), default=0))

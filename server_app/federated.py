@@ -316,21 +316,23 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
         state, {r.round: r.validation for r in rounds}, keeper.round,
         lambda candidate: evaluate(last_played + 1, numpy_to_arrays({k: v.numpy() for k, v in candidate.items()})).validation)
 
-    def refit_statistics(candidate: dict[str, torch.Tensor]) -> dict:
-        """Every evaluated node's train and validation rows' bias sums at `candidate`, summed; none where
+    def refit_statistics(candidate: dict[str, torch.Tensor], part: str) -> dict:
+        """Every evaluated node's train and validation rows' `part` sums at `candidate`, summed; none where
         no node answered usefully: the trained run then keeps its model as finished, it does not fail."""
         strategy.participants = evaluated(grid, roster, cohorts, failures, last_played + 1, timeout)
         arrays_sent = numpy_to_arrays({k: v.numpy() for k, v in candidate.items()})
         try:
-            replies = _exchange(grid, strategy.configure_refit(last_played + 1, arrays_sent, plan), timeout,
-                                last_played + 1, "refit", roster, failures)
-            return strategy.aggregate_refit(last_played + 1, replies, arrays_sent)
+            replies = _exchange(grid, strategy.configure_refit(
+                last_played + 1, arrays_sent, ConfigRecord({**plan, protocol.REFIT_PART: part})), timeout,
+                last_played + 1, "refit", roster, failures)
+            return strategy.aggregate_refit(last_played + 1, replies, arrays_sent, part)
         except RoundFailed as exc:
-            log(WARNING, "refit_biases: %s; the kept model keeps its biases as trained", exc)
+            log(WARNING, "refit (%s): %s; the kept model keeps those parameters as they are", part, exc)
             return {}
 
-    state, refit_steps = experiment.refit_biases(state, prior_heads, refit_statistics)  # a query of every node a step
-    if prior_heads or calibration or refit_steps:
+    # a query of every node a step
+    state, refit_steps, embedding_steps = experiment.refit(state, prior_heads, refit_statistics)
+    if prior_heads or calibration or refit_steps or embedding_steps:
         kept_arrays = numpy_to_arrays({k: v.numpy() for k, v in state.items()})
     kept = evaluate(rounds[-1].round + 1, kept_arrays, final=True)
     return RunResult(
@@ -339,5 +341,5 @@ def run_federated(grid: Grid, cfg: Mapping[str, Any], progress: RunProgress, out
         oracle=oracle_of(roster, experiment, kept.per_merchant), failures=failures, plan=asdict(experiment.plan),
         merchant_rows={m: s.rows["train"] for m, s in sorted(roster.summaries.items())},
         bad_rows=pooled_bad_rows(roster.summaries.values()), prior_heads=prior_heads, calibration=calibration,
-        refit_steps=refit_steps,
+        refit_steps=refit_steps, embedding_refit_steps=embedding_steps,
     )

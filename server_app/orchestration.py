@@ -48,6 +48,7 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None,
     check_rule(str(cfg["select_round"]))  # whether there are validation rows is known once data is prepared
     check_auto_settings(cfg["train"])  # resolved once the data's tasks are known; a typo fails here
     refit_steps(cfg.get("refit_biases", False))
+    refit_steps(cfg.get("refit_embeddings", False), "refit_embeddings")
     if int(cfg["patience"]) < 0:
         raise InputError(f"patience must be >= 0 (0 = never stop early), got {cfg['patience']}")
     if mode != "federated" and (cfg.get("resume") or cfg.get("init_from")):
@@ -72,6 +73,9 @@ def run_job(cfg: Mapping[str, Any], output_dir: Path, grid: Grid | None = None,
     if result.refit_steps:
         log(INFO, "refit_biases: the kept model's per-id biases took %d Newton step(s) on the train and validation "
             "rows together", result.refit_steps)
+    if result.embedding_refit_steps:
+        log(INFO, "refit_embeddings: then its embedding rows took %d Newton step(s) on the same rows",
+            result.embedding_refit_steps)
     if result.bad_rows:  # every node counted its own; the one line a user sees (and metrics.json bad_rows)
         log(WARNING, "data, all merchants: %s (data.on_bad_rows=skip)", format_bad_rows(result.bad_rows))
     write_outputs(result, output_dir, {t: TASKS[t].metric_names for t in result.tasks})

@@ -54,6 +54,8 @@ class RunResult:
     # Newton steps the kept model's per-id biases took on the train and validation rows together
     # (refit_biases, tasks/experiment.py); local: the most any merchant's took
     refit_steps: int = 0
+    # Newton steps the kept model's embedding rows took after them (refit_embeddings); local: the most
+    embedding_refit_steps: int = 0
 
 
 def _clean(value: Any) -> Any:
@@ -77,6 +79,7 @@ def metrics_document(result: RunResult) -> dict[str, Any]:
         "prior_heads": result.prior_heads,
         "calibration": result.calibration,
         "refit_steps": result.refit_steps,
+        "embedding_refit_steps": result.embedding_refit_steps,
         "select_round": result.config.get("select_round"),
         "rounds": [{"round": r.round, "tasks": r.tasks, "validation": r.validation, "train_loss": r.train_loss,
                     **({"privacy": r.privacy} if r.privacy else {}),
@@ -97,7 +100,7 @@ def read_metrics_document(path: Path) -> RunResult:
     return RunResult(doc["mode"], list(doc["task_list"]), [], doc["tasks"], doc["per_merchant"], doc["selected_round"],
                      {}, doc["config"], doc.get("oracle"), doc.get("failures", []), doc.get("plan"),
                      doc.get("merchant_train_rows", {}), doc.get("bad_rows", {}), doc.get("prior_heads", {}),
-                     doc.get("calibration", {}), doc.get("refit_steps", 0))
+                     doc.get("calibration", {}), doc.get("refit_steps", 0), doc.get("embedding_refit_steps", 0))
 
 
 def round_table_header(metric_names: dict[str, tuple[str, ...]]) -> str:

@@ -57,6 +57,18 @@ def _wide_stats(content: RecordDict) -> WideStats:
             for name, stacked in _records(content, protocol.WIDE_STATS).items()}
 
 
+def _embedding_stats(current: Mapping[str, np.ndarray]) -> Callable[[RecordDict], WideStats | str]:
+    """A reply's embedding statistics (tasks/embedding_newton.py pack_statistics), or why they do not
+    fit the embedding tables of `current`."""
+    tables = {name for name in current if name.startswith("embedding.tables.")}
+
+    def parse(content: RecordDict) -> WideStats | str:
+        stats = unpack_statistics(_records(content, protocol.EMBEDDING_STATS))
+        return stats if set(stats) <= tables else \
+            f"embedding statistics for {sorted(set(stats) - tables)[:3]}, which are not embedding tables"
+    return parse
+
+
 def train_update(reply: RecordDict, current: Mapping[str, np.ndarray] | None, compression: str = "none",
                  unsent: Collection[str] = ()) -> tuple[ClientUpdate, WideStats] | str:
     """A train reply's content as (update, Newton statistics), or why it cannot be aggregated; its
@@ -236,26 +248,25 @@ class MultiTaskFedAvg(FedAvg):
         statistics (tasks/embedding_newton.py; `settings` = its prior and damping); an unusable reply is
         rejected and the step taken on the others' sums."""
         current = arrays_to_numpy(arrays)
-        tables = {name for name in current if name.startswith("embedding.tables.")}
-
-        def parse(content: RecordDict) -> WideStats | str:
-            stats = unpack_statistics(_records(content, protocol.EMBEDDING_STATS))
-            return stats if set(stats) <= tables else \
-                f"embedding statistics for {sorted(set(stats) - tables)[:3]}, which are not embedding tables"
-        parts = self._statistics(server_round, replies, "curvature", "embedding", current, parse)
+        parts = self._statistics(server_round, replies, "curvature", "embedding", current, _embedding_stats(current))
         if parts:
             current.update(embedding_newton_update(current, sum_statistics(parts), *settings))
         return numpy_to_arrays(current)
 
     def configure_refit(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> list[Message]:
         """The finished model to the nodes in `participants`: each sums its train and validation rows'
-        bias statistics there (refit_biases, tasks/experiment.py)."""
+        statistics of the part `config` names there (protocol.REFIT_PART; tasks/experiment.py refit)."""
         return self._messages(server_round, arrays, config, f"{MessageType.QUERY}.{protocol.REFIT}")
 
-    def aggregate_refit(self, server_round: int, replies: Iterable[Message], arrays: ArrayRecord) -> WideStats:
-        """The usable replies' bias statistics summed, as if every merchant's rows were one shard's."""
-        parts = self._statistics(server_round, replies, "refit", "bias", arrays_to_numpy(arrays), _wide_stats)
-        return sum_statistics(parts)
+    def aggregate_refit(self, server_round: int, replies: Iterable[Message], arrays: ArrayRecord, part: str
+                        ) -> WideStats:
+        """The usable replies' statistics of `part` summed, as if every merchant's rows were one shard's."""
+        current = arrays_to_numpy(arrays)
+        if part == protocol.REFIT_EMBEDDING:
+            parse, kind = _embedding_stats(current), "embedding"
+        else:
+            parse, kind = _wide_stats, "bias"
+        return sum_statistics(self._statistics(server_round, replies, "refit", kind, current, parse))
 
     def _statistics(self, server_round: int, replies: Iterable[Message], phase: str, kind: str,
                     current: Mapping[str, np.ndarray], parse: Callable[[RecordDict], WideStats | str]

@@ -13,6 +13,7 @@ from typing import Any, Callable, Collection, Mapping
 import numpy as np
 import torch
 
+from core import protocol
 from core.errors import InputError
 from core.runtime import resolve_device
 from data.partition import read_manifest, partition_table
@@ -20,6 +21,7 @@ from data.features import feature_columns
 from data.shards import PreparedMerchant, Shard, feature_spec, prepare_merchant
 from data.splits import split_fractions
 from tasks.calibration import fit_calibration
+from tasks.embedding_newton import EMBEDDING_REFIT_STEPS, embedding_newton_settings, embedding_newton_update
 from tasks.metrics import Metrics
 from tasks.models import MultiTaskModel, build_model, id_dropout_rates
 from tasks.personalization import personalization_of
@@ -125,6 +127,20 @@ class Experiment:
     def bias_refit_steps(self) -> int:
         return bias_refit_steps(self.cfg)
 
+    @property
+    def embedding_refit_steps(self) -> int:
+        return embedding_refit_steps(self.cfg, self.tasks)
+
+    def refit(self, state: Mapping[str, torch.Tensor], held: Collection[str],
+              statistics: Callable[[dict[str, torch.Tensor], str], WideStats]
+              ) -> tuple[dict[str, torch.Tensor], int, int]:
+        """The finished state refitted on the train and validation rows: refit_biases, then
+        refit_embeddings. `statistics(state, part)`: the summed statistics of `part` (protocol.REFIT_BIAS
+        or REFIT_EMBEDDING) at a state. Returns the state and each part's steps taken."""
+        state, bias_steps = self.refit_biases(state, held, lambda s: statistics(s, protocol.REFIT_BIAS))
+        state, embedding_steps = self.refit_embeddings(state, lambda s: statistics(s, protocol.REFIT_EMBEDDING))
+        return state, bias_steps, embedding_steps
+
     def refit_biases(self, state: Mapping[str, torch.Tensor], held: Collection[str],
                      statistics: Callable[[dict[str, torch.Tensor]], WideStats]
                      ) -> tuple[dict[str, torch.Tensor], int]:
@@ -137,18 +153,25 @@ class Experiment:
         the model is for (tasks/wide.py refit_statistics; federated, every node's summed). Returns the
         state and the steps taken."""
         refitted = {t.name for t in self.tasks if t.name not in held}
-        state, taken = dict(state), 0
         settings = newton_settings(self.cfg["train"], self.tasks)
-        for _ in range(self.bias_refit_steps if refitted else 0):
-            stats = {name: value for name, value in statistics(state).items()
-                     if not name.startswith(GLOBAL_BIAS) and name.split(".")[2] in refitted}
-            if not stats:
-                break
-            params = {name: state[name].cpu().numpy() for name in stats}
-            for name, value in newton_update(params, stats, *settings).items():
-                state[name] = torch.as_tensor(value, dtype=state[name].dtype)
-            taken += 1
-        return state, taken
+
+        def refit_stats(candidate: dict[str, torch.Tensor]) -> WideStats:
+            return {name: value for name, value in statistics(candidate).items()
+                    if not name.startswith(GLOBAL_BIAS) and name.split(".")[2] in refitted}
+        return _newton_steps(state, self.bias_refit_steps if refitted else 0, refit_stats,
+                             lambda params, stats: newton_update(params, stats, *settings))
+
+    def refit_embeddings(self, state: Mapping[str, torch.Tensor],
+                         statistics: Callable[[dict[str, torch.Tensor]], WideStats]
+                         ) -> tuple[dict[str, torch.Tensor], int]:
+        """After refit_biases: the embedding rows take `embedding_refit_steps` Newton steps on the same
+        rows (a row first seen in validation gets its vector; tasks/embedding_newton.py), everything
+        else as it is. A held head predicts its prior, so it adds nothing to the sums. `statistics`:
+        the summed embedding statistics at a state (refit_embedding_statistics; federated, every
+        node's). Returns the state and the steps taken."""
+        settings = embedding_newton_settings(self.cfg["train"])
+        return _newton_steps(state, self.embedding_refit_steps, statistics,
+                             lambda params, stats: embedding_newton_update(params, stats, *settings))
 
     @property
     def id_dropout(self) -> float | list[float]:
@@ -230,13 +253,46 @@ def resolved_training(train_cfg: Mapping[str, Any], tasks: list[Task], drops_ids
     return resolved
 
 
+def _newton_steps(state: Mapping[str, torch.Tensor], steps: int,
+                  statistics: Callable[[dict[str, torch.Tensor]], WideStats],
+                  update: Callable[[dict[str, np.ndarray], WideStats], dict[str, np.ndarray]]
+                  ) -> tuple[dict[str, torch.Tensor], int]:
+    """Up to `steps` times: the statistics at the state, and the parameters they cover updated from
+    them; stops early where there are none (no node answered). Returns the state and the steps taken."""
+    state, taken = dict(state), 0
+    for _ in range(steps):
+        stats = statistics(state)
+        if not stats:
+            break
+        params = {name: state[name].cpu().numpy() for name in stats}
+        for name, value in update(params, stats).items():
+            state[name] = torch.as_tensor(value, dtype=state[name].dtype)
+        taken += 1
+    return state, taken
+
+
+def refits(cfg: Mapping[str, Any]) -> bool:
+    """Whether the kept model may be refitted on the train and validation rows at all: a validation
+    split chose the round (`select_round` resolved to best_val) and per-row sums are sent (the
+    parameters are Newton-fitted: not under the privacy options)."""
+    return str(cfg["select_round"]) == "best_val" and newton_fit(cfg["train"])
+
+
+def embedding_refit_steps(cfg: Mapping[str, Any], tasks: Collection[Task]) -> int:
+    """`refit_embeddings` resolved: Newton steps of the kept model's embedding rows on the train and
+    validation rows, after the bias refit, where the model may be refitted (`refits`); auto =
+    EMBEDDING_REFIT_STEPS where a rating task trains, else none (tasks/embedding_newton.py)."""
+    setting = cfg.get("refit_embeddings", False)
+    if str(setting) == "auto":
+        setting = any(t.kind != "binary" for t in tasks)
+    return refit_steps(setting, "refit_embeddings", EMBEDDING_REFIT_STEPS) if refits(cfg) else 0
+
+
 def bias_refit_steps(cfg: Mapping[str, Any]) -> int:
     """`refit_biases` resolved: Newton steps of the kept model's per-id biases on the train and
-    validation rows together, where a validation split chose the round (`select_round` resolved to
-    best_val) and the biases are Newton-fitted (not under the privacy options, which send no per-row
-    sums); else 0. The benchmark's references refit on the same rows where this is not 0."""
-    steps = refit_steps(cfg.get("refit_biases", False))
-    return steps if str(cfg["select_round"]) == "best_val" and newton_fit(cfg["train"]) else 0
+    validation rows together where the model may be refitted (`refits`), else 0. The benchmark's
+    references refit on the same rows where this is not 0."""
+    return refit_steps(cfg.get("refit_biases", False)) if refits(cfg) else 0
 
 
 def experiment_for(cfg: Mapping[str, Any], plan: RunPlan, index: MerchantIndex | None = None) -> Experiment:

@@ -217,15 +217,15 @@ def refit_statistics(model: MultiTaskModel, shards: Sequence[Shard], tasks: Sequ
     return {name: value for name, value in stats.items() if not name.startswith(GLOBAL_BIAS)}
 
 
-def refit_steps(setting: Any) -> int:
-    """`refit_biases` as a number of Newton steps: auto or true = REFIT_STEPS, false = 0, or a count."""
+def refit_steps(setting: Any, key: str = "refit_biases", default: int = REFIT_STEPS) -> int:
+    """A refit setting (`key`) as a number of Newton steps: auto or true = `default`, false = 0, or a count."""
     if str(setting) == "auto" or setting is True:
-        return REFIT_STEPS
+        return default
     if setting is False or setting is None:
         return 0
     if isinstance(setting, int) and setting >= 0:
         return setting
-    raise InputError(f"refit_biases={setting!r}: give auto, true, false or a number of Newton steps >= 0")
+    raise InputError(f"{key}={setting!r}: give auto, true, false or a number of Newton steps >= 0")
 
 
 def newton_settings(train_cfg: Mapping[str, Any], tasks: Sequence[Task]

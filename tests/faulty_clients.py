@@ -3,7 +3,8 @@
 `raise`: the node's train handler raises (a crashed client); `nan`: it trains for real, then its reply
 carries a NaN; `shape`: its reply's first array has one row too many; `drop_masked`: under
 privacy=secagg it crashes when SecAgg+ asks for its masked vector (after the keys are shared);
-`refit`: it trains and evaluates, and crashes when asked for its bias sums at the end (refit_biases).
+`refit`: it trains and evaluates, and crashes when asked for its refit sums at the end (refit_biases,
+refit_embeddings).
 Everything else is the real client code path. Run a federated simulation with faults, as the `merchant-fl` door would:
 
     python -m tests.faulty_clients 1=raise,2=nan OUTPUT_DIR [hydra overrides...]
@@ -29,7 +30,7 @@ def fault_mod(faults: Mapping[int, str]) -> Callable[[Message, Context, Callable
     def mod(msg: Message, context: Context, call_next: Callable) -> Message:
         fault = faults.get(int(context.node_config.get(protocol.PARTITION_ID, -1)))
         if fault == "refit" and msg.metadata.message_type == f"{MessageType.QUERY}.{protocol.REFIT}":
-            raise RuntimeError("injected fault: this merchant's node crashed while summing its bias rows")
+            raise RuntimeError("injected fault: this merchant's node crashed while summing its refit statistics")
         if fault in (None, "refit") or msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, context)
         if fault == "drop_masked":

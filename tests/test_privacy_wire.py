@@ -120,11 +120,11 @@ def test_only_model_arrays_scalars_and_known_aggregates_reach_the_server(recorde
                     assert rows.shape == (counted[key].numpy().shape[1],) + model_state[key][1:], key
             for key, array in arrays.items():
                 assert not holds_a_label_vector(array, labels), (name, key)
-            if name == protocol.WIDE_STATS:  # per touched bias row: (id, gradient sum, curvature sum); a
-                # refit reply's (refit_biases) over the train and validation rows, no global bias
-                refit = reply.metadata.message_type == f"query.{protocol.REFIT}"
-                rows = np.concatenate([splits["train"].features, splits["val"].features]) if refit \
-                    else splits["train"].features
+            # a refit reply's (refit_biases, refit_embeddings) sums are over the train and validation rows
+            refit = reply.metadata.message_type == f"query.{protocol.REFIT}"
+            rows = np.concatenate([splits["train"].features, splits["val"].features]) if refit \
+                else splits["train"].features
+            if name == protocol.WIDE_STATS:  # per touched bias row: (id, gradient sum, curvature sum)
                 for key, stacked in arrays.items():
                     assert stacked.shape[0] == 3 and stacked.dtype == np.float64
                     assert not (refit and key.startswith("first_order.bias.")), key
@@ -134,7 +134,7 @@ def test_only_model_arrays_scalars_and_known_aggregates_reach_the_server(recorde
                 for key, packed in arrays.items():
                     dim = model_state[key][1]
                     assert packed.dtype == np.float64 and packed.shape[1] == 1 + dim + dim * dim, key
-                    check_row_ids(packed[:, 0], key, splits["train"].features, tables)
+                    check_row_ids(packed[:, 0], key, rows, tables)
                     curvature = packed[:, 1 + dim:].reshape(-1, dim, dim)
                     assert np.all(np.linalg.eigvalsh(curvature) > -1e-9)  # sums of h J J^T, h >= 0
             if name == protocol.ROW_COUNTS:  # per touched table row: (id, how often it was looked up)

@@ -1,5 +1,6 @@
-"""Refitting the kept model's per-id biases on the train and validation rows together (refit_biases:
-tasks/experiment.py, tasks/wide.py refit_statistics), and the references fitted on the same rows."""
+"""Refitting the kept model on the train and validation rows together: its per-id biases (refit_biases:
+tasks/experiment.py, tasks/wide.py refit_statistics), then its embedding rows (refit_embeddings:
+tasks/embedding_newton.py), and the references fitted on the same rows."""
 
 import json
 
@@ -10,10 +11,12 @@ import torch
 from core import protocol
 from core.errors import InputError
 from server_app.baselines import statistics_at
-from tasks.experiment import open_experiment
+from tasks.embedding_newton import EMBEDDING_REFIT_STEPS
+from tasks.experiment import embedding_refit_steps, open_experiment
+from tasks.registry import TASKS
 from tasks.state import joint_state
-from tasks.training import task_labels
-from tasks.wide import GLOBAL_BIAS, REFIT_STEPS, apply_newton, refit_steps, wide_statistics
+from tasks.training import make_optimizer, task_labels
+from tasks.wide import GLOBAL_BIAS, REFIT_STEPS, apply_newton, first_deep_round, refit_steps, train_round, wide_statistics
 
 TABLES = "first_order.tables."
 
@@ -30,6 +33,16 @@ def trained_merchant(tiny_cfg, *overrides):
     return experiment, train, val, model, weighting
 
 
+def sums_of(part, model, weighting, shards, experiment):
+    """statistics_at's sums of one refit part, as refit_biases / refit_embeddings take them."""
+    statistics = statistics_at(model, weighting, shards, experiment)
+    return lambda state: statistics(state, part)
+
+
+def bias_sums(*args):
+    return sums_of(protocol.REFIT_BIAS, *args)
+
+
 def labelled_ids(shard, task, column):
     return set(shard.features[np.isfinite(task_labels(shard, [task])[task.name]), column].tolist())
 
@@ -37,7 +50,7 @@ def labelled_ids(shard, task, column):
 def test_an_id_first_seen_in_validation_gets_a_bias_and_nothing_else_moves(tiny_cfg):
     experiment, train, val, model, weighting = trained_merchant(tiny_cfg)
     before = {k: v.clone() for k, v in joint_state(model, weighting).items()}
-    after, steps = experiment.refit_biases(before, {}, statistics_at(model, weighting, [train, val], experiment))
+    after, steps = experiment.refit_biases(before, {}, bias_sums(model, weighting, [train, val], experiment))
     assert steps == REFIT_STEPS == experiment.bias_refit_steps
     newcomers = 0
     for name, value in after.items():
@@ -58,14 +71,14 @@ def test_an_id_first_seen_in_validation_gets_a_bias_and_nothing_else_moves(tiny_
 def test_held_heads_and_runs_without_a_validation_choice_are_not_refitted(tiny_cfg):
     experiment, train, val, model, weighting = trained_merchant(tiny_cfg)
     before = joint_state(model, weighting)
-    statistics = statistics_at(model, weighting, [train, val], experiment)
+    statistics = bias_sums(model, weighting, [train, val], experiment)
     after, _ = experiment.refit_biases(before, {"purchase": 1.2}, statistics)
     moved = {name.split(".")[2] for name in after if name.startswith(TABLES) and not torch.equal(after[name], before[name])}
     assert "purchase" not in moved and moved  # a head that predicts its prior keeps it
     for overrides in (["select_round=last"], ["refit_biases=false"], ["train.first_order_fit=sgd"]):
         experiment, train, val, model, weighting = trained_merchant(tiny_cfg, *overrides)
         before = joint_state(model, weighting)
-        after, steps = experiment.refit_biases(before, {}, statistics_at(model, weighting, [train, val], experiment))
+        after, steps = experiment.refit_biases(before, {}, bias_sums(model, weighting, [train, val], experiment))
         assert steps == 0 and all(torch.equal(after[k], before[k]) for k in before), overrides
 
 
@@ -78,6 +91,51 @@ def test_the_refit_statistics_leave_the_global_biases_to_calibration(tiny_cfg):
     for name, (ids, g, h) in stats.items():
         np.testing.assert_array_equal(ids, both[name][0])
         np.testing.assert_allclose(g, both[name][1])
+
+
+def test_an_id_first_seen_in_validation_gets_an_embedding_row_and_nothing_else_moves(tiny_cfg):
+    # no id dropout: a dropped id's example reaches no row, and an id seen once might not move
+    experiment, train, val, model, weighting = trained_merchant(tiny_cfg, "model.id_dropout=0")
+    train_cfg = experiment.cfg["train"]  # a deep round too: at its zero-initialised heads no row has a gradient
+    train_round(model, weighting, make_optimizer(model, weighting, train_cfg), train, experiment.tasks, train_cfg, 0,
+                experiment.device, first_deep_round(train_cfg))
+    before = {k: v.clone() for k, v in joint_state(model, weighting).items()}
+    after, steps = experiment.refit_embeddings(
+        before, sums_of(protocol.REFIT_EMBEDDING, model, weighting, [train, val], experiment))
+    assert steps == EMBEDDING_REFIT_STEPS == experiment.embedding_refit_steps  # the tiny run has ratings
+    newcomers = 0
+    for name, value in after.items():
+        if not name.startswith("embedding.tables."):  # the biases, the deep part, the loss weighting
+            assert torch.equal(value, before[name]), name
+            continue
+        column = int(name.split(".")[2])
+        seen = [set().union(*(labelled_ids(shard, t, column) for t in experiment.tasks)) for shard in (train, val)]
+        only_in_val = sorted(seen[1] - seen[0])
+        untouched = sorted(set(range(len(value))) - seen[0] - seen[1])
+        assert all(not torch.equal(value[i], before[name][i]) for i in only_in_val), name
+        assert torch.equal(value[untouched], before[name][untouched]), name  # cold everywhere: as it was
+        newcomers += len(only_in_val)
+    assert newcomers > 0
+
+
+@pytest.mark.parametrize("tasks, overrides, steps", [
+    (["rating", "purchase", "click"], [], EMBEDDING_REFIT_STEPS),
+    (["rating"], [], EMBEDDING_REFIT_STEPS),
+    (["purchase", "click"], [], 0),  # a rare binary label's step is mostly noise (tasks/embedding_newton.py)
+    (["purchase", "click"], ["refit_embeddings=true"], EMBEDDING_REFIT_STEPS),
+    (["purchase", "click"], ["refit_embeddings=3"], 3),
+    (["rating"], ["refit_embeddings=false"], 0),
+    (["rating"], ["select_round=last"], 0),  # no validation choice: the validation rows stay held out
+    (["rating"], ["train.first_order_fit=sgd"], 0),  # no per-row sums are sent
+])
+def test_refit_embeddings_auto_refits_where_a_rating_task_trains(tiny_cfg, tasks, overrides, steps):
+    cfg = tiny_cfg("data.val_fraction=0.2", "select_round=best_val", *overrides)
+    assert embedding_refit_steps(cfg, [TASKS[t] for t in tasks]) == steps
+
+
+def test_a_bad_refit_embeddings_value_is_one_clear_error(tiny_cfg):
+    with pytest.raises(InputError, match="refit_embeddings='often'"):
+        embedding_refit_steps(tiny_cfg("refit_embeddings=often", "select_round=best_val"), [TASKS["rating"]])
 
 
 @pytest.mark.parametrize("value, steps", [("auto", REFIT_STEPS), (True, REFIT_STEPS), (False, 0), (0, 0), (5, 5)])
@@ -93,17 +151,28 @@ def test_a_bad_refit_biases_value_is_one_clear_error(value):
 
 def test_every_mode_refits_its_kept_model(tiny_runs, recorded_federated_run):
     for mode, run_dir in tiny_runs.items():
-        assert json.loads((run_dir / "metrics.json").read_text())["refit_steps"] == REFIT_STEPS, mode
+        doc = json.loads((run_dir / "metrics.json").read_text())
+        assert (doc["refit_steps"], doc["embedding_refit_steps"]) == (REFIT_STEPS, EMBEDDING_REFIT_STEPS), mode
     run = recorded_federated_run("none")
-    assert json.loads((run.dir / "metrics.json").read_text())["refit_steps"] == REFIT_STEPS
+    doc = json.loads((run.dir / "metrics.json").read_text())
+    assert (doc["refit_steps"], doc["embedding_refit_steps"]) == (REFIT_STEPS, EMBEDDING_REFIT_STEPS)
     refit_type = f"query.{protocol.REFIT}"
     queries = [m for m in run.sent if m.metadata.message_type == refit_type]
     last_train = max(i for i, m in enumerate(run.sent) if m.metadata.message_type == "train")
     assert queries and all(run.sent.index(q) > last_train for q in queries)  # after the round is chosen
     nodes = {q.metadata.dst_node_id for q in queries}
-    assert len(queries) == REFIT_STEPS * len(nodes)  # every evaluated node, once a step
+    parts = [str(q.content.config_records[protocol.CONFIG][protocol.REFIT_PART]) for q in queries]
+    # every evaluated node, once a step: the biases' steps, then the embeddings'
+    assert parts == [protocol.REFIT_BIAS] * (REFIT_STEPS * len(nodes)) + \
+        [protocol.REFIT_EMBEDDING] * (EMBEDDING_REFIT_STEPS * len(nodes))
     replies = [r for r in run.received if r.metadata.message_type == refit_type]
     assert len(replies) == len(queries)
-    for reply in replies:  # per bias row sums only, no task's global level
-        names = set(reply.content.array_records[protocol.WIDE_STATS].keys())
-        assert names and all(n.startswith(TABLES) for n in names)
+    asked = {q.metadata.message_id: part for q, part in zip(queries, parts)}
+    for reply in replies:  # per bias row sums only, no task's global level; or per embedding row
+        records = reply.content.array_records
+        if asked[reply.metadata.reply_to_message_id] == protocol.REFIT_BIAS:
+            names = set(records[protocol.WIDE_STATS].keys())
+            assert names and all(n.startswith(TABLES) for n in names) and protocol.EMBEDDING_STATS not in records
+        else:
+            names = set(records[protocol.EMBEDDING_STATS].keys())
+            assert names and all(n.startswith("embedding.tables.") for n in names) and protocol.WIDE_STATS not in records

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from core import protocol
 from core.config import compose_config, to_plain
 from launch.cli import run as cli_run
 from launch.simulation import run_federated_simulation
@@ -54,15 +55,17 @@ def test_a_raising_and_a_nan_client_are_rejected_and_the_run_finishes(tmp_path):
 
 
 def test_a_refit_no_node_answers_leaves_the_trained_model_and_the_run_finishes(tmp_path):
-    """Every node crashes on the refit query after training (refit_biases): the run still writes its
-    kept, calibrated model, with refit_steps 0, each crash a failure of its merchant, and one warning."""
+    """Every node crashes on the refit queries after training (refit_biases, then refit_embeddings): the
+    run still writes its kept, calibrated model, with no refit step taken, each crash a failure of its
+    merchant, and one warning a part."""
     out = tmp_path / "run"
     log = faulty(out, "0=refit,1=refit,2=refit,3=refit", "data.val_fraction=0.2")
     doc = json.loads((out / "metrics.json").read_text())
-    assert doc["refit_steps"] == 0 and doc["select_round"] == "best_val"
-    refit_failures = [f for f in doc["failures"] if "summing its bias rows" in f["reason"]]
-    assert len(refit_failures) == 4 and all(f["merchant"] for f in refit_failures)
-    assert any("refit_biases: " in line and "keeps its biases as trained" in line for line in log)
+    assert doc["refit_steps"] == doc["embedding_refit_steps"] == 0 and doc["select_round"] == "best_val"
+    refit_failures = [f for f in doc["failures"] if "summing its refit statistics" in f["reason"]]
+    assert len(refit_failures) == 2 * 4 and all(f["merchant"] for f in refit_failures)  # each part asked once
+    for part in (protocol.REFIT_BIAS, protocol.REFIT_EMBEDDING):
+        assert any(f"refit ({part}): " in line and "keeps those parameters as they are" in line for line in log)
     assert (out / "model.pt").exists()
 
 
