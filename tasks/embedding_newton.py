@@ -125,12 +125,21 @@ def refit_embeddings(model: MultiTaskModel, shard: Shard, tasks: Sequence[Task],
 
 
 # Newton steps of the embedding rows on the train and validation rows together, after the bias refit
-# (`refit_embeddings: auto`, where a rating task trains). The kept models of the 3-seed benches, one
-# step: with a rating task every preset and table gained (a movie-like ratings log of 21 merchants
-# 0.996 -> 0.985 RMSE, every seed; synthetic_coldstart purchase AUC +0.01); without one it cost
-# (synthetic_events purchase AUC -0.003 to -0.030): a rare binary label's curvature p (1 - p) is
-# small, so the step is large and mostly noise, where a rating's squared loss has curvature 1 a row.
+# (`refit_embeddings: auto`). On the 3-seed benches' kept models one step gained on every preset and
+# table with a rating task (a movie-like ratings log of 21 merchants 0.996 -> 0.985 RMSE on every seed;
+# synthetic_coldstart purchase AUC +0.01).
 EMBEDDING_REFIT_STEPS = 1
+# Without a rating task the refit's prior is this many times train.embedding_l2: at 1x the step cost
+# synthetic_events purchase AUC on every seed (-0.0002 to -0.0300); at 10x it gained both AUCs there
+# (0.6249 / 0.5942 -> 0.6282 / 0.5972) and on an event-log-shaped table it was not tuned on
+# (0.5840 / 0.5722 -> 0.5956 / 0.5733). A rare binary label's residuals are mostly noise, so the rows
+# need more shrinkage than a rating's; with ratings 1x was best (3x, 10x, 30x worse on synthetic_sparse).
+BINARY_REFIT_PRIOR_SCALE = 10.0
+
+
+def refit_prior_scale(tasks: Sequence[Task]) -> float:
+    """The refit's prior over train.embedding_l2: 1 where a rating task trains, else BINARY_REFIT_PRIOR_SCALE."""
+    return 1.0 if any(t.kind != "binary" for t in tasks) else BINARY_REFIT_PRIOR_SCALE
 
 
 def refit_embedding_statistics(model: MultiTaskModel, shards: Sequence[Shard], tasks: Sequence[Task],

@@ -21,7 +21,8 @@ from data.features import feature_columns
 from data.shards import PreparedMerchant, Shard, feature_spec, prepare_merchant
 from data.splits import split_fractions
 from tasks.calibration import fit_calibration
-from tasks.embedding_newton import EMBEDDING_REFIT_STEPS, embedding_newton_settings, embedding_newton_update
+from tasks.embedding_newton import (EMBEDDING_REFIT_STEPS, embedding_newton_settings, embedding_newton_update,
+                                    refit_prior_scale)
 from tasks.metrics import Metrics
 from tasks.models import MultiTaskModel, build_model, id_dropout_rates
 from tasks.personalization import personalization_of
@@ -129,7 +130,7 @@ class Experiment:
 
     @property
     def embedding_refit_steps(self) -> int:
-        return embedding_refit_steps(self.cfg, self.tasks)
+        return embedding_refit_steps(self.cfg)
 
     def refit(self, state: Mapping[str, torch.Tensor], held: Collection[str],
               statistics: Callable[[dict[str, torch.Tensor], str], WideStats]
@@ -166,12 +167,13 @@ class Experiment:
                          ) -> tuple[dict[str, torch.Tensor], int]:
         """After refit_biases: the embedding rows take `embedding_refit_steps` Newton steps on the same
         rows (a row first seen in validation gets its vector; tasks/embedding_newton.py), everything
-        else as it is. A held head predicts its prior, so it adds nothing to the sums. `statistics`:
-        the summed embedding statistics at a state (refit_embedding_statistics; federated, every
-        node's). Returns the state and the steps taken."""
-        settings = embedding_newton_settings(self.cfg["train"])
+        else as it is, under a prior of refit_prior_scale x train.embedding_l2. A held head predicts its
+        prior, so it adds nothing to the sums. `statistics`: the summed embedding statistics at a state
+        (refit_embedding_statistics; federated, every node's). Returns the state and the steps taken."""
+        prior, damping = embedding_newton_settings(self.cfg["train"])
+        prior *= refit_prior_scale(self.tasks)
         return _newton_steps(state, self.embedding_refit_steps, statistics,
-                             lambda params, stats: embedding_newton_update(params, stats, *settings))
+                             lambda params, stats: embedding_newton_update(params, stats, prior, damping))
 
     @property
     def id_dropout(self) -> float | list[float]:
@@ -278,14 +280,12 @@ def refits(cfg: Mapping[str, Any]) -> bool:
     return str(cfg["select_round"]) == "best_val" and newton_fit(cfg["train"])
 
 
-def embedding_refit_steps(cfg: Mapping[str, Any], tasks: Collection[Task]) -> int:
+def embedding_refit_steps(cfg: Mapping[str, Any]) -> int:
     """`refit_embeddings` resolved: Newton steps of the kept model's embedding rows on the train and
-    validation rows, after the bias refit, where the model may be refitted (`refits`); auto =
-    EMBEDDING_REFIT_STEPS where a rating task trains, else none (tasks/embedding_newton.py)."""
-    setting = cfg.get("refit_embeddings", False)
-    if str(setting) == "auto":
-        setting = any(t.kind != "binary" for t in tasks)
-    return refit_steps(setting, "refit_embeddings", EMBEDDING_REFIT_STEPS) if refits(cfg) else 0
+    validation rows, after the bias refit, where the model may be refitted (`refits`); auto or true =
+    EMBEDDING_REFIT_STEPS (tasks/embedding_newton.py)."""
+    return refit_steps(cfg.get("refit_embeddings", False), "refit_embeddings", EMBEDDING_REFIT_STEPS) \
+        if refits(cfg) else 0
 
 
 def bias_refit_steps(cfg: Mapping[str, Any]) -> int:

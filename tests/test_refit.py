@@ -11,7 +11,8 @@ import torch
 from core import protocol
 from core.errors import InputError
 from server_app.baselines import statistics_at
-from tasks.embedding_newton import EMBEDDING_REFIT_STEPS
+from tasks.embedding_newton import (BINARY_REFIT_PRIOR_SCALE, EMBEDDING_REFIT_STEPS, embedding_newton_settings,
+                                    embedding_newton_update, refit_prior_scale)
 from tasks.experiment import embedding_refit_steps, open_experiment
 from tasks.registry import TASKS
 from tasks.state import joint_state
@@ -102,7 +103,7 @@ def test_an_id_first_seen_in_validation_gets_an_embedding_row_and_nothing_else_m
     before = {k: v.clone() for k, v in joint_state(model, weighting).items()}
     after, steps = experiment.refit_embeddings(
         before, sums_of(protocol.REFIT_EMBEDDING, model, weighting, [train, val], experiment))
-    assert steps == EMBEDDING_REFIT_STEPS == experiment.embedding_refit_steps  # the tiny run has ratings
+    assert steps == EMBEDDING_REFIT_STEPS == experiment.embedding_refit_steps
     newcomers = 0
     for name, value in after.items():
         if not name.startswith("embedding.tables."):  # the biases, the deep part, the loss weighting
@@ -118,24 +119,41 @@ def test_an_id_first_seen_in_validation_gets_an_embedding_row_and_nothing_else_m
     assert newcomers > 0
 
 
-@pytest.mark.parametrize("tasks, overrides, steps", [
-    (["rating", "purchase", "click"], [], EMBEDDING_REFIT_STEPS),
-    (["rating"], [], EMBEDDING_REFIT_STEPS),
-    (["purchase", "click"], [], 0),  # a rare binary label's step is mostly noise (tasks/embedding_newton.py)
-    (["purchase", "click"], ["refit_embeddings=true"], EMBEDDING_REFIT_STEPS),
-    (["purchase", "click"], ["refit_embeddings=3"], 3),
-    (["rating"], ["refit_embeddings=false"], 0),
-    (["rating"], ["select_round=last"], 0),  # no validation choice: the validation rows stay held out
-    (["rating"], ["train.first_order_fit=sgd"], 0),  # no per-row sums are sent
+@pytest.mark.parametrize("overrides, steps", [
+    ([], EMBEDDING_REFIT_STEPS),
+    (["refit_embeddings=true"], EMBEDDING_REFIT_STEPS),
+    (["refit_embeddings=3"], 3),
+    (["refit_embeddings=false"], 0),
+    (["select_round=last"], 0),  # no validation choice: the validation rows stay held out
+    (["train.first_order_fit=sgd"], 0),  # no per-row sums are sent
 ])
-def test_refit_embeddings_auto_refits_where_a_rating_task_trains(tiny_cfg, tasks, overrides, steps):
-    cfg = tiny_cfg("data.val_fraction=0.2", "select_round=best_val", *overrides)
-    assert embedding_refit_steps(cfg, [TASKS[t] for t in tasks]) == steps
+def test_refit_embeddings_steps_where_the_model_may_be_refitted(tiny_cfg, overrides, steps):
+    assert embedding_refit_steps(tiny_cfg("data.val_fraction=0.2", "select_round=best_val", *overrides)) == steps
+
+
+def test_without_a_rating_task_the_embedding_refit_takes_a_stronger_prior(tiny_cfg):
+    """The same state and sums, the refit's step under BINARY_REFIT_PRIOR_SCALE x the prior without a
+    rating task: shorter, and exactly the Newton step at that prior."""
+    experiment, train, val, model, weighting = trained_merchant(tiny_cfg, "model.id_dropout=0", "tasks=[purchase,click]")
+    train_cfg = experiment.cfg["train"]
+    train_round(model, weighting, make_optimizer(model, weighting, train_cfg), train, experiment.tasks, train_cfg, 0,
+                experiment.device, first_deep_round(train_cfg))
+    before = joint_state(model, weighting)
+    sums = sums_of(protocol.REFIT_EMBEDDING, model, weighting, [train, val], experiment)
+    stats = sums(before)
+    after, _ = experiment.refit_embeddings(before, lambda state: stats)
+    prior, damping = embedding_newton_settings(train_cfg)
+    params = {name: before[name].numpy() for name in stats}
+    for scale, expected_equal in ((BINARY_REFIT_PRIOR_SCALE, True), (1.0, False)):
+        expected = embedding_newton_update(params, stats, scale * prior, damping)
+        matches = all(np.allclose(after[name].numpy(), expected[name], atol=1e-6) for name in stats)
+        assert matches is expected_equal, scale
+    assert refit_prior_scale([TASKS["rating"], TASKS["purchase"]]) == 1.0
 
 
 def test_a_bad_refit_embeddings_value_is_one_clear_error(tiny_cfg):
     with pytest.raises(InputError, match="refit_embeddings='often'"):
-        embedding_refit_steps(tiny_cfg("refit_embeddings=often", "select_round=best_val"), [TASKS["rating"]])
+        embedding_refit_steps(tiny_cfg("refit_embeddings=often", "select_round=best_val"))
 
 
 @pytest.mark.parametrize("value, steps", [("auto", REFIT_STEPS), (True, REFIT_STEPS), (False, 0), (0, 0), (5, 5)])
