@@ -163,7 +163,7 @@ def format_stats(stats: Mapping[str, Any]) -> str:
                      f"(model.id_dropout=auto drops a column that often in training where it is >= 20 %)")
         lines.append(f"test rows whose user / item is unseen in train but seen in validation: "
                      f"{_pct(s['test_user_first_in_val'])} / {_pct(s['test_item_first_in_val'])} "
-                     f"(refit_biases gives them a bias)")
+                     f"(refit_biases gives them a bias, refit_embeddings a vector)")
     for label, row in labels.items():
         line = (f"{label}: labelled {_pct(row['labelled_share'])} of rows; mean {row['mean']:.3g} "
                 f"(train {row['train_mean']:.3g}, test {row['test_mean']:.3g})")

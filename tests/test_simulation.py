@@ -123,8 +123,9 @@ def test_the_kept_model_is_recalibrated_to_the_level_validation_shows(tmp_path, 
     """The click rate doubles after training's window: recalibrated on validation (from the nodes'
     sums), the kept model's click head ranks rows as before (the same AUC) and predicts the later,
     higher rate (test log-loss below the kept round's); with calibrate=false it stays as trained. The
-    biases' refit with the validation rows is off here, so the kept model is the calibrated round's."""
-    doc, log = table_run(tmp_path, "doubled", f"mode={mode}", "refit_biases=false")
+    refits with the validation rows are off here, so the kept model is the calibrated round's."""
+    doc, log = table_run(tmp_path, "doubled", f"mode={mode}", "refit_biases=false",
+                         "refit_embeddings=false")
     kept = doc["selected_round"] if mode != "local" else doc["selected_round"]["a"]
     calibration = doc["calibration"] if mode != "local" else doc["calibration"]["a"]
     a, b = calibration["click"]
@@ -135,7 +136,8 @@ def test_the_kept_model_is_recalibrated_to_the_level_validation_shows(tmp_path, 
         assert_kept_test_metrics(doc)
         assert doc["tasks"]["click"]["logloss"] < doc["rounds"][kept]["tasks"]["click"]["logloss"] - 0.01
         assert any("recalibrated on the validation rows" in line and "click a=" in line for line in log)
-        uncalibrated, _ = table_run(tmp_path / "off", "doubled", f"mode={mode}", "calibrate=false", "refit_biases=false")
+        uncalibrated, _ = table_run(tmp_path / "off", "doubled", f"mode={mode}", "calibrate=false", "refit_biases=false",
+                                    "refit_embeddings=false")
         assert uncalibrated["calibration"] == {} and uncalibrated["tasks"] == uncalibrated["rounds"][kept]["tasks"]
 
 
