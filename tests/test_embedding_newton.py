@@ -10,8 +10,8 @@ from core.config import compose_config, to_plain
 from data.shards import Shard
 from server_app.replies import statistics_problem
 from tasks.embedding_newton import (embedding_newton, embedding_newton_settings, embedding_newton_update,
-                                    embedding_statistics, pack_statistics, refit_embeddings,
-                                    unpack_statistics)
+                                    embedding_statistics, pack_statistics, refit_embedding_statistics,
+                                    refit_embeddings, unpack_statistics)
 from tasks.experiment import open_experiment, resolved_training
 from tasks.models import build_model
 from tasks.registry import TASKS, resolve_tasks
@@ -86,6 +86,23 @@ def test_the_gradient_sums_are_minus_the_summed_losses_gradient_in_each_row(id_d
         np.testing.assert_allclose(g, -grad[ids], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(h, np.transpose(h, (0, 2, 1)))  # curvature: symmetric ...
         assert np.all(np.linalg.eigvalsh(h) > -1e-9)                # ... and positive semi-definite
+
+
+def test_the_refits_sums_drop_no_id_whatever_the_models_id_dropout():
+    """The refit fits rows for test rows whose ids are present: its sums are those of the model with
+    every id in, on every draw, while the round's step keeps training's draw (the test above)."""
+    dropping, tasks, shard = binary_setup(id_dropout=[0.5, 0.3])
+    keeping, _, _ = binary_setup(id_dropout=0.0)  # the same weights: the same seed
+    expected = embedding_statistics(keeping, shard, tasks, CPU)
+    for draw in (1, 2):
+        torch.manual_seed(draw)
+        refit = refit_embedding_statistics(dropping, [shard], tasks, CPU)
+        for name in expected:
+            for a, b in zip(refit[name], expected[name]):
+                np.testing.assert_array_equal(a, b)
+    torch.manual_seed(1)
+    trained = embedding_statistics(dropping, shard, tasks, CPU)
+    assert not np.allclose(trained[TABLE][1], expected[TABLE][1])  # the round's sums do drop ids
 
 
 def test_the_trainers_own_step_lowers_its_training_loss():
